@@ -1,0 +1,309 @@
+//! Wire types shared by the probes (`src/main.rs`, BPF target) and the agent.
+//!
+//! Every event starts with a [`Header`] whose `kind` is a plain `u32` mapped to
+//! [`EventKind`] by a checked `TryFrom`. The structs hold only integers and byte
+//! arrays (no `bool`, `Option` or Rust enums), so any bit pattern is a valid value
+//! and userspace can decode them with a length check and an unaligned read.
+#![no_std]
+
+/// Longest first line (request line or status line) a probe copies at a message
+/// start. The probe stops at the first `\n` and zeroes everything after it, so no
+/// header or body byte beyond the first line ever leaves the kernel.
+pub const LINE_CAP: usize = 160;
+
+/// Direction of socket I/O as seen from the proxy.
+pub mod dir {
+    pub const RECV: u8 = 1;
+    pub const SEND: u8 = 2;
+}
+
+/// Which side of the proxy a socket is on.
+pub mod side {
+    /// Accepted on one of the proxy's listening ports.
+    pub const CLIENT: u8 = 1;
+    /// Opened (or used) by the proxy towards someone else.
+    pub const UPSTREAM: u8 = 2;
+}
+
+/// How a socket's identity started.
+pub mod how {
+    /// `connect()` by a watched thread (CLOSE → SYN_SENT).
+    pub const CONNECT: u8 = 1;
+    /// First send or receive by a watched thread on a socket not seen before
+    /// (accepted connections, and any connection older than the agent).
+    pub const FIRST_USE: u8 = 2;
+}
+
+/// What an [`Io`] event reports.
+pub mod io {
+    /// A receive returned 0: the peer's FIN has been read.
+    pub const EOF: u8 = 1;
+    /// A send or receive failed (`ret` is `-errno`), other than `EAGAIN`.
+    pub const ERROR: u8 = 2;
+    /// More bytes moved in the current message (throttled, see `PROGRESS_NS`).
+    pub const PROGRESS: u8 = 3;
+}
+
+/// Direction of a reset.
+pub mod reset {
+    pub const RECEIVED: u8 = 1;
+    pub const SENT: u8 = 2;
+}
+
+/// Indices of the per-CPU counters in the `STATS` map.
+pub mod stat {
+    /// Events submitted to the ring buffer.
+    pub const EVENTS: u32 = 0;
+    /// Ring buffer reservations that failed because the ring was full (event lost).
+    pub const RING_FULL: u32 = 1;
+    /// Sockets not tracked because the socket map was full.
+    pub const SOCKS_FULL: u32 = 2;
+    /// Threads not tracked because the thread map was full.
+    pub const THREADS_FULL: u32 = 3;
+    /// Message starts whose first line could not be read from the caller's buffer.
+    pub const LINE_UNREAD: u32 = 4;
+    /// Forced wakeups of the agent (ring more than half full).
+    pub const WAKEUPS: u32 = 5;
+    pub const COUNT: u32 = 6;
+}
+
+/// Event kinds on the wire.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    SockOpen = 1,
+    Message = 2,
+    Io = 3,
+    State = 4,
+    Reset = 5,
+    SockError = 6,
+    Destroy = 7,
+    Fork = 8,
+    Exit = 9,
+}
+
+impl TryFrom<u32> for EventKind {
+    type Error = u32;
+    fn try_from(v: u32) -> Result<Self, u32> {
+        Ok(match v {
+            1 => Self::SockOpen,
+            2 => Self::Message,
+            3 => Self::Io,
+            4 => Self::State,
+            5 => Self::Reset,
+            6 => Self::SockError,
+            7 => Self::Destroy,
+            8 => Self::Fork,
+            9 => Self::Exit,
+            other => return Err(other),
+        })
+    }
+}
+
+/// Common prefix of every event.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Header {
+    pub kind: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// Current task (`tgid << 32 | tid`). In softirq context this is whichever task
+    /// was on the CPU, so the engine never takes thread identity from it.
+    pub pid_tgid: u64,
+    /// Probe-assigned socket identity, unique for the agent's lifetime (socket
+    /// pointers are reused at once; these ids are not). 0 when not about a socket.
+    pub sock_id: u64,
+}
+
+/// One TCP endpoint. IPv4 addresses use the first 4 bytes of `addr`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Addr {
+    /// AF_INET (2) or AF_INET6 (10).
+    pub family: u16,
+    /// Host byte order.
+    pub port: u16,
+    pub _pad: u32,
+    pub addr: [u8; 16],
+}
+
+/// A socket's identity starts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockOpen {
+    pub header: Header,
+    pub local: Addr,
+    pub peer: Addr,
+    /// Socket id this thread touched last in the current event-loop iteration, 0 if none.
+    pub prev_touch: u64,
+    /// Thread group that opened (or first used) the socket.
+    pub owner_tgid: u32,
+    pub side: u8,
+    pub how: u8,
+    pub _pad: [u8; 2],
+}
+
+/// First bytes moved in a new direction on a socket: a message starts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Message {
+    pub header: Header,
+    pub prev_touch: u64,
+    /// Bytes of the message that just ended (the other direction), and when its last
+    /// byte moved.
+    pub prev_msg_bytes: u64,
+    pub prev_msg_last_ns: u64,
+    /// Bytes moved by this call.
+    pub ret: i32,
+    pub dir: u8,
+    pub _pad: u8,
+    /// Bytes of `line` that are valid: the first line including its `\n`, or fewer if
+    /// the line is longer than the capture or the call moved fewer bytes.
+    pub line_len: u16,
+    pub line: [u8; LINE_CAP],
+}
+
+/// A notable result of a send or receive that is not a message start.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Io {
+    pub header: Header,
+    pub prev_touch: u64,
+    /// Bytes of the current message so far.
+    pub msg_bytes: u64,
+    pub ret: i32,
+    pub dir: u8,
+    /// One of [`io`].
+    pub what: u8,
+    pub _pad: [u8; 2],
+}
+
+/// A TCP state change on a known socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct State {
+    pub header: Header,
+    pub local: Addr,
+    pub peer: Addr,
+    /// The current message's direction, byte count and last activity.
+    pub msg_bytes: u64,
+    pub msg_last_ns: u64,
+    pub old: u8,
+    pub new: u8,
+    pub msg_dir: u8,
+    /// 1 when this change is the owning thread's own close of the socket (its first
+    /// FIN_WAIT1 or LAST_ACK): a touch for attribution.
+    pub local_close: u8,
+    pub _pad: u32,
+}
+
+/// A reset received or sent on a known socket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Reset {
+    pub header: Header,
+    /// One of [`reset`].
+    pub dir: u8,
+    /// TCP state when it happened.
+    pub state: u8,
+    pub _pad: [u8; 6],
+}
+
+/// A socket error was reported (`sk_err`: ECONNREFUSED, ECONNRESET, ETIMEDOUT...).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SockError {
+    pub header: Header,
+    pub errno: i32,
+    pub state: u8,
+    pub _pad: [u8; 3],
+}
+
+/// A known socket is destroyed: its identity ends.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Destroy {
+    pub header: Header,
+    pub msg_bytes: u64,
+    pub msg_last_ns: u64,
+    pub msg_dir: u8,
+    /// 1 when the destruction is the owning thread's own close (a socket already in
+    /// CLOSE, e.g. after a refused connect or a reset): a touch for attribution.
+    pub local_close: u8,
+    pub _pad: [u8; 6],
+}
+
+/// A watched task created a task.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Fork {
+    pub header: Header,
+    pub child_pid: u32,
+    pub _pad: u32,
+    pub child_comm: [u8; 16],
+}
+
+/// A watched task exited.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Exit {
+    pub header: Header,
+    pub pid: u32,
+    /// 1 when the whole thread group is gone.
+    pub group_dead: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Per-thread probe state (map `THREADS`, key: tid). A thread is watched exactly
+/// when it has an entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ThreadState {
+    /// Socket id touched last in the current event-loop iteration, 0 after `epoll_wait`.
+    pub last_touch: u64,
+}
+
+/// Per-socket probe state (map `SOCKS`, key: `struct sock` address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SockState {
+    pub id: u64,
+    /// Bytes, last activity and direction of the current message.
+    pub msg_bytes: u64,
+    pub msg_last_ns: u64,
+    /// When the last event about this socket was emitted (progress throttling).
+    pub emitted_ns: u64,
+    pub owner_tgid: u32,
+    pub side: u8,
+    pub dir: u8,
+    /// 1 once the owning thread has closed the socket.
+    pub closed: u8,
+    pub _pad: u8,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain #[repr(C)] integers with explicit padding fields: every bit
+    // pattern is valid and there are no implicit padding bytes.
+    unsafe impl aya::Pod for super::ThreadState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::SockState {}
+}
+
+/// Size checks: a layout change must be deliberate on both sides.
+const _: () = {
+    assert!(core::mem::size_of::<Header>() == 32);
+    assert!(core::mem::size_of::<Addr>() == 24);
+    assert!(core::mem::size_of::<SockOpen>() == 32 + 48 + 16);
+    assert!(core::mem::size_of::<Message>() == 32 + 24 + 8 + LINE_CAP);
+    assert!(core::mem::size_of::<Io>() == 32 + 16 + 8);
+    assert!(core::mem::size_of::<State>() == 32 + 48 + 16 + 8);
+    assert!(core::mem::size_of::<Reset>() == 40);
+    assert!(core::mem::size_of::<SockError>() == 40);
+    assert!(core::mem::size_of::<Destroy>() == 56);
+    assert!(core::mem::size_of::<Fork>() == 56);
+    assert!(core::mem::size_of::<Exit>() == 40);
+    assert!(core::mem::size_of::<SockState>() == 40);
+    assert!(LINE_CAP % 8 == 0);
+};

@@ -1,0 +1,45 @@
+//! Values the agent sets at load time (`EbpfLoader::override_global`). They load as
+//! constants, so the verifier prunes branches that depend on them. Kernel struct
+//! offsets come from the running kernel's BTF, syscall numbers from the agent's
+//! per-architecture table: nothing kernel-specific is compiled in.
+use aya_ebpf::Global;
+
+macro_rules! global {
+    ($($name:ident: $ty:ty = $default:expr;)*) => {
+        $(
+            #[unsafe(no_mangle)]
+            pub static $name: Global<$ty> = Global::new($default);
+        )*
+    };
+}
+
+global! {
+    // struct sock_common members (struct sock starts with it).
+    OFF_SKC_DADDR: u32 = 0;
+    OFF_SKC_RCV_SADDR: u32 = 4;
+    OFF_SKC_DPORT: u32 = 12;
+    OFF_SKC_NUM: u32 = 14;
+    OFF_SKC_FAMILY: u32 = 16;
+    OFF_SKC_STATE: u32 = 18;
+    OFF_SKC_V6_DADDR: u32 = 56;
+    OFF_SKC_V6_RCV_SADDR: u32 = 72;
+    // struct sock.sk_err.
+    OFF_SK_ERR: u32 = 0;
+    // struct pt_regs members (user registers saved at syscall entry).
+    OFF_REGS_SI: u32 = 104;
+    OFF_REGS_ORIG_AX: u32 = 120;
+    // Syscall numbers whose second argument is the data buffer, an iovec array, or
+    // a msghdr. u32::MAX when the architecture has no such syscall.
+    SYS_READ: u32 = u32::MAX;
+    SYS_WRITE: u32 = u32::MAX;
+    SYS_RECVFROM: u32 = u32::MAX;
+    SYS_SENDTO: u32 = u32::MAX;
+    SYS_READV: u32 = u32::MAX;
+    SYS_WRITEV: u32 = u32::MAX;
+    SYS_RECVMSG: u32 = u32::MAX;
+    SYS_SENDMSG: u32 = u32::MAX;
+    // Force a wakeup of the agent once this many bytes wait in the ring.
+    RING_WAKEUP_BYTES: u64 = 1 << 20;
+    // At most one progress event per socket per this many nanoseconds.
+    PROGRESS_NS: u64 = 200_000_000;
+}

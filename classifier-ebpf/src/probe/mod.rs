@@ -1,0 +1,9 @@
+//! The probe programs, one module per kernel hook family.
+
+mod emit;
+mod globals;
+mod maps;
+mod proc;
+mod sock_io;
+mod sock_state;
+mod tp;

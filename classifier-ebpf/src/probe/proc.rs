@@ -1,0 +1,71 @@
+//! Target tracking and the event-loop marker: `sched/sched_process_fork`,
+//! `sched/sched_process_exit`, `syscalls/sys_enter_epoll_wait` (and the `pwait`
+//! variants).
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use classifier_ebpf::{stat, EventKind, Exit, Fork, ThreadState};
+
+use super::{
+    emit::emit,
+    maps::{count, THREADS},
+    tp::{exit, field, fork},
+};
+
+/// A watched task's children (processes and threads) are watched from birth, so
+/// workers forked after a reload are covered before they handle a request.
+#[tracepoint]
+pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if THREADS.get_ptr(pid_tgid as u32).is_none() {
+        return 0;
+    }
+    let child: i32 = field(&ctx, fork::CHILD_PID);
+    if THREADS.insert(child as u32, ThreadState::default(), 0).is_err() {
+        count(stat::THREADS_FULL);
+    }
+    // The child starts with the parent's name.
+    let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    emit::<Fork>(EventKind::Fork, pid_tgid, 0, |e| {
+        // SAFETY: `e` is a reserved Fork.
+        unsafe {
+            (*e).child_pid = child as u32;
+            (*e)._pad = 0;
+            (*e).child_comm = comm;
+        }
+    });
+    0
+}
+
+#[tracepoint]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    if THREADS.remove(tid).is_err() {
+        return 0;
+    }
+    let group_dead: u8 = field(&ctx, exit::GROUP_DEAD);
+    let pid: i32 = field(&ctx, exit::PID);
+    emit::<Exit>(EventKind::Exit, pid_tgid, 0, |e| {
+        // SAFETY: `e` is a reserved Exit.
+        unsafe {
+            (*e).pid = pid as u32;
+            (*e).group_dead = group_dead;
+            (*e)._pad = [0; 3];
+        }
+    });
+    0
+}
+
+/// The top of a watched thread's event loop: the "last touched socket" starts over.
+#[tracepoint]
+pub fn sys_enter_epoll_wait(_ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if let Some(thread) = THREADS.get_ptr_mut(pid_tgid as u32) {
+        // SAFETY: `thread` points to a map value valid for this program run.
+        unsafe { (*thread).last_touch = 0 };
+    }
+    0
+}

@@ -1,0 +1,287 @@
+//! Socket I/O: `sock/sock_send_length` and `sock/sock_recv_length`.
+//!
+//! Both fire only for socket I/O, after the call, in the calling thread. Every call
+//! by a watched thread on a TCP socket is a touch (the attribution rule in
+//! DESIGN.md); a call that moves bytes in a new direction starts a message and
+//! carries the message's first line; EOF and errors are reported; the rest only
+//! updates counters in `SOCKS` (and a throttled progress event).
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
+        generated::bpf_probe_read_user as raw_probe_read_user,
+    },
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use classifier_ebpf::{dir, how, io, side, stat, EventKind, Io, Message, SockOpen, SockState, LINE_CAP};
+
+use super::{
+    emit::emit,
+    globals::*,
+    maps::{count, next_sock_id, LISTEN_PORTS, SOCKS, THREADS},
+    sock_state::read_endpoints,
+    tp::{field, sock_length},
+};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const IPPROTO_TCP: u16 = 6;
+const EAGAIN: i32 = 11;
+const MSG_PEEK: i32 = 2;
+
+#[tracepoint]
+pub fn sock_send_length(ctx: TracePointContext) -> u32 {
+    on_io(&ctx, dir::SEND);
+    0
+}
+
+#[tracepoint]
+pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
+    on_io(&ctx, dir::RECV);
+    0
+}
+
+#[inline(always)]
+fn on_io(ctx: &TracePointContext, direction: u8) -> Option<()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let thread = THREADS.get_ptr_mut(pid_tgid as u32)?;
+    let family: u16 = field(ctx, sock_length::FAMILY);
+    let protocol: u16 = field(ctx, sock_length::PROTOCOL);
+    if (family != AF_INET && family != AF_INET6) || protocol != IPPROTO_TCP {
+        return None;
+    }
+    let sk: u64 = field(ctx, sock_length::SK);
+    let ret: i32 = field(ctx, sock_length::RET);
+    let flags: i32 = field(ctx, sock_length::FLAGS);
+
+    let sock = match SOCKS.get_ptr_mut(sk) {
+        Some(sock) => sock,
+        None => adopt(sk, pid_tgid)?,
+    };
+    // SAFETY: `thread` and `sock` point into map values that stay valid for this
+    // program run; concurrent writers only race on counters, never on validity.
+    let (id, prev_touch) = unsafe {
+        let id = (*sock).id;
+        let prev = (*thread).last_touch;
+        (*thread).last_touch = id;
+        (id, prev)
+    };
+    if ret == -EAGAIN || flags & MSG_PEEK != 0 {
+        // A touch and nothing else: nginx checks connections this way.
+        return Some(());
+    }
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if ret > 0 {
+        // SAFETY: as above.
+        let started = unsafe { (*sock).dir != direction };
+        if started {
+            // SAFETY: as above.
+            let (prev_bytes, prev_last) = unsafe {
+                let prev = ((*sock).msg_bytes, (*sock).msg_last_ns);
+                (*sock).dir = direction;
+                (*sock).msg_bytes = ret as u64;
+                (*sock).msg_last_ns = now;
+                (*sock).emitted_ns = now;
+                prev
+            };
+            emit::<Message>(EventKind::Message, pid_tgid, id, |e| {
+                // SAFETY: `e` is a reserved Message.
+                unsafe {
+                    (*e).prev_touch = prev_touch;
+                    (*e).prev_msg_bytes = prev_bytes;
+                    (*e).prev_msg_last_ns = prev_last;
+                    (*e).ret = ret;
+                    (*e).dir = direction;
+                    (*e)._pad = 0;
+                    (*e).line_len = capture_line(e, ret as u64);
+                }
+            });
+        } else {
+            // SAFETY: as above.
+            let progress = unsafe {
+                (*sock).msg_bytes += ret as u64;
+                (*sock).msg_last_ns = now;
+                if now.wrapping_sub((*sock).emitted_ns) >= PROGRESS_NS.load() {
+                    (*sock).emitted_ns = now;
+                    Some((*sock).msg_bytes)
+                } else {
+                    None
+                }
+            };
+            if let Some(msg_bytes) = progress {
+                emit_io(pid_tgid, id, prev_touch, msg_bytes, ret, direction, io::PROGRESS);
+            }
+        }
+    } else if ret < 0 || direction == dir::RECV {
+        // SAFETY: as above.
+        let msg_bytes = unsafe {
+            (*sock).emitted_ns = now;
+            (*sock).msg_bytes
+        };
+        let what = if ret == 0 { io::EOF } else { io::ERROR };
+        emit_io(pid_tgid, id, prev_touch, msg_bytes, ret, direction, what);
+    }
+    Some(())
+}
+
+#[inline(always)]
+fn emit_io(pid_tgid: u64, id: u64, prev_touch: u64, msg_bytes: u64, ret: i32, direction: u8, what: u8) {
+    emit::<Io>(EventKind::Io, pid_tgid, id, |e| {
+        // SAFETY: `e` is a reserved Io.
+        unsafe {
+            (*e).prev_touch = prev_touch;
+            (*e).msg_bytes = msg_bytes;
+            (*e).ret = ret;
+            (*e).dir = direction;
+            (*e).what = what;
+            (*e)._pad = [0; 2];
+        }
+    });
+}
+
+/// Starts tracking a socket first seen in I/O: an accepted connection, or one that
+/// existed before the agent attached. Its side comes from its local port.
+#[inline(always)]
+fn adopt(sk: u64, pid_tgid: u64) -> Option<*mut SockState> {
+    let (local, peer) = read_endpoints(sk)?;
+    let is_client = LISTEN_PORTS.get_ptr(local.port).is_some();
+    let sock_side = if is_client { side::CLIENT } else { side::UPSTREAM };
+    let id = next_sock_id();
+    let state = SockState {
+        id,
+        owner_tgid: (pid_tgid >> 32) as u32,
+        side: sock_side,
+        ..SockState::default()
+    };
+    if SOCKS.insert(sk, state, 0).is_err() {
+        count(stat::SOCKS_FULL);
+        return None;
+    }
+    emit::<SockOpen>(EventKind::SockOpen, pid_tgid, id, |e| {
+        // SAFETY: `e` is a reserved SockOpen.
+        unsafe {
+            (*e).local = local;
+            (*e).peer = peer;
+            (*e).prev_touch = 0;
+            (*e).owner_tgid = (pid_tgid >> 32) as u32;
+            (*e).side = sock_side;
+            (*e).how = how::FIRST_USE;
+            (*e)._pad = [0; 2];
+        }
+    });
+    SOCKS.get_ptr_mut(sk)
+}
+
+/// Copies the first line of the data the current syscall moved into `e.line`,
+/// from the buffer the syscall was given (found through the user registers saved at
+/// syscall entry). Returns the number of valid bytes. Bytes after the first `\n`
+/// are zeroed before the event is submitted, so only the request or status line
+/// ever reaches the agent.
+#[inline(always)]
+unsafe fn capture_line(e: *mut Message, moved: u64) -> u16 {
+    let Some((buf, len)) = syscall_buffer() else {
+        return 0;
+    };
+    let mut n = if len < moved { len } else { moved };
+    if n > LINE_CAP as u64 {
+        n = LINE_CAP as u64;
+    }
+    // SAFETY: `e.line` is LINE_CAP bytes and n <= LINE_CAP.
+    let dst = unsafe { (*e).line.as_mut_ptr() };
+    // SAFETY: helper reading at most n bytes of user memory into `dst`.
+    let rc = unsafe { raw_probe_read_user(dst.cast(), n as u32, buf as *const _) };
+    if rc != 0 {
+        count(stat::LINE_UNREAD);
+        n = 0;
+    }
+    // SAFETY: `dst` is LINE_CAP bytes, 8-aligned (the field sits at an 8-aligned offset).
+    unsafe { keep_first_line(dst.cast::<u64>(), n) as u16 }
+}
+
+/// Finds the first `\n` within the first `valid` bytes and zeroes everything after
+/// it (and everything past `valid`). Returns the kept length.
+#[inline(always)]
+unsafe fn keep_first_line(words: *mut u64, valid: u64) -> u64 {
+    const LF: u64 = 0x0a0a_0a0a_0a0a_0a0a;
+    const LOW: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut keep = valid;
+    let mut i: u64 = 0;
+    while i < (LINE_CAP / 8) as u64 {
+        let off = i * 8;
+        // SAFETY: i < LINE_CAP / 8.
+        let p = unsafe { words.add(i as usize) };
+        if off >= keep {
+            // SAFETY: in bounds, see above.
+            unsafe { *p = 0 };
+        } else {
+            // SAFETY: in bounds, see above.
+            let mut w = unsafe { *p };
+            let in_word = keep - off;
+            if in_word < 8 {
+                w &= (1u64 << (in_word * 8)) - 1;
+            }
+            let x = w ^ LF;
+            let t = x.wrapping_sub(LOW) & !x & HIGH;
+            if t != 0 {
+                // The lowest flagged byte is exact (borrows only flag higher bytes).
+                let b = first_flagged_byte(t);
+                keep = off + b + 1;
+                if b < 7 {
+                    w &= (1u64 << ((b + 1) * 8)) - 1;
+                }
+            }
+            // SAFETY: in bounds, see above.
+            unsafe { *p = w };
+        }
+        i += 1;
+    }
+    keep
+}
+
+#[inline(always)]
+fn first_flagged_byte(t: u64) -> u64 {
+    let mut b = 0;
+    while b < 7 {
+        if t & (0x80u64 << (b * 8)) != 0 {
+            return b;
+        }
+        b += 1;
+    }
+    7
+}
+
+/// The user buffer of the syscall in progress and its length (only its first
+/// iovec for vectored calls), from the registers saved at syscall entry.
+#[inline(always)]
+fn syscall_buffer() -> Option<(u64, u64)> {
+    // SAFETY: helpers returning the current task and its saved user registers.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    if regs == 0 {
+        return None;
+    }
+    // SAFETY: reads of kernel memory through the probe helper.
+    let nr = unsafe { bpf_probe_read_kernel((regs + OFF_REGS_ORIG_AX.load() as u64) as *const u64).ok()? } as u32;
+    // SAFETY: as above.
+    let arg1 = unsafe { bpf_probe_read_kernel((regs + OFF_REGS_SI.load() as u64) as *const u64).ok()? };
+    if nr == SYS_READ.load() || nr == SYS_WRITE.load() || nr == SYS_RECVFROM.load() || nr == SYS_SENDTO.load() {
+        return Some((arg1, u64::MAX));
+    }
+    let iov = if nr == SYS_READV.load() || nr == SYS_WRITEV.load() {
+        arg1
+    } else if nr == SYS_RECVMSG.load() || nr == SYS_SENDMSG.load() {
+        // struct user_msghdr: msg_iov at 16 (UAPI layout).
+        // SAFETY: read of user memory through the probe helper.
+        unsafe { bpf_probe_read_user((arg1 + 16) as *const u64).ok()? }
+    } else {
+        return None;
+    };
+    // struct iovec { void *iov_base; size_t iov_len; } (UAPI layout).
+    // SAFETY: reads of user memory through the probe helper.
+    let base = unsafe { bpf_probe_read_user(iov as *const u64).ok()? };
+    // SAFETY: as above.
+    let len = unsafe { bpf_probe_read_user((iov + 8) as *const u64).ok()? };
+    Some((base, len))
+}

@@ -1,0 +1,265 @@
+//! TCP lifecycle and errors: `sock/inet_sock_set_state`, `tcp/tcp_destroy_sock`,
+//! `tcp/tcp_receive_reset`, `tcp/tcp_send_reset` and the raw tracepoint
+//! `inet_sk_error_report`.
+//!
+//! These fire for every TCP socket on the host, often in softirq context under
+//! whatever task was on the CPU, so they filter on `SOCKS` (a known socket), never
+//! on the current task alone. The one exception is CLOSE → SYN_SENT, which runs
+//! inside `connect()` in the connecting thread: that is where upstream sockets start.
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
+};
+use classifier_ebpf::{
+    how, reset, side, stat, Addr, Destroy, EventKind, Reset, SockError, SockOpen, SockState, State,
+};
+
+use super::{
+    emit::emit,
+    globals::*,
+    maps::{count, next_sock_id, SOCKS, THREADS},
+    tp::{array_field, field, send_reset, set_state, tcp_sk},
+};
+
+const TCP_SYN_SENT: i32 = 2;
+const TCP_FIN_WAIT1: i32 = 4;
+const TCP_CLOSE: i32 = 7;
+const TCP_LAST_ACK: i32 = 9;
+const AF_INET6: u16 = 10;
+const IPPROTO_TCP: u16 = 6;
+
+#[tracepoint]
+pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+    on_set_state(&ctx);
+    0
+}
+
+#[inline(always)]
+fn on_set_state(ctx: &TracePointContext) -> Option<()> {
+    let protocol: u16 = field(ctx, set_state::PROTOCOL);
+    if protocol != IPPROTO_TCP {
+        return None;
+    }
+    let sk: u64 = field(ctx, set_state::SKADDR);
+    let old: i32 = field(ctx, set_state::OLDSTATE);
+    let new: i32 = field(ctx, set_state::NEWSTATE);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if old == TCP_CLOSE && new == TCP_SYN_SENT {
+        return on_connect(ctx, sk, pid_tgid);
+    }
+    let sock = SOCKS.get_ptr_mut(sk)?;
+    // A watched thread's own close: the first FIN_WAIT1 (close or shutdown) or
+    // LAST_ACK (close after the peer's FIN). Only a syscall makes these changes.
+    let local_close = (new == TCP_FIN_WAIT1 || new == TCP_LAST_ACK) && touch_close(sock, pid_tgid);
+    let (local, peer) = endpoints_from_record(ctx);
+    // SAFETY: `sock` points to a map value valid for this program run.
+    let (id, msg_bytes, msg_last_ns, msg_dir) =
+        unsafe { ((*sock).id, (*sock).msg_bytes, (*sock).msg_last_ns, (*sock).dir) };
+    emit::<State>(EventKind::State, pid_tgid, id, |e| {
+        // SAFETY: `e` is a reserved State.
+        unsafe {
+            (*e).local = local;
+            (*e).peer = peer;
+            (*e).msg_bytes = msg_bytes;
+            (*e).msg_last_ns = msg_last_ns;
+            (*e).old = old as u8;
+            (*e).new = new as u8;
+            (*e).msg_dir = msg_dir;
+            (*e).local_close = local_close as u8;
+            (*e)._pad = 0;
+        }
+    });
+    Some(())
+}
+
+/// CLOSE → SYN_SENT in a watched thread: the proxy connects somewhere. The local
+/// port is not chosen yet (it shows at the next state change).
+#[inline(always)]
+fn on_connect(ctx: &TracePointContext, sk: u64, pid_tgid: u64) -> Option<()> {
+    let thread = THREADS.get_ptr_mut(pid_tgid as u32)?;
+    let id = next_sock_id();
+    let state = SockState {
+        id,
+        owner_tgid: (pid_tgid >> 32) as u32,
+        side: side::UPSTREAM,
+        ..SockState::default()
+    };
+    // A reused socket pointer whose destroy we missed is replaced: the identity
+    // starts here.
+    if SOCKS.insert(sk, state, 0).is_err() {
+        count(stat::SOCKS_FULL);
+        return None;
+    }
+    // SAFETY: `thread` points to a map value valid for this program run.
+    let prev_touch = unsafe {
+        let prev = (*thread).last_touch;
+        (*thread).last_touch = id;
+        prev
+    };
+    let (local, peer) = endpoints_from_record(ctx);
+    emit::<SockOpen>(EventKind::SockOpen, pid_tgid, id, |e| {
+        // SAFETY: `e` is a reserved SockOpen.
+        unsafe {
+            (*e).local = local;
+            (*e).peer = peer;
+            (*e).prev_touch = prev_touch;
+            (*e).owner_tgid = (pid_tgid >> 32) as u32;
+            (*e).side = side::UPSTREAM;
+            (*e).how = how::CONNECT;
+            (*e)._pad = [0; 2];
+        }
+    });
+    Some(())
+}
+
+/// Marks the socket closed by its thread, once, and records the close as that
+/// thread's touch. Returns whether this call was that close.
+#[inline(always)]
+fn touch_close(sock: *mut SockState, pid_tgid: u64) -> bool {
+    let Some(thread) = THREADS.get_ptr_mut(pid_tgid as u32) else {
+        return false;
+    };
+    // SAFETY: both pointers point to map values valid for this program run.
+    unsafe {
+        if (*sock).closed != 0 {
+            return false;
+        }
+        (*sock).closed = 1;
+        (*thread).last_touch = (*sock).id;
+    }
+    true
+}
+
+#[inline(always)]
+fn endpoints_from_record(ctx: &TracePointContext) -> (Addr, Addr) {
+    let family: u16 = field(ctx, set_state::FAMILY);
+    let mut local = Addr { family, port: field(ctx, set_state::SPORT), ..Addr::default() };
+    let mut peer = Addr { family, port: field(ctx, set_state::DPORT), ..Addr::default() };
+    if family == AF_INET6 {
+        local.addr = array_field(ctx, set_state::SADDR_V6);
+        peer.addr = array_field(ctx, set_state::DADDR_V6);
+    } else {
+        let s: [u8; 4] = array_field(ctx, set_state::SADDR);
+        let d: [u8; 4] = array_field(ctx, set_state::DADDR);
+        local.addr[..4].copy_from_slice(&s);
+        peer.addr[..4].copy_from_slice(&d);
+    }
+    (local, peer)
+}
+
+/// Local and peer endpoints read from `struct sock_common`.
+#[inline(always)]
+pub fn read_endpoints(sk: u64) -> Option<(Addr, Addr)> {
+    // SAFETY: reads of kernel memory through the probe helper, at BTF offsets.
+    unsafe {
+        let family: u16 = bpf_probe_read_kernel((sk + OFF_SKC_FAMILY.load() as u64) as *const u16).ok()?;
+        let local_port: u16 = bpf_probe_read_kernel((sk + OFF_SKC_NUM.load() as u64) as *const u16).ok()?;
+        let peer_port: u16 = bpf_probe_read_kernel((sk + OFF_SKC_DPORT.load() as u64) as *const u16).ok()?;
+        let mut local = Addr { family, port: local_port, ..Addr::default() };
+        let mut peer = Addr { family, port: u16::from_be(peer_port), ..Addr::default() };
+        if family == AF_INET6 {
+            local.addr = bpf_probe_read_kernel((sk + OFF_SKC_V6_RCV_SADDR.load() as u64) as *const [u8; 16]).ok()?;
+            peer.addr = bpf_probe_read_kernel((sk + OFF_SKC_V6_DADDR.load() as u64) as *const [u8; 16]).ok()?;
+        } else {
+            let s: [u8; 4] = bpf_probe_read_kernel((sk + OFF_SKC_RCV_SADDR.load() as u64) as *const [u8; 4]).ok()?;
+            let d: [u8; 4] = bpf_probe_read_kernel((sk + OFF_SKC_DADDR.load() as u64) as *const [u8; 4]).ok()?;
+            local.addr[..4].copy_from_slice(&s);
+            peer.addr[..4].copy_from_slice(&d);
+        }
+        Some((local, peer))
+    }
+}
+
+#[tracepoint]
+pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
+    on_destroy(&ctx);
+    0
+}
+
+#[inline(always)]
+fn on_destroy(ctx: &TracePointContext) -> Option<()> {
+    let sk: u64 = field(ctx, tcp_sk::SKADDR);
+    let sock = SOCKS.get_ptr_mut(sk)?;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    // A socket not yet closed by its thread is destroyed inside that thread's
+    // close() (it was already in CLOSE: refused, reset, or closed with linger 0).
+    let local_close = touch_close(sock, pid_tgid);
+    // SAFETY: `sock` points to a map value valid for this program run.
+    let (id, msg_bytes, msg_last_ns, msg_dir) =
+        unsafe { ((*sock).id, (*sock).msg_bytes, (*sock).msg_last_ns, (*sock).dir) };
+    emit::<Destroy>(EventKind::Destroy, pid_tgid, id, |e| {
+        // SAFETY: `e` is a reserved Destroy.
+        unsafe {
+            (*e).msg_bytes = msg_bytes;
+            (*e).msg_last_ns = msg_last_ns;
+            (*e).msg_dir = msg_dir;
+            (*e).local_close = local_close as u8;
+            (*e)._pad = [0; 6];
+        }
+    });
+    let _ = SOCKS.remove(sk);
+    Some(())
+}
+
+#[tracepoint]
+pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
+    let sk: u64 = field(&ctx, tcp_sk::SKADDR);
+    emit_reset(sk, reset::RECEIVED, 0);
+    0
+}
+
+#[tracepoint]
+pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
+    let sk: u64 = field(&ctx, send_reset::SKADDR);
+    let state: i32 = field(&ctx, send_reset::STATE);
+    if sk != 0 {
+        emit_reset(sk, reset::SENT, state as u8);
+    }
+    0
+}
+
+#[inline(always)]
+fn emit_reset(sk: u64, direction: u8, state: u8) -> Option<()> {
+    let sock = SOCKS.get_ptr(sk)?;
+    // SAFETY: `sock` points to a map value valid for this program run.
+    let id = unsafe { (*sock).id };
+    emit::<Reset>(EventKind::Reset, bpf_get_current_pid_tgid(), id, |e| {
+        // SAFETY: `e` is a reserved Reset.
+        unsafe {
+            (*e).dir = direction;
+            (*e).state = state;
+            (*e)._pad = [0; 6];
+        }
+    });
+    Some(())
+}
+
+/// Raw tracepoint: its regular twin carries the 4-tuple but not the socket.
+#[raw_tracepoint(tracepoint = "inet_sk_error_report")]
+pub fn inet_sk_error_report(ctx: RawTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    on_error_report(sk);
+    0
+}
+
+#[inline(always)]
+fn on_error_report(sk: u64) -> Option<()> {
+    let sock = SOCKS.get_ptr(sk)?;
+    // SAFETY: `sock` points to a map value valid for this program run; the rest are
+    // reads of kernel memory through the probe helper at BTF offsets.
+    let (id, errno, state) = unsafe {
+        let errno: i32 = bpf_probe_read_kernel((sk + OFF_SK_ERR.load() as u64) as *const i32).ok()?;
+        let state: u8 = bpf_probe_read_kernel((sk + OFF_SKC_STATE.load() as u64) as *const u8).ok()?;
+        ((*sock).id, errno, state)
+    };
+    emit::<SockError>(EventKind::SockError, bpf_get_current_pid_tgid(), id, |e| {
+        // SAFETY: `e` is a reserved SockError.
+        unsafe {
+            (*e).errno = errno;
+            (*e).state = state;
+            (*e)._pad = [0; 3];
+        }
+    });
+    Some(())
+}
