@@ -1,19 +1,34 @@
-use aya::{include_bytes_aligned, Ebpf};
-fn main() -> anyhow::Result<()> {
-    let mut ebpf = aya::EbpfLoader::new().load(include_bytes_aligned!(concat!(env!("OUT_DIR"), "/classifier")))?;
-    for (name, prog) in ebpf.programs_mut() {
-        println!("{name}");
-        prog_load(name, prog)?;
+//! `classify`: the agent binary. It holds only I/O: CLI, probes, the ring-buffer
+//! reader and the sinks; the engine is the `classifier` library.
+#![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+
+mod agent;
+mod cli;
+mod replay;
+mod sink;
+
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let result = match cli.command {
+        Some(cli::Command::Replay(args)) => replay::run(&args),
+        None => agent::run(&cli.watch),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // A closed stdout (`classify | head`) is not an error.
+            let broken_pipe = err
+                .chain()
+                .any(|e| e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe));
+            if broken_pipe {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("classify: {err:#}");
+            ExitCode::FAILURE
+        }
     }
-    let _ = Ebpf::load;
-    Ok(())
-}
-fn prog_load(name: &str, prog: &mut aya::programs::Program) -> anyhow::Result<()> {
-    use aya::programs::Program::*;
-    match prog {
-        TracePoint(p) => p.load()?,
-        RawTracePoint(p) => p.load()?,
-        _ => anyhow::bail!("unexpected {name}"),
-    }
-    Ok(())
 }

@@ -1,0 +1,193 @@
+//! What the running kernel looks like: struct offsets from its BTF, tracepoint
+//! record layouts from tracefs, and this architecture's syscall numbers. Nothing
+//! kernel-specific is compiled into the probes.
+use std::path::Path;
+
+use anyhow::{bail, Context as _, Result};
+use btf_rs::{Btf, BtfType, Type};
+
+pub const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
+
+/// Byte offsets the probes need, read from BTF.
+#[derive(Debug, Clone, Copy)]
+pub struct Offsets {
+    pub skc_daddr: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_dport: u32,
+    pub skc_num: u32,
+    pub skc_family: u32,
+    pub skc_state: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    pub sk_err: u32,
+    pub regs_si: u32,
+    pub regs_orig_ax: u32,
+}
+
+impl Offsets {
+    pub fn from_btf(path: &Path) -> Result<Self> {
+        let btf = Btf::from_file(path).with_context(|| format!("reading kernel BTF from {}", path.display()))?;
+        let off = |ty: &str, member: &str| -> Result<u32> {
+            member_offset(&btf, ty, member)
+                .with_context(|| format!("kernel BTF has no {ty}.{member}"))
+        };
+        let (regs_si, regs_orig_ax) = if cfg!(target_arch = "x86_64") {
+            (off("pt_regs", "si")?, off("pt_regs", "orig_ax")?)
+        } else {
+            bail!("this build of classify supports x86_64 only");
+        };
+        Ok(Self {
+            skc_daddr: off("sock_common", "skc_daddr")?,
+            skc_rcv_saddr: off("sock_common", "skc_rcv_saddr")?,
+            skc_dport: off("sock_common", "skc_dport")?,
+            skc_num: off("sock_common", "skc_num")?,
+            skc_family: off("sock_common", "skc_family")?,
+            skc_state: off("sock_common", "skc_state")?,
+            skc_v6_daddr: off("sock_common", "skc_v6_daddr")?,
+            skc_v6_rcv_saddr: off("sock_common", "skc_v6_rcv_saddr")?,
+            sk_err: off("sock", "sk_err")?,
+            regs_si,
+            regs_orig_ax,
+        })
+    }
+}
+
+/// Byte offset of `member` in struct `ty`, looking through anonymous structs and
+/// unions.
+fn member_offset(btf: &Btf, ty: &str, member: &str) -> Result<u32> {
+    for t in btf.resolve_types_by_name(ty)? {
+        if let Type::Struct(s) = t {
+            if let Some(bits) = find_member(btf, &s, member, 0)? {
+                if bits % 8 != 0 {
+                    bail!("{ty}.{member} is a bitfield");
+                }
+                return Ok(bits / 8);
+            }
+        }
+    }
+    bail!("not found")
+}
+
+fn find_member(btf: &Btf, s: &btf_rs::Struct, member: &str, base_bits: u32) -> Result<Option<u32>> {
+    for m in &s.members {
+        let name = btf.resolve_name(m).unwrap_or_default();
+        let bits = base_bits + m.bit_offset();
+        if name == member {
+            return Ok(Some(bits));
+        }
+        if name.is_empty() {
+            let Some(id) = m.get_type_id() else { continue };
+            let inner = resolve(btf, id)?;
+            if let Type::Struct(inner) | Type::Union(inner) = inner {
+                if let Some(found) = find_member(btf, &inner, member, bits)? {
+                    return Ok(Some(found));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Follows typedefs and qualifiers to the underlying type.
+fn resolve(btf: &Btf, mut id: u32) -> Result<Type> {
+    for _ in 0..16 {
+        let t = btf.resolve_type_by_id(id)?;
+        match &t {
+            Type::Typedef(x) => id = x.get_type_id().context("typedef without type")?,
+            Type::Const(x) => id = x.get_type_id().context("const without type")?,
+            Type::Volatile(x) => id = x.get_type_id().context("volatile without type")?,
+            Type::Restrict(x) => id = x.get_type_id().context("restrict without type")?,
+            Type::TypeTag(x) => id = x.get_type_id().context("type tag without type")?,
+            _ => return Ok(t),
+        }
+    }
+    bail!("type chain too deep")
+}
+
+/// Syscall numbers whose second argument is a data buffer, iovec array or msghdr.
+#[derive(Debug, Clone, Copy)]
+pub struct Syscalls {
+    pub read: u32,
+    pub write: u32,
+    pub recvfrom: u32,
+    pub sendto: u32,
+    pub readv: u32,
+    pub writev: u32,
+    pub recvmsg: u32,
+    pub sendmsg: u32,
+}
+
+impl Syscalls {
+    pub fn native() -> Self {
+        // Linux x86_64 numbers (arch/x86/entry/syscalls/syscall_64.tbl).
+        Self { read: 0, write: 1, recvfrom: 45, sendto: 44, readv: 19, writev: 20, recvmsg: 47, sendmsg: 46 }
+    }
+}
+
+/// A tracepoint field the probes read at a fixed offset.
+pub struct Field {
+    pub tracepoint: &'static str,
+    pub name: &'static str,
+    pub offset: usize,
+}
+
+/// The record layouts the probes are compiled against (classifier-ebpf `probe/tp.rs`).
+pub const FIELDS: &[Field] = &[
+    Field { tracepoint: "sock/sock_send_length", name: "sk", offset: 8 },
+    Field { tracepoint: "sock/sock_send_length", name: "family", offset: 16 },
+    Field { tracepoint: "sock/sock_send_length", name: "protocol", offset: 18 },
+    Field { tracepoint: "sock/sock_send_length", name: "ret", offset: 20 },
+    Field { tracepoint: "sock/sock_send_length", name: "flags", offset: 24 },
+    Field { tracepoint: "sock/sock_recv_length", name: "sk", offset: 8 },
+    Field { tracepoint: "sock/sock_recv_length", name: "ret", offset: 20 },
+    Field { tracepoint: "sock/sock_recv_length", name: "flags", offset: 24 },
+    Field { tracepoint: "sock/inet_sock_set_state", name: "skaddr", offset: 8 },
+    Field { tracepoint: "sock/inet_sock_set_state", name: "oldstate", offset: 16 },
+    Field { tracepoint: "sock/inet_sock_set_state", name: "newstate", offset: 20 },
+    Field { tracepoint: "sock/inet_sock_set_state", name: "sport", offset: 24 },
+    Field { tracepoint: "sock/inet_sock_set_state", name: "dport", offset: 26 },
+    Field { tracepoint: "sock/inet_sock_set_state", name: "family", offset: 28 },
+    Field { tracepoint: "sock/inet_sock_set_state", name: "protocol", offset: 30 },
+    Field { tracepoint: "sock/inet_sock_set_state", name: "saddr", offset: 32 },
+    Field { tracepoint: "sock/inet_sock_set_state", name: "daddr", offset: 36 },
+    Field { tracepoint: "sock/inet_sock_set_state", name: "saddr_v6", offset: 40 },
+    Field { tracepoint: "sock/inet_sock_set_state", name: "daddr_v6", offset: 56 },
+    Field { tracepoint: "tcp/tcp_destroy_sock", name: "skaddr", offset: 8 },
+    Field { tracepoint: "tcp/tcp_receive_reset", name: "skaddr", offset: 8 },
+    Field { tracepoint: "tcp/tcp_send_reset", name: "skaddr", offset: 16 },
+    Field { tracepoint: "tcp/tcp_send_reset", name: "state", offset: 24 },
+    Field { tracepoint: "sched/sched_process_fork", name: "child_pid", offset: 20 },
+    Field { tracepoint: "sched/sched_process_exit", name: "pid", offset: 24 },
+    Field { tracepoint: "sched/sched_process_exit", name: "group_dead", offset: 32 },
+];
+
+/// Checks that every field the probes read sits where they expect it.
+pub fn check_formats(tracefs: &Path) -> Result<()> {
+    for f in FIELDS {
+        let path = tracefs.join("events").join(f.tracepoint).join("format");
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!("this kernel has no tracepoint {} (classify needs Linux 6.5 or newer)", f.tracepoint)
+        })?;
+        let found = text.lines().find_map(|line| {
+            let line = line.trim();
+            let decl = line.strip_prefix("field:")?.split(';').next()?;
+            let name = decl.split_whitespace().last()?.split('[').next()?;
+            if name != f.name {
+                return None;
+            }
+            let offset = line.split("offset:").nth(1)?.split(';').next()?.trim().parse::<usize>().ok()?;
+            Some(offset)
+        });
+        match found {
+            Some(o) if o == f.offset => {}
+            Some(o) => bail!(
+                "tracepoint {} has field {} at offset {o}, the probes expect {}: this kernel's layout is not supported",
+                f.tracepoint,
+                f.name,
+                f.offset
+            ),
+            None => bail!("tracepoint {} has no field {}: this kernel is not supported", f.tracepoint, f.name),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,331 @@
+//! The live agent: preflight, targets, probes, the ring-buffer drain loop.
+pub mod kernel;
+pub mod preflight;
+pub mod probes;
+pub mod targets;
+
+use std::{
+    collections::BTreeMap,
+    fs::OpenOptions,
+    io::BufWriter,
+    os::unix::fs::OpenOptionsExt as _,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use aya::maps::{MapData, RingBuf};
+use classifier::{
+    decode::Decoder,
+    event::{Event, EventKind},
+    head::QueryPolicy,
+    record::{Record, StatsRecord},
+    recording, Engine, EngineConfig,
+};
+use classifier_ebpf::stat;
+use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
+
+use self::{
+    probes::{Limits, Probes},
+    targets::Spec,
+};
+use crate::{cli::WatchArgs, sink::Sink};
+
+const PROC: &str = "/proc";
+/// How often the ring is drained when no forced wakeup comes.
+const DRAIN_EVERY: Duration = Duration::from_millis(10);
+/// How often the engine is told the time (so quiet exchanges settle).
+const TICK_EVERY: Duration = Duration::from_millis(100);
+/// How often /proc is rescanned for new processes and listening ports.
+const RESCAN_EVERY: Duration = Duration::from_secs(1);
+
+pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub fn run(args: &WatchArgs) -> Result<()> {
+    if args.pids.is_empty() {
+        bail!("name the process to watch: classify --pid <PID|NAME> (e.g. --pid nginx)");
+    }
+    let specs: Vec<Spec> = args.pids.iter().map(|s| Spec::parse(s)).collect();
+    preflight::check_privileges()?;
+    preflight::check_btf(Path::new(kernel::BTF_PATH))?;
+    let tracefs = preflight::tracefs()?;
+    kernel::check_formats(&tracefs)?;
+
+    let proc_root = Path::new(PROC);
+    let initial = targets::resolve(&specs, &targets::scan(proc_root));
+    for spec in &specs {
+        let found = match spec {
+            Spec::Pid(p) => initial.contains_key(p),
+            Spec::Name(n) => initial.values().any(|p| &p.comm == n),
+        };
+        if !found {
+            match spec {
+                Spec::Pid(p) => bail!("no process with PID {p} is running"),
+                Spec::Name(n) => bail!("no process named {n:?} is running (check the name with `pgrep -l {n}`)"),
+            }
+        }
+    }
+
+    let started = Instant::now();
+    let offsets = kernel::Offsets::from_btf(Path::new(kernel::BTF_PATH))?;
+    if !args.ring_mib.is_power_of_two() {
+        bail!("--ring-mib must be a power of two");
+    }
+    let limits = Limits { ring_bytes: args.ring_mib << 20, max_sockets: 65_536, max_threads: 16_384 };
+    let mut probes = Probes::load(&offsets, &kernel::Syscalls::native(), limits)?;
+    let mut watched: BTreeMap<u32, String> = BTreeMap::new();
+    probes.attach(&tracefs, |p| {
+        // Rescan after fork tracking is attached: a process forked in between is
+        // caught here, one forked later by the probe.
+        let now = targets::resolve(&specs, &targets::scan(proc_root));
+        for (pid, info) in &now {
+            p.watch_threads(targets::threads(proc_root, *pid))?;
+            watched.insert(*pid, info.comm.clone());
+        }
+        p.set_listen_ports(&targets::listening_ports(proc_root, now.keys().copied()))
+    })?;
+    let ring = probes.ring()?;
+
+    let realtime_offset_ns = clock_ns(libc::CLOCK_REALTIME) as i64 - monotonic_ns() as i64;
+    let mut engine = Engine::new(EngineConfig {
+        settle_ns: args.settle.as_nanos() as u64,
+        realtime_offset_ns,
+        ..EngineConfig::default()
+    });
+    for (pid, comm) in &watched {
+        engine.set_comm(*pid, comm);
+    }
+    let recorder = match &args.record {
+        Some(path) => {
+            let file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(path)
+                .with_context(|| format!("creating recording {}", path.display()))?;
+            let header = recording::Header::new(
+                realtime_offset_ns,
+                args.keep_query,
+                watched.iter().map(|(p, c)| (*p, c.clone())).collect(),
+            );
+            Some(recording::Writer::new(BufWriter::new(file), &header)?)
+        }
+        None => None,
+    };
+    let sink = Sink::open(&args.output)?;
+    let names: Vec<String> = watched.iter().map(|(p, c)| format!("{c} {p}")).collect();
+    eprintln!(
+        "classify: watching {} process{} ({}); listening ports {:?}; ready in {} ms",
+        watched.len(),
+        if watched.len() == 1 { "" } else { "es" },
+        names.join(", "),
+        probes.listen_ports(),
+        started.elapsed().as_millis()
+    );
+
+    let mut agent = Agent {
+        specs,
+        probes,
+        engine,
+        decoder: Decoder::new(if args.keep_query { QueryPolicy::Keep } else { QueryPolicy::Elide }),
+        sink,
+        recorder,
+        watched,
+        out: Vec::with_capacity(64),
+        events: 0,
+        undecodable: 0,
+        reported: [0; stat::COUNT as usize],
+        started,
+        stats_interval: (args.output.stats_interval > 0).then(|| Duration::from_secs(args.output.stats_interval)),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(agent.run(ring, args.duration))
+}
+
+struct Agent {
+    specs: Vec<Spec>,
+    probes: Probes,
+    engine: Engine,
+    decoder: Decoder,
+    sink: Sink,
+    recorder: Option<recording::Writer<BufWriter<std::fs::File>>>,
+    watched: BTreeMap<u32, String>,
+    out: Vec<Record>,
+    events: u64,
+    undecodable: u64,
+    /// Kernel counters already reported to the engine as loss.
+    reported: [u64; stat::COUNT as usize],
+    started: Instant,
+    stats_interval: Option<Duration>,
+}
+
+impl Agent {
+    async fn run(&mut self, ring: RingBuf<MapData>, duration: Option<Duration>) -> Result<()> {
+        // SAFETY: the RingBuf owns its map fd and is moved into the AsyncFd, so the
+        // fd stays open and the same for the AsyncFd's whole lifetime.
+        let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| anyhow::anyhow!("registering the ring buffer with epoll: {}", e.into_parts().1))?;
+        let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
+        let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
+        let mut drain = tokio::time::interval(DRAIN_EVERY);
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let deadline = duration.map(|d| tokio::time::Instant::now() + d);
+        let mut last_tick = Instant::now();
+        let mut last_rescan = Instant::now();
+        let mut last_stats = Instant::now();
+        let stop_reason;
+        loop {
+            tokio::select! {
+                _ = drain.tick() => {}
+                guard = ring.readable_mut() => {
+                    // Edge-triggered: a forced wakeup (ring half full). Drain below.
+                    guard?.clear_ready();
+                }
+                _ = sigint.recv() => { stop_reason = None; break; }
+                _ = sigterm.recv() => { stop_reason = None; break; }
+                _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => {
+                    stop_reason = None; break;
+                }
+            }
+            self.drain(ring.get_mut())?;
+            if last_tick.elapsed() >= TICK_EVERY {
+                last_tick = Instant::now();
+                self.report_loss()?;
+                self.feed(Event { ts: monotonic_ns(), pid: 0, tid: 0, kind: EventKind::Tick })?;
+            }
+            if last_rescan.elapsed() >= RESCAN_EVERY {
+                last_rescan = Instant::now();
+                if let Some(reason) = self.rescan()? {
+                    stop_reason = Some(reason);
+                    break;
+                }
+            }
+            if let Some(every) = self.stats_interval {
+                if last_stats.elapsed() >= every {
+                    last_stats = Instant::now();
+                    let s = self.stats(false);
+                    self.sink.stats(&s)?;
+                }
+            }
+            self.sink.flush()?;
+        }
+        // Detach first (dropping the links), then drain what is left and flush.
+        self.drain(ring.get_mut())?;
+        self.report_loss()?;
+        let mut out = std::mem::take(&mut self.out);
+        self.engine.flush(&mut out);
+        for r in &out {
+            self.sink.record(r)?;
+        }
+        if let Some(rec) = &mut self.recorder {
+            rec.flush()?;
+        }
+        let s = self.stats(true);
+        self.sink.finish(&s)?;
+        if let Some(reason) = stop_reason {
+            eprintln!("classify: {reason}");
+        }
+        Ok(())
+    }
+
+    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<()> {
+        while let Some(item) = ring.next() {
+            match self.decoder.decode(&item) {
+                Ok(ev) => {
+                    drop(item);
+                    self.feed(ev)?;
+                }
+                Err(_) => self.undecodable += 1,
+            }
+        }
+        Ok(())
+    }
+
+    fn feed(&mut self, ev: Event) -> Result<()> {
+        if !matches!(ev.kind, EventKind::Tick) {
+            self.events += 1;
+        }
+        if let Some(rec) = &mut self.recorder {
+            rec.write(&ev)?;
+        }
+        match &ev.kind {
+            EventKind::Fork { child, comm } => {
+                if self.watched.len() < 65_536 {
+                    self.watched.entry(*child).or_insert_with(|| comm.clone());
+                }
+            }
+            EventKind::Exit { task, group_dead: true } => {
+                self.watched.remove(task);
+            }
+            _ => {}
+        }
+        self.engine.ingest(&ev, &mut self.out);
+        for r in self.out.drain(..) {
+            self.sink.record(&r)?;
+        }
+        Ok(())
+    }
+
+    /// Tells the engine about evidence the kernel could not deliver.
+    fn report_loss(&mut self) -> Result<()> {
+        let now = self.probes.counters();
+        let lost = now[stat::RING_FULL as usize] - self.reported[stat::RING_FULL as usize];
+        let sockets = now[stat::SOCKS_FULL as usize] - self.reported[stat::SOCKS_FULL as usize];
+        if lost > 0 || sockets > 0 {
+            self.reported = now;
+            self.feed(Event { ts: monotonic_ns(), pid: 0, tid: 0, kind: EventKind::Lost { events: lost, sockets } })?;
+        }
+        Ok(())
+    }
+
+    /// Picks up processes that appeared since (by name) and new listening ports.
+    /// Returns why to stop, if every watched PID is gone.
+    fn rescan(&mut self) -> Result<Option<String>> {
+        let proc_root = Path::new(PROC);
+        let now = targets::resolve(&self.specs, &targets::scan(proc_root));
+        for (pid, info) in &now {
+            if !self.watched.contains_key(pid) || self.probes.watch_threads([*pid]).unwrap_or(0) > 0 {
+                self.probes.watch_threads(targets::threads(proc_root, *pid))?;
+                self.engine.set_comm(*pid, &info.comm);
+            }
+            self.watched.insert(*pid, info.comm.clone());
+        }
+        self.probes.set_listen_ports(&targets::listening_ports(proc_root, now.keys().copied()))?;
+        let only_pids = self.specs.iter().all(|s| matches!(s, Spec::Pid(_)));
+        if only_pids && now.is_empty() {
+            let pids: Vec<String> = self.specs.iter().map(|s| s.to_string()).collect();
+            return Ok(Some(format!("{} exited; stopping", pids.join(", "))));
+        }
+        Ok(None)
+    }
+
+    fn stats(&self, last: bool) -> StatsRecord {
+        let k = self.probes.counters();
+        let uptime = self.started.elapsed().as_secs_f64();
+        StatsRecord {
+            time: classifier::engine::wall_time(monotonic_ns(), self.engine.config().realtime_offset_ns),
+            uptime_s: (uptime * 1000.0).round() / 1000.0,
+            last,
+            watched_processes: self.watched.len() as u64,
+            events: self.events,
+            events_per_s: if uptime > 0.0 { (self.events as f64 / uptime).round() } else { 0.0 },
+            lost_events: k[stat::RING_FULL as usize],
+            untracked_sockets: k[stat::SOCKS_FULL as usize],
+            undecodable_events: self.undecodable,
+            exchanges: self.sink.exchanges,
+            incomplete_exchanges: self.sink.incomplete,
+            verdicts: self.sink.verdicts.clone(),
+            engine: self.engine.counters().clone(),
+        }
+    }
+}

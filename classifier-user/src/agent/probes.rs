@@ -1,0 +1,182 @@
+//! Loading and attaching the probes, and the agent's side of their maps.
+use std::collections::BTreeSet;
+
+use anyhow::{Context as _, Result};
+use aya::{
+    include_bytes_aligned,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    programs::{RawTracePoint, TracePoint},
+    Ebpf, EbpfLoader,
+};
+use classifier_ebpf::{stat, ThreadState};
+
+use super::kernel::{Offsets, Syscalls};
+
+/// The probes' object file, built by this crate's build script.
+static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/classifier"));
+
+/// Target tracking: attached first, so no fork is missed between the /proc scan
+/// and the data probes. (program, category, name)
+const TRACKING: &[(&str, &str, &str)] = &[
+    ("sched_process_fork", "sched", "sched_process_fork"),
+    ("sched_process_exit", "sched", "sched_process_exit"),
+];
+
+/// Everything else. (program, category, name)
+const TRACEPOINTS: &[(&str, &str, &str)] = &[
+    ("sys_enter_epoll_wait", "syscalls", "sys_enter_epoll_wait"),
+    ("sys_enter_epoll_wait", "syscalls", "sys_enter_epoll_pwait"),
+    ("sys_enter_epoll_wait", "syscalls", "sys_enter_epoll_pwait2"),
+    ("inet_sock_set_state", "sock", "inet_sock_set_state"),
+    ("tcp_destroy_sock", "tcp", "tcp_destroy_sock"),
+    ("tcp_receive_reset", "tcp", "tcp_receive_reset"),
+    ("tcp_send_reset", "tcp", "tcp_send_reset"),
+    ("sock_send_length", "sock", "sock_send_length"),
+    ("sock_recv_length", "sock", "sock_recv_length"),
+];
+const RAW_TRACEPOINTS: &[(&str, &str)] = &[("inet_sk_error_report", "inet_sk_error_report")];
+
+/// Sizes of the kernel-side tables.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub ring_bytes: u32,
+    pub max_sockets: u32,
+    pub max_threads: u32,
+}
+
+pub struct Probes {
+    ebpf: Ebpf,
+    threads: HashMap<MapData, u32, ThreadState>,
+    ports: HashMap<MapData, u16, u8>,
+    stats: PerCpuArray<MapData, u64>,
+    ports_set: BTreeSet<u16>,
+    /// Tracepoints that this kernel lacks but that are optional (epoll_pwait2).
+    pub missing_optional: Vec<&'static str>,
+}
+
+impl Probes {
+    pub fn load(offsets: &Offsets, sys: &Syscalls, limits: Limits) -> Result<Self> {
+        let wakeup = u64::from(limits.ring_bytes / 2);
+        let progress_ns: u64 = 200_000_000;
+        let mut loader = EbpfLoader::new();
+        loader
+            .map_max_entries("EVENTS", limits.ring_bytes)
+            .map_max_entries("SOCKS", limits.max_sockets)
+            .map_max_entries("THREADS", limits.max_threads)
+            .override_global("OFF_SKC_DADDR", &offsets.skc_daddr, true)
+            .override_global("OFF_SKC_RCV_SADDR", &offsets.skc_rcv_saddr, true)
+            .override_global("OFF_SKC_DPORT", &offsets.skc_dport, true)
+            .override_global("OFF_SKC_NUM", &offsets.skc_num, true)
+            .override_global("OFF_SKC_FAMILY", &offsets.skc_family, true)
+            .override_global("OFF_SKC_STATE", &offsets.skc_state, true)
+            .override_global("OFF_SKC_V6_DADDR", &offsets.skc_v6_daddr, true)
+            .override_global("OFF_SKC_V6_RCV_SADDR", &offsets.skc_v6_rcv_saddr, true)
+            .override_global("OFF_SK_ERR", &offsets.sk_err, true)
+            .override_global("OFF_REGS_SI", &offsets.regs_si, true)
+            .override_global("OFF_REGS_ORIG_AX", &offsets.regs_orig_ax, true)
+            .override_global("SYS_READ", &sys.read, true)
+            .override_global("SYS_WRITE", &sys.write, true)
+            .override_global("SYS_RECVFROM", &sys.recvfrom, true)
+            .override_global("SYS_SENDTO", &sys.sendto, true)
+            .override_global("SYS_READV", &sys.readv, true)
+            .override_global("SYS_WRITEV", &sys.writev, true)
+            .override_global("SYS_RECVMSG", &sys.recvmsg, true)
+            .override_global("SYS_SENDMSG", &sys.sendmsg, true)
+            .override_global("RING_WAKEUP_BYTES", &wakeup, true)
+            .override_global("PROGRESS_NS", &progress_ns, true);
+        let mut ebpf = loader.load(OBJECT).context("loading the probes into the kernel")?;
+        let threads = HashMap::try_from(ebpf.take_map("THREADS").context("map THREADS")?)?;
+        let ports = HashMap::try_from(ebpf.take_map("LISTEN_PORTS").context("map LISTEN_PORTS")?)?;
+        let stats = PerCpuArray::try_from(ebpf.take_map("STATS").context("map STATS")?)?;
+        Ok(Self { ebpf, threads, ports, stats, ports_set: BTreeSet::new(), missing_optional: Vec::new() })
+    }
+
+    /// Attaches every program. `before_data` runs after target tracking is
+    /// attached and before the data probes (the agent rescans /proc there).
+    pub fn attach(&mut self, tracefs: &std::path::Path, mut before_data: impl FnMut(&mut Self) -> Result<()>) -> Result<()> {
+        for (prog, category, name) in TRACKING {
+            self.attach_tracepoint(tracefs, prog, category, name)?;
+        }
+        before_data(self)?;
+        for (prog, category, name) in TRACEPOINTS {
+            self.attach_tracepoint(tracefs, prog, category, name)?;
+        }
+        for (prog, name) in RAW_TRACEPOINTS {
+            let program: &mut RawTracePoint = self
+                .ebpf
+                .program_mut(prog)
+                .with_context(|| format!("program {prog} missing from the object"))?
+                .try_into()?;
+            program.load().with_context(|| format!("loading program {prog}"))?;
+            program.attach(name).with_context(|| format!("attaching to raw tracepoint {name}"))?;
+        }
+        Ok(())
+    }
+
+    fn attach_tracepoint(&mut self, tracefs: &std::path::Path, prog: &str, category: &str, name: &'static str) -> Result<()> {
+            if !tracefs.join("events").join(category).join(name).is_dir() {
+                if name == "sys_enter_epoll_pwait2" {
+                    self.missing_optional.push(name);
+                    return Ok(());
+                }
+                anyhow::bail!(
+                    "this kernel has no tracepoint {category}/{name}, which classify needs (sock/* I/O tracepoints need Linux 6.5 or newer)"
+                );
+            }
+            let program: &mut TracePoint = self
+                .ebpf
+                .program_mut(prog)
+                .with_context(|| format!("program {prog} missing from the object"))?
+                .try_into()?;
+            if program.fd().is_err() {
+                program.load().with_context(|| format!("loading program {prog} (the kernel verifier refused it)"))?;
+            }
+            program.attach(category, name).with_context(|| format!("attaching to tracepoint {category}/{name}"))?;
+        Ok(())
+    }
+
+    /// Watches these threads (idempotent).
+    pub fn watch_threads(&mut self, tids: impl IntoIterator<Item = u32>) -> Result<usize> {
+        let mut added = 0;
+        for tid in tids {
+            if self.threads.get(&tid, 0).is_ok() {
+                continue;
+            }
+            self.threads.insert(tid, ThreadState::default(), 0).context("filling the thread map (is it full?)")?;
+            added += 1;
+        }
+        Ok(added)
+    }
+
+    /// Replaces the set of listening ports that mark client connections.
+    pub fn set_listen_ports(&mut self, ports: &BTreeSet<u16>) -> Result<()> {
+        for gone in self.ports_set.difference(ports).copied().collect::<Vec<_>>() {
+            let _ = self.ports.remove(&gone);
+        }
+        for new in ports.difference(&self.ports_set).copied().collect::<Vec<_>>() {
+            self.ports.insert(new, 1, 0).context("filling the listening-port map")?;
+        }
+        self.ports_set = ports.clone();
+        Ok(())
+    }
+
+    pub fn listen_ports(&self) -> &BTreeSet<u16> {
+        &self.ports_set
+    }
+
+    pub fn ring(&mut self) -> Result<RingBuf<MapData>> {
+        let map = self.ebpf.take_map("EVENTS").context("map EVENTS")?;
+        Ok(RingBuf::try_from(map)?)
+    }
+
+    /// Kernel counters summed over CPUs, indexed by `classifier_ebpf::stat`.
+    pub fn counters(&self) -> [u64; stat::COUNT as usize] {
+        let mut out = [0u64; stat::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            if let Ok(values) = self.stats.get(&(i as u32), 0) {
+                *slot = values.iter().sum();
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,264 @@
+//! Ring-buffer records → [`Event`]s. Every record is length-checked and its kind
+//! mapped through a checked `TryFrom`; anything malformed is an error the caller
+//! counts, never a panic. First lines are parsed here and dropped: no captured
+//! byte outlives decoding.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use classifier_ebpf as wire;
+use wire::EventKind as Kind;
+
+use crate::{
+    event::{Dir, Endpoint, Event, EventKind, MsgCursor, Opened, ResetDir, Side, SockId, TcpState},
+    head::{self, QueryPolicy},
+};
+
+/// Why a record could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Shorter than its kind's size (or than a header).
+    Short { kind: Option<u32>, len: usize },
+    UnknownKind(u32),
+    /// A field holds a value outside its domain.
+    BadField(&'static str),
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Short { kind: Some(k), len } => write!(f, "event of kind {k} is {len} bytes, too short"),
+            Self::Short { kind: None, len } => write!(f, "record of {len} bytes is shorter than a header"),
+            Self::UnknownKind(k) => write!(f, "unknown event kind {k}"),
+            Self::BadField(name) => write!(f, "field {name} out of range"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// Decodes ring-buffer records.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Decoder {
+    pub query: QueryPolicy,
+}
+
+/// Reads a `T` from the front of `bytes` after checking the length.
+fn read<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
+    if bytes.len() < size_of::<T>() {
+        return Err(DecodeError::Short { kind: Some(kind), len: bytes.len() });
+    }
+    // SAFETY: the length was checked above; every `T` used here is a #[repr(C)]
+    // struct of integers and byte arrays (classifier_ebpf), valid for any bit
+    // pattern; read_unaligned makes no alignment assumption.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+fn sock(id: u64) -> SockId {
+    SockId(id)
+}
+
+fn touch(id: u64) -> Option<SockId> {
+    (id != 0).then_some(SockId(id))
+}
+
+fn dir(d: u8) -> Result<Dir, DecodeError> {
+    match d {
+        wire::dir::RECV => Ok(Dir::Recv),
+        wire::dir::SEND => Ok(Dir::Send),
+        _ => Err(DecodeError::BadField("dir")),
+    }
+}
+
+fn cursor(d: u8, bytes: u64, last: u64) -> MsgCursor {
+    MsgCursor { dir: dir(d).ok(), bytes, last }
+}
+
+fn endpoint(a: &wire::Addr) -> Result<Endpoint, DecodeError> {
+    let addr = match a.family {
+        2 => IpAddr::V4(Ipv4Addr::new(a.addr[0], a.addr[1], a.addr[2], a.addr[3])),
+        10 => {
+            let v6 = Ipv6Addr::from(a.addr);
+            // Dual-stack sockets carry IPv4 peers as ::ffff:a.b.c.d; show them as IPv4.
+            v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4)
+        }
+        0 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        _ => return Err(DecodeError::BadField("family")),
+    };
+    Ok(Endpoint { addr, port: a.port })
+}
+
+impl Decoder {
+    pub fn new(query: QueryPolicy) -> Self {
+        Self { query }
+    }
+
+    /// Decodes one ring-buffer record.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Event, DecodeError> {
+        if bytes.len() < size_of::<wire::Header>() {
+            return Err(DecodeError::Short { kind: None, len: bytes.len() });
+        }
+        let h: wire::Header = read(bytes, 0)?;
+        let kind = Kind::try_from(h.kind).map_err(DecodeError::UnknownKind)?;
+        let k = h.kind;
+        let id = h.sock_id;
+        let kind = match kind {
+            Kind::SockOpen => {
+                let e: wire::SockOpen = read(bytes, k)?;
+                EventKind::SockOpen {
+                    sock: sock(id),
+                    owner: e.owner_tgid,
+                    side: match e.side {
+                        wire::side::CLIENT => Side::Client,
+                        wire::side::UPSTREAM => Side::Upstream,
+                        _ => return Err(DecodeError::BadField("side")),
+                    },
+                    how: match e.how {
+                        wire::how::CONNECT => Opened::Connect,
+                        wire::how::FIRST_USE => Opened::FirstUse,
+                        _ => return Err(DecodeError::BadField("how")),
+                    },
+                    local: endpoint(&e.local)?,
+                    peer: endpoint(&e.peer)?,
+                    prev_touch: touch(e.prev_touch),
+                }
+            }
+            Kind::Message => {
+                let e: wire::Message = read(bytes, k)?;
+                let len = usize::from(e.line_len).min(wire::LINE_CAP);
+                EventKind::Message {
+                    sock: sock(id),
+                    dir: dir(e.dir)?,
+                    bytes: e.ret.max(0) as u32,
+                    head: head::parse(&e.line[..len], self.query),
+                    prev_touch: touch(e.prev_touch),
+                    prev_msg_bytes: e.prev_msg_bytes,
+                    prev_msg_last: e.prev_msg_last_ns,
+                }
+            }
+            Kind::Io => {
+                let e: wire::Io = read(bytes, k)?;
+                let d = dir(e.dir)?;
+                match e.what {
+                    wire::io::EOF => EventKind::Eof { sock: sock(id), prev_touch: touch(e.prev_touch) },
+                    wire::io::ERROR => EventKind::IoError {
+                        sock: sock(id),
+                        dir: d,
+                        errno: e.ret.saturating_neg(),
+                        prev_touch: touch(e.prev_touch),
+                    },
+                    wire::io::PROGRESS => EventKind::Progress { sock: sock(id), dir: d, msg_bytes: e.msg_bytes },
+                    _ => return Err(DecodeError::BadField("what")),
+                }
+            }
+            Kind::State => {
+                let e: wire::State = read(bytes, k)?;
+                EventKind::State {
+                    sock: sock(id),
+                    old: TcpState::from(e.old),
+                    new: TcpState::from(e.new),
+                    local: endpoint(&e.local)?,
+                    peer: endpoint(&e.peer)?,
+                    local_close: e.local_close != 0,
+                    msg: cursor(e.msg_dir, e.msg_bytes, e.msg_last_ns),
+                }
+            }
+            Kind::Reset => {
+                let e: wire::Reset = read(bytes, k)?;
+                EventKind::Reset {
+                    sock: sock(id),
+                    dir: match e.dir {
+                        wire::reset::RECEIVED => ResetDir::Received,
+                        wire::reset::SENT => ResetDir::Sent,
+                        _ => return Err(DecodeError::BadField("reset dir")),
+                    },
+                    state: TcpState::from(e.state),
+                }
+            }
+            Kind::SockError => {
+                let e: wire::SockError = read(bytes, k)?;
+                EventKind::SockError { sock: sock(id), errno: e.errno, state: TcpState::from(e.state) }
+            }
+            Kind::Destroy => {
+                let e: wire::Destroy = read(bytes, k)?;
+                EventKind::Destroy {
+                    sock: sock(id),
+                    local_close: e.local_close != 0,
+                    msg: cursor(e.msg_dir, e.msg_bytes, e.msg_last_ns),
+                }
+            }
+            Kind::Fork => {
+                let e: wire::Fork = read(bytes, k)?;
+                let end = e.child_comm.iter().position(|&b| b == 0).unwrap_or(16);
+                EventKind::Fork { child: e.child_pid, comm: String::from_utf8_lossy(&e.child_comm[..end]).into_owned() }
+            }
+            Kind::Exit => {
+                let e: wire::Exit = read(bytes, k)?;
+                EventKind::Exit { task: e.pid, group_dead: e.group_dead != 0 }
+            }
+        };
+        Ok(Event { ts: h.ts_ns, pid: (h.pid_tgid >> 32) as u32, tid: h.pid_tgid as u32, kind })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_of<T>(v: &T) -> Vec<u8> {
+        // SAFETY: test helper viewing a #[repr(C)] wire struct (no padding holes:
+        // every field is explicit) as bytes.
+        unsafe { std::slice::from_raw_parts((v as *const T).cast::<u8>(), size_of::<T>()).to_vec() }
+    }
+
+    fn header(kind: Kind) -> wire::Header {
+        wire::Header { kind: kind as u32, _pad: 0, ts_ns: 1000, pid_tgid: (42 << 32) | 43, sock_id: 7 }
+    }
+
+    #[test]
+    fn message_keeps_only_the_parsed_line() {
+        let mut line = [0u8; wire::LINE_CAP];
+        let text = b"GET /login?password=hunter2 HTTP/1.1\r\n";
+        line[..text.len()].copy_from_slice(text);
+        let m = wire::Message {
+            header: header(Kind::Message),
+            prev_touch: 3,
+            prev_msg_bytes: 0,
+            prev_msg_last_ns: 0,
+            ret: 512,
+            dir: wire::dir::RECV,
+            _pad: 0,
+            line_len: text.len() as u16,
+            line,
+        };
+        let ev = Decoder::default().decode(&bytes_of(&m)).unwrap();
+        assert_eq!(ev.pid, 42);
+        let json = serde_json::to_string(&ev).unwrap();
+        assert!(!json.contains("hunter2"), "{json}");
+        assert!(json.contains("/login?…"), "{json}");
+    }
+
+    #[test]
+    fn short_and_unknown_records_are_errors() {
+        let m = bytes_of(&header(Kind::Message));
+        assert!(matches!(Decoder::default().decode(&m), Err(DecodeError::Short { kind: Some(2), .. })));
+        assert!(matches!(Decoder::default().decode(&m[..10]), Err(DecodeError::Short { kind: None, .. })));
+        let mut h = header(Kind::Exit);
+        h.kind = 99;
+        assert_eq!(Decoder::default().decode(&bytes_of(&h)), Err(DecodeError::UnknownKind(99)));
+    }
+
+    #[test]
+    fn line_len_beyond_capture_is_clamped() {
+        let m = wire::Message {
+            header: header(Kind::Message),
+            prev_touch: 0,
+            prev_msg_bytes: 0,
+            prev_msg_last_ns: 0,
+            ret: 1,
+            dir: wire::dir::SEND,
+            _pad: 0,
+            line_len: u16::MAX,
+            line: [b'x'; wire::LINE_CAP],
+        };
+        assert!(Decoder::default().decode(&bytes_of(&m)).is_ok());
+    }
+}

@@ -1,0 +1,165 @@
+//! Evidence gathered for one client exchange and its upstream attempts. Plain
+//! data: the rules that read it live in `outcome.rs`.
+use crate::{
+    event::{Endpoint, SockId},
+    head::RequestLine,
+};
+
+/// Exchange handle (engine-local, never reused).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ExId(pub u64);
+
+/// The final (non-1xx) response the proxy started writing.
+#[derive(Clone, Debug)]
+pub struct ResponseStart {
+    /// `None` when the first bytes were not a readable status line.
+    pub status: Option<u16>,
+    pub ts: u64,
+}
+
+/// Why an exchange ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum End {
+    /// The client sent its next request on the connection.
+    NextRequest,
+    /// The client connection was destroyed.
+    ConnectionClosed,
+    /// Quiet for the settle time after its response.
+    Settled,
+    /// Evicted because the exchange table was full.
+    Evicted,
+    /// The agent stopped.
+    Flushed,
+}
+
+#[derive(Clone, Debug)]
+pub struct Exchange {
+    pub id: ExId,
+    pub client: SockId,
+    pub pid: u32,
+    pub request: Option<RequestLine>,
+    /// The first request byte (or the first evidence of the exchange).
+    pub start: u64,
+    /// The request line was not captured: the exchange was found through an
+    /// upstream attempt (pipelined requests arrive in one receive).
+    pub inferred: bool,
+    pub interim: bool,
+    pub response: Option<ResponseStart>,
+    pub response_bytes: u64,
+    /// Last byte of the response sent (or last progress seen).
+    pub last_send: u64,
+    /// Last event of any kind that concerned this exchange.
+    pub last_activity: u64,
+    pub attempts: Vec<Attempt>,
+    /// The client's FIN arrived (state CLOSE_WAIT) or was read (EOF).
+    pub client_fin: Option<u64>,
+    /// The client's RST arrived, or I/O on the client failed with ECONNRESET.
+    pub client_rst: Option<u64>,
+    /// A send to the client failed (EPIPE, ECONNRESET): the response was cut.
+    pub client_send_failed: Option<u64>,
+    /// The proxy closed the client connection while this exchange was current.
+    pub response_cut_by_proxy: Option<u64>,
+    /// Evidence may be missing (loss, adopted mid-exchange, flushed early).
+    pub incomplete: bool,
+}
+
+impl Exchange {
+    pub fn new(id: ExId, client: SockId, pid: u32, start: u64) -> Self {
+        Self {
+            id,
+            client,
+            pid,
+            request: None,
+            start,
+            inferred: false,
+            interim: false,
+            response: None,
+            response_bytes: 0,
+            last_send: start,
+            last_activity: start,
+            attempts: Vec::new(),
+            client_fin: None,
+            client_rst: None,
+            client_send_failed: None,
+            response_cut_by_proxy: None,
+            incomplete: false,
+        }
+    }
+
+    /// When the client was first seen leaving (FIN or RST), if it did.
+    pub fn client_left(&self) -> Option<u64> {
+        match (self.client_fin, self.client_rst) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub fn touch(&mut self, ts: u64) {
+        self.last_activity = self.last_activity.max(ts);
+    }
+}
+
+/// One upstream attempt: a connect (or the reuse of a kept-alive connection) and
+/// what came of it.
+#[derive(Clone, Debug)]
+pub struct Attempt {
+    pub sock: SockId,
+    pub peer: Endpoint,
+    pub local: Endpoint,
+    /// CLOSE → SYN_SENT; `None` on a reused connection.
+    pub connect_start: Option<u64>,
+    /// SYN_SENT → ESTABLISHED.
+    pub established: Option<u64>,
+    pub request_sent: Option<u64>,
+    /// The proxy's own request line to the upstream.
+    pub upstream_request: Option<RequestLine>,
+    pub first_byte: Option<u64>,
+    /// Status of a valid response head.
+    pub status: Option<u16>,
+    /// The first bytes back were not an HTTP status line.
+    pub invalid: bool,
+    pub last_recv: Option<u64>,
+    /// The upstream's FIN: read (EOF) or arrived (CLOSE_WAIT).
+    pub peer_fin: Option<u64>,
+    pub rst_in: Option<u64>,
+    /// Socket or I/O error (errno, when).
+    pub error: Option<(i32, u64)>,
+    /// The proxy closed the connection itself.
+    pub local_close: Option<u64>,
+    /// The connect failed (SYN_SENT → CLOSE).
+    pub connect_failed: Option<u64>,
+}
+
+impl Attempt {
+    pub fn new(sock: SockId, peer: Endpoint, local: Endpoint) -> Self {
+        Self {
+            sock,
+            peer,
+            local,
+            connect_start: None,
+            established: None,
+            request_sent: None,
+            upstream_request: None,
+            first_byte: None,
+            status: None,
+            invalid: false,
+            last_recv: None,
+            peer_fin: None,
+            rst_in: None,
+            error: None,
+            local_close: None,
+            connect_failed: None,
+        }
+    }
+
+    /// When the attempt started: the connect, else the request.
+    pub fn started(&self) -> Option<u64> {
+        self.connect_start.or(self.request_sent)
+    }
+
+    /// The first sign that the upstream itself broke the connection.
+    pub fn upstream_failed(&self) -> Option<u64> {
+        let err = self.error.and_then(|(e, ts)| (e == libc::ECONNRESET || e == libc::EPIPE).then_some(ts));
+        [self.rst_in, err, self.peer_fin].into_iter().flatten().min()
+    }
+}

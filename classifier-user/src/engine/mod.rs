@@ -1,0 +1,727 @@
+//! The engine: connection table → exchange correlator → classifier.
+//!
+//! ```text
+//!  client socket                       upstream socket(s)
+//!  ─────────────                       ──────────────────
+//!  Message recv (request line) ──▶ Exchange opened
+//!          │                         ▲  attempt attached by the loop-iteration rule:
+//!          │                         │  connect (or first send on a reused connection)
+//!          │                         │  → the socket this thread touched last in the
+//!          │                         │    same epoll iteration → its exchange
+//!  Message send (status line) ──▶ response started
+//!  next request / close / quiet ──▶ Exchange ended → Record
+//! ```
+//!
+//! `ingest` is the only entry point; time comes from event timestamps.
+
+mod build;
+mod exchange;
+mod outcome;
+mod sockets;
+
+use std::collections::{BTreeMap, HashMap};
+
+use self::{
+    exchange::{Attempt, End, ExId, Exchange, ResponseStart},
+    sockets::{Sock, Sockets},
+};
+pub use build::wall_time;
+use crate::{
+    event::{Dir, Event, EventKind, MsgCursor, Opened, ResetDir, Side, SockId, TcpState},
+    head::{Head, RequestLine},
+    record::{EngineCounters, ExchangeRecord, Record},
+};
+
+/// Limits and clocks. Every table is bounded; what is evicted is counted.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// An exchange whose response has started ends after this long without any
+    /// activity (its connection kept alive and idle).
+    pub settle_ns: u64,
+    /// Wall clock = monotonic + this (set by the agent, stored in recordings).
+    pub realtime_offset_ns: i64,
+    pub max_sockets: usize,
+    pub max_exchanges: usize,
+    /// Destroyed sockets remembered for attribution.
+    pub max_dead_sockets: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            settle_ns: 1_000_000_000,
+            realtime_offset_ns: 0,
+            max_sockets: 262_144,
+            max_exchanges: 262_144,
+            max_dead_sockets: 65_536,
+        }
+    }
+}
+
+pub struct Engine {
+    cfg: EngineConfig,
+    now: u64,
+    socks: Sockets,
+    exchanges: BTreeMap<ExId, Exchange>,
+    next_ex: u64,
+    comms: HashMap<u32, String>,
+    counters: EngineCounters,
+}
+
+impl Engine {
+    pub fn new(cfg: EngineConfig) -> Self {
+        Self {
+            socks: Sockets::new(cfg.max_sockets, cfg.max_dead_sockets),
+            cfg,
+            now: 0,
+            exchanges: BTreeMap::new(),
+            next_ex: 1,
+            comms: HashMap::new(),
+            counters: EngineCounters::default(),
+        }
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.cfg
+    }
+
+    pub fn counters(&self) -> &EngineCounters {
+        &self.counters
+    }
+
+    /// Latest event time seen.
+    pub fn now(&self) -> u64 {
+        self.now
+    }
+
+    /// Exchanges in flight.
+    pub fn open_exchanges(&self) -> usize {
+        self.exchanges.len()
+    }
+
+    /// Names a process (the agent does this for processes it found at start).
+    pub fn set_comm(&mut self, pid: u32, comm: &str) {
+        self.comms.insert(pid, comm.to_owned());
+    }
+
+    /// Feeds one event; ended exchanges are appended to `out`.
+    pub fn ingest(&mut self, ev: &Event, out: &mut Vec<Record>) {
+        self.now = self.now.max(ev.ts);
+        let ts = ev.ts;
+        match &ev.kind {
+            EventKind::SockOpen { sock, owner, side, how, local, peer, prev_touch } => {
+                self.sock_open(ts, *sock, *owner, *side, *how, *local, *peer, *prev_touch, out)
+            }
+            EventKind::Message { sock, dir, bytes, head, prev_touch, prev_msg_bytes, prev_msg_last } => {
+                self.message(ts, *sock, *dir, *bytes, head, *prev_touch, *prev_msg_bytes, *prev_msg_last, out)
+            }
+            EventKind::Progress { sock, dir, msg_bytes } => self.progress(ts, *sock, *dir, *msg_bytes),
+            EventKind::Eof { sock, .. } => self.peer_fin(ts, *sock),
+            EventKind::IoError { sock, dir, errno, .. } => self.io_error(ts, *sock, *dir, *errno),
+            EventKind::State { sock, old, new, local, peer, local_close, msg } => {
+                self.state(ts, *sock, *old, *new, *local, *peer, *local_close, *msg)
+            }
+            EventKind::Reset { sock, dir, .. } => self.reset(ts, *sock, *dir),
+            EventKind::SockError { sock, errno, .. } => self.sock_error(ts, *sock, *errno),
+            EventKind::Destroy { sock, local_close, msg } => self.destroy(ts, *sock, *local_close, *msg, out),
+            EventKind::Fork { child, comm } => {
+                if self.comms.len() < 65_536 {
+                    self.comms.insert(*child, comm.clone());
+                }
+            }
+            EventKind::Exit { .. } => {}
+            EventKind::Lost { .. } => {
+                // Evidence for everything in flight may be gone.
+                for ex in self.exchanges.values_mut() {
+                    ex.incomplete = true;
+                }
+            }
+            EventKind::Tick => self.settle(out),
+        }
+    }
+
+    /// Ends every exchange in flight (the agent is stopping).
+    pub fn flush(&mut self, out: &mut Vec<Record>) {
+        let ids: Vec<ExId> = self.exchanges.keys().copied().collect();
+        for id in ids {
+            self.finish(id, End::Flushed, out);
+        }
+    }
+
+    // ===== sockets =====
+
+    #[allow(clippy::too_many_arguments)]
+    fn sock_open(
+        &mut self,
+        ts: u64,
+        id: SockId,
+        owner: u32,
+        side: Side,
+        how: Opened,
+        local: crate::event::Endpoint,
+        peer: crate::event::Endpoint,
+        prev_touch: Option<SockId>,
+        out: &mut Vec<Record>,
+    ) {
+        let sock = Sock::new(side, how, owner, local, peer, ts);
+        if let Some((old_id, old)) = self.socks.insert(id, sock) {
+            self.counters.evicted_sockets += 1;
+            if old.side == Side::Client {
+                for ex in old.exchanges {
+                    if let Some(e) = self.exchanges.get_mut(&ex) {
+                        e.incomplete = true;
+                    }
+                    self.finish(ex, End::Evicted, out);
+                }
+            }
+            let _ = old_id;
+        }
+        if side == Side::Upstream && how == Opened::Connect {
+            match self.resolve(prev_touch, ts, out) {
+                Some(ex) => self.attach(ex, id, ts, true),
+                None => self.counters.unattributed_attempts += 1,
+            }
+        }
+    }
+
+    /// The exchange a thread was working for: the one owning the socket it touched
+    /// last in the same loop iteration. A failed upstream socket counts as its
+    /// exchange's socket, so retries chain; on a client connection whose response
+    /// was already sent, the next attempt starts the connection's next exchange.
+    fn resolve(&mut self, prev_touch: Option<SockId>, ts: u64, out: &mut Vec<Record>) -> Option<ExId> {
+        let touched = prev_touch?;
+        let sock = self.socks.get_any(touched)?;
+        match sock.side {
+            Side::Upstream => {
+                let (ex, _) = sock.attempt?;
+                self.exchanges.contains_key(&ex).then_some(ex)
+            }
+            Side::Client => {
+                let waiting = sock
+                    .exchanges
+                    .iter()
+                    .rev()
+                    .find(|e| self.exchanges.get(e).is_some_and(|x| x.response.is_none()))
+                    .copied();
+                if waiting.is_some() {
+                    return waiting;
+                }
+                if self.socks.get(touched).is_none() {
+                    return None;
+                }
+                // Pipelined: the request arrived in an earlier receive.
+                let owner = sock.owner;
+                let ex = self.open_exchange(touched, owner, ts, None, out);
+                if let Some(e) = self.exchanges.get_mut(&ex) {
+                    e.inferred = true;
+                }
+                Some(ex)
+            }
+        }
+    }
+
+    /// Attaches a new attempt on upstream socket `sock` to exchange `ex`.
+    fn attach(&mut self, ex: ExId, sock: SockId, ts: u64, connect: bool) {
+        let Some(s) = self.socks.get_mut(sock) else { return };
+        let Some(e) = self.exchanges.get_mut(&ex) else { return };
+        let mut a = Attempt::new(sock, s.peer, s.local);
+        if connect {
+            a.connect_start = Some(ts);
+        }
+        e.attempts.push(a);
+        e.touch(ts);
+        s.attempt = Some((ex, e.attempts.len() - 1));
+        s.uses += 1;
+    }
+
+    fn open_exchange(
+        &mut self,
+        client: SockId,
+        pid: u32,
+        ts: u64,
+        request: Option<RequestLine>,
+        out: &mut Vec<Record>,
+    ) -> ExId {
+        if self.exchanges.len() >= self.cfg.max_exchanges {
+            if let Some((&oldest, _)) = self.exchanges.iter().next() {
+                self.counters.evicted_exchanges += 1;
+                if let Some(e) = self.exchanges.get_mut(&oldest) {
+                    e.incomplete = true;
+                }
+                self.finish(oldest, End::Evicted, out);
+            }
+        }
+        let id = ExId(self.next_ex);
+        self.next_ex += 1;
+        let mut ex = Exchange::new(id, client, pid, ts);
+        ex.request = request;
+        self.exchanges.insert(id, ex);
+        if let Some(s) = self.socks.get_mut(client) {
+            s.exchanges.push_back(id);
+        }
+        id
+    }
+
+    /// The attempt an upstream socket serves now, if its exchange is in flight.
+    fn attempt_mut(&mut self, sock: SockId) -> Option<(&mut Exchange, usize)> {
+        let (ex, idx) = self.socks.get(sock)?.attempt?;
+        let e = self.exchanges.get_mut(&ex)?;
+        (idx < e.attempts.len()).then_some((e, idx))
+    }
+
+    /// The exchange a client socket serves now (the newest in flight).
+    fn current_mut(&mut self, sock: SockId) -> Option<&mut Exchange> {
+        let s = self.socks.get(sock)?;
+        let ex = *s.exchanges.back()?;
+        self.exchanges.get_mut(&ex)
+    }
+
+    // ===== messages =====
+
+    #[allow(clippy::too_many_arguments)]
+    fn message(
+        &mut self,
+        ts: u64,
+        sock: SockId,
+        dir: Dir,
+        bytes: u32,
+        head: &Head,
+        prev_touch: Option<SockId>,
+        _prev_msg_bytes: u64,
+        prev_msg_last: u64,
+        out: &mut Vec<Record>,
+    ) {
+        let Some(s) = self.socks.get_mut(sock) else {
+            self.counters.unknown_socket_events += 1;
+            return;
+        };
+        s.last_activity = ts;
+        let side = s.side;
+        match (side, dir) {
+            (Side::Client, Dir::Recv) => self.client_request(ts, sock, head, prev_msg_last, out),
+            (Side::Client, Dir::Send) => self.client_response(ts, sock, head, bytes),
+            (Side::Upstream, Dir::Send) => self.upstream_request(ts, sock, head, prev_touch, out),
+            (Side::Upstream, Dir::Recv) => self.upstream_response(ts, sock, head),
+        }
+    }
+
+    fn client_request(&mut self, ts: u64, sock: SockId, head: &Head, prev_msg_last: u64, out: &mut Vec<Record>) {
+        // The response that just ended sent its last byte at `prev_msg_last`.
+        if let Some(cur) = self.current_mut(sock) {
+            if cur.response.is_some() && prev_msg_last > 0 {
+                cur.last_send = cur.last_send.max(prev_msg_last);
+            }
+        }
+        let owner = self.socks.get(sock).map_or(0, |s| s.owner);
+        match head {
+            Head::Request(r) => {
+                // Exchanges whose response has started are over: nginx reads the next
+                // request only after it has finished the previous response.
+                let done: Vec<ExId> = self
+                    .socks
+                    .get(sock)
+                    .map(|s| {
+                        s.exchanges
+                            .iter()
+                            .filter(|e| self.exchanges.get(e).is_some_and(|x| x.response.is_some()))
+                            .copied()
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for ex in done {
+                    self.finish(ex, End::NextRequest, out);
+                }
+                self.open_exchange(sock, owner, ts, Some(r.clone()), out);
+            }
+            _ => {
+                // A request body (after 100-continue, or late after an early
+                // response) or bytes that are not HTTP. Only a connection with no
+                // exchange at all opens one: nginx will answer it (400) or close.
+                let has_any = self.socks.get(sock).is_some_and(|s| !s.exchanges.is_empty());
+                if !has_any {
+                    self.open_exchange(sock, owner, ts, None, out);
+                }
+            }
+        }
+    }
+
+    fn client_response(&mut self, ts: u64, sock: SockId, head: &Head, bytes: u32) {
+        let Some(s) = self.socks.get(sock) else { return };
+        let target = s
+            .exchanges
+            .iter()
+            .find(|e| self.exchanges.get(e).is_some_and(|x| x.response.is_none()))
+            .copied();
+        let Some(ex) = target.and_then(|id| self.exchanges.get_mut(&id)) else {
+            self.counters.orphan_responses += 1;
+            return;
+        };
+        ex.touch(ts);
+        let status = match head {
+            Head::Status(st) if (100..200).contains(&st.code) && st.code != 101 => {
+                ex.interim = true;
+                return;
+            }
+            Head::Status(st) => Some(st.code),
+            _ => None,
+        };
+        ex.response = Some(ResponseStart { status, ts });
+        ex.last_send = ts;
+        ex.response_bytes = u64::from(bytes);
+    }
+
+    fn upstream_request(
+        &mut self,
+        ts: u64,
+        sock: SockId,
+        head: &Head,
+        prev_touch: Option<SockId>,
+        out: &mut Vec<Record>,
+    ) {
+        let request = match head {
+            Head::Request(r) => Some(r.clone()),
+            _ => None,
+        };
+        // The request of an attempt already attached (a fresh connect)?
+        if let Some((e, idx)) = self.attempt_mut(sock) {
+            let a = &mut e.attempts[idx];
+            if a.request_sent.is_none() && a.first_byte.is_none() {
+                a.request_sent = Some(ts);
+                a.upstream_request = request;
+                e.touch(ts);
+                return;
+            }
+        }
+        let s = self.socks.get(sock).expect("checked by caller");
+        let fresh_unattributed = s.how == Opened::Connect && s.uses == 0;
+        // A connection reused from the keep-alive pool: the first send of a new
+        // attempt happens in the handler that read the client request, so the
+        // loop-iteration rule applies. A fresh connect that found no exchange must
+        // not: its first send runs in a later iteration.
+        let ex = if fresh_unattributed { None } else { self.resolve(prev_touch, ts, out) };
+        let ex = match ex {
+            Some(ex) => Some(ex),
+            None => {
+                let found = self.match_request_line(sock, request.as_ref());
+                if found.is_some() {
+                    self.counters.attributed_by_request_line += 1;
+                    if fresh_unattributed {
+                        self.counters.unattributed_attempts = self.counters.unattributed_attempts.saturating_sub(1);
+                    }
+                } else if !fresh_unattributed {
+                    self.counters.unattributed_attempts += 1;
+                }
+                found
+            }
+        };
+        let Some(ex) = ex else { return };
+        let connect_start = if fresh_unattributed { Some(self.socks.get(sock).map_or(ts, |_| ts)) } else { None };
+        self.attach(ex, sock, ts, false);
+        if let Some((e, idx)) = self.attempt_mut(sock) {
+            let a = &mut e.attempts[idx];
+            a.request_sent = Some(ts);
+            a.upstream_request = request;
+            if fresh_unattributed {
+                a.connect_start = connect_start;
+            }
+        }
+    }
+
+    /// Fallback attribution: an exchange of the same process, waiting for an
+    /// upstream, whose request target matches the proxy's request to the upstream.
+    fn match_request_line(&self, sock: SockId, request: Option<&RequestLine>) -> Option<ExId> {
+        let request = request?;
+        let owner = self.socks.get(sock)?.owner;
+        self.exchanges
+            .values()
+            .filter(|e| e.pid == owner && e.response.is_none())
+            .filter(|e| e.attempts.last().is_none_or(|a| a.first_byte.is_none() || a.status.is_none()))
+            .find(|e| e.request.as_ref().is_some_and(|r| r.method == request.method && r.target == request.target))
+            .map(|e| e.id)
+    }
+
+    fn upstream_response(&mut self, ts: u64, sock: SockId, head: &Head) {
+        let Some((e, idx)) = self.attempt_mut(sock) else {
+            self.counters.late_events += 1;
+            return;
+        };
+        e.touch(ts);
+        let a = &mut e.attempts[idx];
+        if a.first_byte.is_none() {
+            a.first_byte = Some(ts);
+        }
+        a.last_recv = Some(ts);
+        match head {
+            Head::Status(st) if (100..200).contains(&st.code) && st.code != 101 => {}
+            Head::Status(st) => a.status = Some(st.code),
+            Head::Request(_) | Head::Other { .. } => a.invalid = true,
+            Head::None => {}
+        }
+    }
+
+    fn progress(&mut self, ts: u64, sock: SockId, dir: Dir, msg_bytes: u64) {
+        let Some(s) = self.socks.get_mut(sock) else { return };
+        s.last_activity = ts;
+        match (s.side, dir) {
+            (Side::Client, Dir::Send) => {
+                if let Some(ex) = self.current_mut(sock) {
+                    if ex.response.is_some() {
+                        ex.last_send = ts;
+                        ex.response_bytes = msg_bytes;
+                    }
+                    ex.touch(ts);
+                }
+            }
+            (Side::Client, Dir::Recv) => {
+                if let Some(ex) = self.current_mut(sock) {
+                    ex.touch(ts);
+                }
+            }
+            (Side::Upstream, _) => {
+                if let Some((e, idx)) = self.attempt_mut(sock) {
+                    e.touch(ts);
+                    if dir == Dir::Recv {
+                        e.attempts[idx].last_recv = Some(ts);
+                    }
+                }
+            }
+        }
+    }
+
+    // ===== TCP evidence =====
+
+    fn side(&self, sock: SockId) -> Option<Side> {
+        self.socks.get(sock).map(|s| s.side)
+    }
+
+    /// The peer's FIN on `sock` (read as EOF, or arrived: CLOSE_WAIT).
+    fn peer_fin(&mut self, ts: u64, sock: SockId) {
+        match self.side(sock) {
+            Some(Side::Client) => self.client_left(sock, ts, false),
+            Some(Side::Upstream) => {
+                if let Some((e, idx)) = self.attempt_mut(sock) {
+                    e.touch(ts);
+                    let a = &mut e.attempts[idx];
+                    a.peer_fin.get_or_insert(ts);
+                }
+            }
+            None => self.counters.unknown_socket_events += 1,
+        }
+    }
+
+    /// The client left (FIN or RST) while exchanges were in flight on `sock`.
+    fn client_left(&mut self, sock: SockId, ts: u64, reset: bool) {
+        let Some(s) = self.socks.get(sock) else { return };
+        let ids: Vec<ExId> = s.exchanges.iter().copied().collect();
+        for id in ids {
+            if let Some(ex) = self.exchanges.get_mut(&id) {
+                ex.touch(ts);
+                if reset {
+                    ex.client_rst.get_or_insert(ts);
+                } else {
+                    ex.client_fin.get_or_insert(ts);
+                }
+            }
+        }
+    }
+
+    fn io_error(&mut self, ts: u64, sock: SockId, dir: Dir, errno: i32) {
+        match self.side(sock) {
+            Some(Side::Client) => {
+                if errno == libc::ECONNRESET {
+                    self.client_left(sock, ts, true);
+                }
+                if dir == Dir::Send {
+                    if let Some(ex) = self.current_mut(sock) {
+                        ex.client_send_failed.get_or_insert(ts);
+                        if errno == libc::EPIPE {
+                            ex.client_rst.get_or_insert(ts);
+                        }
+                    }
+                }
+            }
+            Some(Side::Upstream) => {
+                if let Some((e, idx)) = self.attempt_mut(sock) {
+                    e.touch(ts);
+                    e.attempts[idx].error.get_or_insert((errno, ts));
+                }
+            }
+            None => self.counters.unknown_socket_events += 1,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn state(
+        &mut self,
+        ts: u64,
+        sock: SockId,
+        old: TcpState,
+        new: TcpState,
+        local: crate::event::Endpoint,
+        peer: crate::event::Endpoint,
+        local_close: bool,
+        msg: MsgCursor,
+    ) {
+        let Some(s) = self.socks.get_mut(sock) else {
+            self.counters.unknown_socket_events += 1;
+            return;
+        };
+        // The local port of a connect shows only after SYN_SENT.
+        if local.port != 0 {
+            s.local = local;
+        }
+        if peer.port != 0 {
+            s.peer = peer;
+        }
+        let (side, local_ep) = (s.side, s.local);
+        match side {
+            Side::Client => {
+                if msg.dir == Some(Dir::Send) {
+                    if let Some(ex) = self.current_mut(sock) {
+                        if ex.response.is_some() && msg.last > 0 {
+                            ex.last_send = ex.last_send.max(msg.last);
+                        }
+                    }
+                }
+                if new == TcpState::CloseWait {
+                    self.client_left(sock, ts, false);
+                }
+                if local_close {
+                    self.proxy_closed_client(sock, ts);
+                }
+            }
+            Side::Upstream => {
+                let Some((e, idx)) = self.attempt_mut(sock) else { return };
+                e.touch(ts);
+                let a = &mut e.attempts[idx];
+                if local_ep.port != 0 {
+                    a.local = local_ep;
+                }
+                match (old, new) {
+                    (TcpState::SynSent, TcpState::Established) => a.established = Some(ts),
+                    (TcpState::SynSent, TcpState::Close) => {
+                        a.connect_failed.get_or_insert(ts);
+                    }
+                    (_, TcpState::CloseWait) => {
+                        a.peer_fin.get_or_insert(ts);
+                    }
+                    _ => {}
+                }
+                if local_close {
+                    a.local_close.get_or_insert(ts);
+                }
+            }
+        }
+    }
+
+    /// The proxy closed a client connection: a response in progress ends here.
+    fn proxy_closed_client(&mut self, sock: SockId, ts: u64) {
+        if let Some(ex) = self.current_mut(sock) {
+            if ex.response.is_some() {
+                ex.response_cut_by_proxy.get_or_insert(ts);
+            }
+        }
+    }
+
+    fn reset(&mut self, ts: u64, sock: SockId, dir: ResetDir) {
+        if dir != ResetDir::Received {
+            return;
+        }
+        match self.side(sock) {
+            Some(Side::Client) => self.client_left(sock, ts, true),
+            Some(Side::Upstream) => {
+                if let Some((e, idx)) = self.attempt_mut(sock) {
+                    e.touch(ts);
+                    e.attempts[idx].rst_in.get_or_insert(ts);
+                }
+            }
+            None => self.counters.unknown_socket_events += 1,
+        }
+    }
+
+    fn sock_error(&mut self, ts: u64, sock: SockId, errno: i32) {
+        match self.side(sock) {
+            Some(Side::Client) => {
+                if errno == libc::ECONNRESET || errno == libc::EPIPE {
+                    self.client_left(sock, ts, true);
+                }
+            }
+            Some(Side::Upstream) => {
+                if let Some((e, idx)) = self.attempt_mut(sock) {
+                    e.touch(ts);
+                    e.attempts[idx].error.get_or_insert((errno, ts));
+                }
+            }
+            None => self.counters.unknown_socket_events += 1,
+        }
+    }
+
+    fn destroy(&mut self, ts: u64, sock: SockId, local_close: bool, msg: MsgCursor, out: &mut Vec<Record>) {
+        let Some(side) = self.side(sock) else {
+            self.counters.unknown_socket_events += 1;
+            return;
+        };
+        match side {
+            Side::Client => {
+                if msg.dir == Some(Dir::Send) && msg.last > 0 {
+                    if let Some(ex) = self.current_mut(sock) {
+                        if ex.response.is_some() {
+                            ex.last_send = ex.last_send.max(msg.last);
+                        }
+                    }
+                }
+                if local_close {
+                    self.proxy_closed_client(sock, ts);
+                }
+                let ids: Vec<ExId> = self.socks.get(sock).map(|s| s.exchanges.iter().copied().collect()).unwrap_or_default();
+                for id in ids {
+                    self.finish(id, End::ConnectionClosed, out);
+                }
+            }
+            Side::Upstream => {
+                if let Some((e, idx)) = self.attempt_mut(sock) {
+                    e.touch(ts);
+                    if local_close {
+                        e.attempts[idx].local_close.get_or_insert(ts);
+                    }
+                }
+            }
+        }
+        self.socks.bury(sock);
+    }
+
+    // ===== ending exchanges =====
+
+    /// Ends exchanges that have been quiet for the settle time after their response.
+    fn settle(&mut self, out: &mut Vec<Record>) {
+        let now = self.now;
+        let settle = self.cfg.settle_ns;
+        let quiet: Vec<ExId> = self
+            .exchanges
+            .values()
+            .filter(|e| e.response.is_some() && now.saturating_sub(e.last_activity) >= settle)
+            .map(|e| e.id)
+            .collect();
+        for id in quiet {
+            self.finish(id, End::Settled, out);
+        }
+    }
+
+    fn finish(&mut self, id: ExId, end: End, out: &mut Vec<Record>) {
+        let Some(mut ex) = self.exchanges.remove(&id) else { return };
+        if end == End::Flushed && ex.response.is_none() && ex.client_left().is_none() {
+            // Still waiting when the agent stopped.
+            ex.incomplete = true;
+        }
+        let client = self.socks.get_any(ex.client).cloned();
+        if let Some(s) = self.socks.get_mut(ex.client) {
+            s.exchanges.retain(|e| *e != id);
+        }
+        let comm = self.comms.get(&ex.pid).map_or("?", String::as_str);
+        let record: ExchangeRecord = build::build(&ex, client.as_ref(), comm, self.cfg.realtime_offset_ns);
+        out.push(Record::Exchange(Box::new(record)));
+    }
+}
+
+#[cfg(test)]
+mod tests;

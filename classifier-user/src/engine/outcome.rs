@@ -1,0 +1,107 @@
+//! The verdict table, applied to the evidence. Order matters where two parties
+//! failed: whoever failed first decided the outcome (nginx logs 499 once the
+//! client has gone, whatever the upstream does next).
+use super::exchange::{Attempt, Exchange};
+use crate::verdict::{Origin, Outcome, ResponseFrom, Verdict};
+
+/// How an upstream attempt ended.
+pub fn attempt_outcome(a: &Attempt, ex: &Exchange) -> Outcome {
+    let client_left = ex.client_left();
+    let before_client = |ts: u64| client_left.is_none_or(|c| ts <= c);
+    if a.status.is_some() {
+        // A head came back. It is cut when the upstream broke the connection after
+        // the head and the proxy could not finish the response: it closed the
+        // client connection right after, or a send to the client failed.
+        if let Some(failed) = a.upstream_failed() {
+            if failed >= a.first_byte.unwrap_or(0) && response_cut(ex, failed) {
+                return Outcome::Truncated;
+            }
+        }
+        return Outcome::Response;
+    }
+    if a.invalid {
+        return Outcome::Invalid;
+    }
+    if a.connect_start.is_some() && a.established.is_none() {
+        let refused = a.error.is_some_and(|(e, _)| {
+            e == libc::ECONNREFUSED || e == libc::EHOSTUNREACH || e == libc::ENETUNREACH
+        }) || a.rst_in.is_some();
+        if refused {
+            return Outcome::Refused;
+        }
+        let gave_up = a.local_close.or(a.connect_failed);
+        return match (client_left, gave_up) {
+            (Some(c), Some(g)) if c <= g => Outcome::Aborted,
+            (Some(_), None) => Outcome::Aborted,
+            _ => Outcome::ConnectTimeout,
+        };
+    }
+    if let Some(failed) = a.upstream_failed() {
+        if before_client(failed) {
+            let reset = a.rst_in.is_some_and(|r| r <= failed)
+                || a.error.is_some_and(|(e, ts)| ts <= failed && e == libc::ECONNRESET);
+            return if reset { Outcome::Reset } else { Outcome::Closed };
+        }
+        return Outcome::Aborted;
+    }
+    match (client_left, a.local_close) {
+        (Some(c), Some(l)) if c <= l => Outcome::Aborted,
+        (Some(_), None) => Outcome::Aborted,
+        _ => Outcome::Timeout,
+    }
+}
+
+/// Whether the response to the client was cut after the upstream failed at `failed`.
+fn response_cut(ex: &Exchange, failed: u64) -> bool {
+    ex.client_send_failed.is_some_and(|t| t >= failed) || ex.response_cut_by_proxy.is_some_and(|t| t >= failed)
+}
+
+/// The exchange's verdict, whose behaviour decided it, and who wrote the status.
+pub fn exchange_verdict(ex: &Exchange, outcomes: &[Outcome]) -> (Verdict, Origin, Option<ResponseFrom>) {
+    let last = ex.attempts.last().zip(outcomes.last().copied());
+    let Some(resp) = &ex.response else {
+        // No response written.
+        if ex.client_rst.is_some() {
+            return (Verdict::ClientReset, Origin::Client, None);
+        }
+        if ex.client_fin.is_some() {
+            return (Verdict::ClientAbort, Origin::Client, None);
+        }
+        return (Verdict::ProxyError, Origin::Proxy, None);
+    };
+    let from = match (last, resp.status) {
+        (Some((a, Outcome::Response | Outcome::Truncated)), Some(s)) if a.status == Some(s) => ResponseFrom::Upstream,
+        _ => ResponseFrom::Proxy,
+    };
+    if let Some((_, Outcome::Truncated)) = last {
+        return (Verdict::UpstreamTruncated, Origin::Upstream, Some(from));
+    }
+    if ex.client_send_failed.is_some() && ex.client_rst.is_some() {
+        return (Verdict::ClientReset, Origin::Client, Some(from));
+    }
+    let status = resp.status.or_else(|| last.and_then(|(a, _)| a.status)).unwrap_or(200);
+    let verdict = match status {
+        100..=399 => Verdict::Ok,
+        400..=499 => Verdict::ClientError,
+        _ if from == ResponseFrom::Upstream => Verdict::UpstreamError,
+        _ => match last.map(|(_, o)| o) {
+            Some(Outcome::Refused) => Verdict::UpstreamRefused,
+            Some(Outcome::Reset) => Verdict::UpstreamReset,
+            Some(Outcome::Closed) => Verdict::UpstreamClosed,
+            Some(Outcome::Invalid) => Verdict::UpstreamInvalid,
+            Some(Outcome::Timeout) => Verdict::UpstreamTimeout,
+            Some(Outcome::ConnectTimeout) => Verdict::UpstreamConnectTimeout,
+            _ => Verdict::ProxyError,
+        },
+    };
+    let origin = match verdict {
+        Verdict::Ok => match from {
+            ResponseFrom::Upstream => Origin::Upstream,
+            ResponseFrom::Proxy => Origin::Proxy,
+        },
+        Verdict::ClientError => Origin::Client,
+        Verdict::ProxyError => Origin::Proxy,
+        _ => Origin::Upstream,
+    };
+    (verdict, origin, Some(from))
+}

@@ -1,0 +1,1 @@
+//! Engine unit tests: scripted event transcripts (see `crate::testkit`).

@@ -1,0 +1,207 @@
+//! The engine's input: what the kernel showed, independent of the hook that showed
+//! it. A probe set for another kernel (fentry, kprobes, syscall tracepoints) feeds
+//! the same events. Recordings store these, never raw ring-buffer bytes, so a
+//! recording holds no byte the record itself would not show.
+use std::net::{IpAddr, Ipv4Addr};
+
+use serde::{Deserialize, Serialize};
+
+use crate::head::Head;
+
+/// Identity of one socket from its start to its destruction. Socket pointers are
+/// reused at once; ids are never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SockId(pub u64);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    /// Accepted on a listening port of the proxy.
+    Client,
+    /// Opened or used by the proxy towards an upstream.
+    Upstream,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Opened {
+    /// `connect()` by a proxy thread.
+    Connect,
+    /// First seen in I/O: accepted connections and connections older than the agent.
+    FirstUse,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dir {
+    Recv,
+    Send,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResetDir {
+    Received,
+    Sent,
+}
+
+/// TCP states as the kernel numbers them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TcpState {
+    Established,
+    SynSent,
+    SynRecv,
+    FinWait1,
+    FinWait2,
+    TimeWait,
+    Close,
+    CloseWait,
+    LastAck,
+    Listen,
+    Closing,
+    NewSynRecv,
+    Unknown,
+}
+
+impl From<u8> for TcpState {
+    fn from(v: u8) -> Self {
+        match v {
+            1 => Self::Established,
+            2 => Self::SynSent,
+            3 => Self::SynRecv,
+            4 => Self::FinWait1,
+            5 => Self::FinWait2,
+            6 => Self::TimeWait,
+            7 => Self::Close,
+            8 => Self::CloseWait,
+            9 => Self::LastAck,
+            10 => Self::Listen,
+            11 => Self::Closing,
+            12 => Self::NewSynRecv,
+            _ => Self::Unknown,
+        }
+    }
+}
+
+/// An IP address and port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub addr: IpAddr,
+    pub port: u16,
+}
+
+impl Default for Endpoint {
+    fn default() -> Self {
+        Self { addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED), port: 0 }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.addr {
+            IpAddr::V4(a) => write!(f, "{a}:{}", self.port),
+            IpAddr::V6(a) => write!(f, "[{a}]:{}", self.port),
+        }
+    }
+}
+
+/// Where the current message of a socket stands: its direction, bytes so far and
+/// when its last byte moved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MsgCursor {
+    pub dir: Option<Dir>,
+    pub bytes: u64,
+    pub last: u64,
+}
+
+/// One kernel observation. `ts` is CLOCK_MONOTONIC nanoseconds. `pid`/`tid` are
+/// the task that was current, which in softirq context is not the socket's owner:
+/// the engine takes thread identity only from `prev_touch`, which the probes
+/// compute per thread.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub ts: u64,
+    #[serde(default)]
+    pub pid: u32,
+    #[serde(default)]
+    pub tid: u32,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "ev", rename_all = "snake_case")]
+pub enum EventKind {
+    /// A socket's identity starts. `prev_touch` (connects only): the socket the
+    /// connecting thread touched last in the same event-loop iteration.
+    SockOpen {
+        sock: SockId,
+        owner: u32,
+        side: Side,
+        how: Opened,
+        local: Endpoint,
+        peer: Endpoint,
+        prev_touch: Option<SockId>,
+    },
+    /// Bytes moved in a new direction: a message starts. `head` is what its first
+    /// line says. `prev_msg_*`: the message that just ended (other direction).
+    Message {
+        sock: SockId,
+        dir: Dir,
+        bytes: u32,
+        head: Head,
+        prev_touch: Option<SockId>,
+        prev_msg_bytes: u64,
+        prev_msg_last: u64,
+    },
+    /// More bytes in the current message (throttled).
+    Progress { sock: SockId, dir: Dir, msg_bytes: u64 },
+    /// A receive returned end of file: the peer's FIN was read.
+    Eof { sock: SockId, prev_touch: Option<SockId> },
+    /// A send or receive failed with `errno` (never EAGAIN).
+    IoError { sock: SockId, dir: Dir, errno: i32, prev_touch: Option<SockId> },
+    /// A TCP state change. `local_close`: the owning thread's own close.
+    State {
+        sock: SockId,
+        old: TcpState,
+        new: TcpState,
+        local: Endpoint,
+        peer: Endpoint,
+        local_close: bool,
+        msg: MsgCursor,
+    },
+    Reset { sock: SockId, dir: ResetDir, state: TcpState },
+    /// The socket's error was set (ECONNREFUSED, ECONNRESET, ETIMEDOUT...).
+    SockError { sock: SockId, errno: i32, state: TcpState },
+    /// The socket is destroyed; `local_close`: inside the owning thread's close().
+    Destroy { sock: SockId, local_close: bool, msg: MsgCursor },
+    /// A watched task (`pid`/`tid` of the event) created `child`.
+    Fork { child: u32, comm: String },
+    /// A watched task exited.
+    Exit { task: u32, group_dead: bool },
+    /// The probes lost `events` events (ring full) or could not track `sockets`
+    /// sockets (map full) since the last report: evidence is incomplete.
+    Lost { events: u64, sockets: u64 },
+    /// Time passes (the agent sends one periodically so quiet exchanges settle).
+    Tick,
+}
+
+impl EventKind {
+    /// The socket the event is about, if any.
+    pub fn sock(&self) -> Option<SockId> {
+        match self {
+            Self::SockOpen { sock, .. }
+            | Self::Message { sock, .. }
+            | Self::Progress { sock, .. }
+            | Self::Eof { sock, .. }
+            | Self::IoError { sock, .. }
+            | Self::State { sock, .. }
+            | Self::Reset { sock, .. }
+            | Self::SockError { sock, .. }
+            | Self::Destroy { sock, .. } => Some(*sock),
+            Self::Fork { .. } | Self::Exit { .. } | Self::Lost { .. } | Self::Tick => None,
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! What the first line of a message says. The probes copy at most the first line
+//! of a message (`LINE_CAP` bytes, cut at the first `\n`); this module turns it
+//! into a request line, a status line, or "something else", and keeps nothing else:
+//! no raw bytes survive decoding.
+use serde::{Deserialize, Serialize};
+
+/// The first line of a message, parsed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Head {
+    /// No bytes were captured (e.g. `sendfile`, or an unreadable buffer).
+    #[default]
+    None,
+    Request(RequestLine),
+    Status(StatusLine),
+    /// Bytes that are neither a request line nor a status line. Only their length
+    /// and whether they look binary are kept.
+    Other { len: u16, binary: bool },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestLine {
+    pub method: String,
+    /// Request target as sent, with the query string replaced by `?…` unless the
+    /// decoder was told to keep it.
+    pub target: String,
+    /// `HTTP/1.0`, `HTTP/1.1`, or `HTTP/0.9` for a request line without a version.
+    pub version: String,
+    /// The line was longer than the capture: `target` is cut.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub truncated: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusLine {
+    pub version: String,
+    pub code: u16,
+}
+
+/// How much of the target to keep.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QueryPolicy {
+    /// Replace the query string with `?…` (the default: queries carry tokens).
+    #[default]
+    Elide,
+    Keep,
+}
+
+/// Marker that replaces an elided query string, and ends a cut target.
+pub const ELIDED: &str = "…";
+
+/// Parses a captured first line. `line` holds at most the first line (with its
+/// `\n` if it fit); `complete` says whether the whole line was captured.
+pub fn parse(line: &[u8], query: QueryPolicy) -> Head {
+    if line.is_empty() {
+        return Head::None;
+    }
+    if line.starts_with(b"HTTP/") {
+        return parse_status(line);
+    }
+    parse_request(line, query).unwrap_or_else(|| other(line))
+}
+
+fn other(line: &[u8]) -> Head {
+    let binary = line.iter().any(|&b| b < 0x09 || (b > 0x0d && b < 0x20) || b == 0x7f);
+    Head::Other { len: line.len().min(u16::MAX as usize) as u16, binary }
+}
+
+fn parse_status(line: &[u8]) -> Head {
+    let mut headers = [httparse::EMPTY_HEADER; 0];
+    let mut response = httparse::Response::new(&mut headers);
+    // With only the first line, httparse stops at the headers (Partial or a
+    // TooManyHeaders error) after filling version and code.
+    let _ = response.parse(line);
+    match (response.version, response.code) {
+        (Some(minor), Some(code)) => Head::Status(StatusLine { version: format!("HTTP/1.{minor}"), code }),
+        _ => other(line),
+    }
+}
+
+fn parse_request(line: &[u8], query: QueryPolicy) -> Option<Head> {
+    let complete = line.ends_with(b"\n");
+    let text = line.strip_suffix(b"\n").unwrap_or(line);
+    let text = text.strip_suffix(b"\r").unwrap_or(text);
+    let mut parts = text.split(|&b| b == b' ').filter(|p| !p.is_empty());
+    let method = parts.next()?;
+    if !method.iter().all(|&b| is_token(b)) || method.len() > 32 {
+        return None;
+    }
+    let target = parts.next();
+    let version = parts.next();
+    if parts.next().is_some() {
+        return None;
+    }
+    let Some(target) = target else {
+        // "GET" alone, or a method cut by the capture.
+        return None;
+    };
+    if !target.iter().all(|&b| b > 0x20 && b != 0x7f) {
+        return None;
+    }
+    let version = match version {
+        Some(b"HTTP/1.1") => "HTTP/1.1",
+        Some(b"HTTP/1.0") => "HTTP/1.0",
+        Some(v) if v.starts_with(b"HTTP/") && v.len() == 8 => {
+            // HTTP/2.0 or 3.0 on an HTTP/1 connection: keep it as sent.
+            return Some(request(method, target, std::str::from_utf8(v).ok()?, false, query));
+        }
+        Some(_) if !complete => {
+            // The version was cut by the capture: the target is whole.
+            return Some(request(method, target, "HTTP/1.1", true, query));
+        }
+        Some(_) => return None,
+        None if complete => "HTTP/0.9",
+        // Cut inside the target.
+        None => return Some(request(method, target, "HTTP/1.1", true, query)),
+    };
+    Some(request(method, target, version, false, query))
+}
+
+fn request(method: &[u8], target: &[u8], version: &str, truncated: bool, query: QueryPolicy) -> Head {
+    let mut target = String::from_utf8_lossy(target).into_owned();
+    if query == QueryPolicy::Elide {
+        if let Some(q) = target.find('?') {
+            target.truncate(q + 1);
+            target.push_str(ELIDED);
+        }
+    }
+    if truncated && !target.ends_with(ELIDED) {
+        target.push_str(ELIDED);
+    }
+    Head::Request(RequestLine {
+        method: String::from_utf8_lossy(method).into_owned(),
+        target,
+        version: version.to_owned(),
+        truncated,
+    })
+}
+
+fn is_token(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(m: &str, t: &str, v: &str) -> Head {
+        Head::Request(RequestLine { method: m.into(), target: t.into(), version: v.into(), truncated: false })
+    }
+
+    #[test]
+    fn request_lines() {
+        assert_eq!(parse(b"GET /a HTTP/1.1\r\n", QueryPolicy::Elide), req("GET", "/a", "HTTP/1.1"));
+        assert_eq!(parse(b"POST /x?token=s3cret HTTP/1.0\r\n", QueryPolicy::Elide), req("POST", "/x?…", "HTTP/1.0"));
+        assert_eq!(parse(b"POST /x?token=s3cret HTTP/1.0\r\n", QueryPolicy::Keep), req("POST", "/x?token=s3cret", "HTTP/1.0"));
+        assert_eq!(parse(b"GET /old\r\n", QueryPolicy::Elide), req("GET", "/old", "HTTP/0.9"));
+    }
+
+    #[test]
+    fn cut_request_line_is_marked() {
+        let Head::Request(r) = parse(b"GET /very/long/pa", QueryPolicy::Elide) else { panic!() };
+        assert!(r.truncated);
+        assert_eq!(r.target, "/very/long/pa…");
+        let Head::Request(r) = parse(b"GET /a?b=c HTT", QueryPolicy::Elide) else { panic!() };
+        assert_eq!(r.target, "/a?…");
+    }
+
+    #[test]
+    fn status_lines() {
+        assert_eq!(parse(b"HTTP/1.1 502 Bad Gateway\r\n", QueryPolicy::Elide), Head::Status(StatusLine { version: "HTTP/1.1".into(), code: 502 }));
+        assert_eq!(parse(b"HTTP/1.0 200\r\n", QueryPolicy::Elide), Head::Status(StatusLine { version: "HTTP/1.0".into(), code: 200 }));
+    }
+
+    #[test]
+    fn garbage_keeps_no_bytes() {
+        assert_eq!(parse(b"HELLO WORLD FOO BAR\r\n", QueryPolicy::Elide), Head::Other { len: 21, binary: false });
+        assert_eq!(parse(b"\x16\x03\x01\x02\x00\x01", QueryPolicy::Elide), Head::Other { len: 6, binary: true });
+        assert_eq!(parse(b"HTTP/9 abc\r\n", QueryPolicy::Elide), Head::Other { len: 12, binary: false });
+        assert_eq!(parse(b"", QueryPolicy::Elide), Head::None);
+    }
+}

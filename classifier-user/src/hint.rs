@@ -1,0 +1,186 @@
+//! One or two sentences for the on-call engineer: what the verdict means, the
+//! evidence behind it, and what to check first. Written from the status-code
+//! references in `../shared/seeds/` in our own words.
+use crate::verdict::{Outcome, Verdict};
+
+/// The facts a hint may quote.
+#[derive(Debug, Clone, Default)]
+pub struct HintFacts {
+    pub status: Option<u16>,
+    /// The deciding upstream ("10.0.3.7:8080"), if any.
+    pub upstream: Option<String>,
+    pub attempts: usize,
+    /// Outcome of the deciding attempt.
+    pub outcome: Option<Outcome>,
+    /// Time from the request sent upstream (or the connect) to the deciding event.
+    pub after_us: Option<u64>,
+    /// How long the upstream had been waited for when the client left.
+    pub waited_us: Option<u64>,
+    /// The exchange's duration.
+    pub duration_us: u64,
+    /// Upstream errno behind a failed connect, if known.
+    pub errno: Option<i32>,
+}
+
+/// Common idle and request timeouts of load balancers and proxies (seconds).
+const COMMON_TIMEOUTS_S: [u64; 6] = [30, 60, 75, 90, 120, 300];
+
+/// "near 60 s" when a duration sits within 2 % (at least 0.25 s) of a common timeout.
+fn near_common_timeout(us: u64) -> Option<u64> {
+    COMMON_TIMEOUTS_S.into_iter().find(|&t| {
+        let t_us = t * 1_000_000;
+        let slack = (t_us / 50).max(250_000);
+        us.abs_diff(t_us) <= slack
+    })
+}
+
+pub fn ms(us: u64) -> String {
+    if us >= 10_000_000 {
+        format!("{:.0} s", us as f64 / 1e6)
+    } else if us >= 1_000_000 {
+        format!("{:.2} s", us as f64 / 1e6)
+    } else if us >= 10_000 {
+        format!("{:.0} ms", us as f64 / 1e3)
+    } else {
+        format!("{:.1} ms", us as f64 / 1e3)
+    }
+}
+
+fn timeout_note(us: Option<u64>) -> String {
+    match us.and_then(near_common_timeout) {
+        Some(t) => format!(
+            " It happened about {t} s in, a common idle or request timeout: look for a load balancer, firewall or keep-alive setting that cuts connections at {t} s."
+        ),
+        None => String::new(),
+    }
+}
+
+fn client_4xx(status: u16) -> &'static str {
+    match status {
+        400 => "the request was malformed; check for a recent client deploy or a stricter validation on the server",
+        401 => "the caller is not authenticated; check the identity provider and token expiry",
+        403 => "the caller is authenticated but not allowed; check recent permission or policy changes",
+        404 => "no such route or resource; check routing and ingress rules after recent changes",
+        405 => "the route exists but not for this method; check CORS preflight (OPTIONS) handling",
+        408 => "the client was too slow to send its request; check client networks and idle timeouts",
+        409 => "a concurrent or duplicate write; check retries that reuse one idempotency key",
+        413 => "the body exceeds a size limit; check client_max_body_size and ingress body-size settings",
+        414 => "the URI is too long; the caller probably puts a large payload in the query string",
+        429 => "a rate limit rejected the caller; check what increased the request rate and whether Retry-After is honoured",
+        431 => "request headers are too large; look for oversized cookies or session headers",
+        _ => "the request was rejected as sent; check what changed on the caller's side",
+    }
+}
+
+fn upstream_5xx(status: u16) -> &'static str {
+    match status {
+        500 => "an unhandled error in the application: read the failing instance's logs for the stack trace",
+        501 => "the route is not implemented there: check whether a deploy exposed an unfinished route",
+        502 => "it is itself a gateway whose own backend failed: follow the chain one hop further",
+        503 => "it says it cannot serve right now: check its readiness, circuit breakers and capacity",
+        504 => "it is itself a gateway that timed out on its own backend: follow the chain one hop further",
+        507 => "it ran out of storage: check the volume it writes to",
+        _ => "look at that service's own logs and recent deploys",
+    }
+}
+
+/// The hint for an exchange, or `None` when there is nothing to act on.
+pub fn hint(verdict: Verdict, f: &HintFacts) -> Option<String> {
+    let up = f.upstream.as_deref().unwrap_or("the upstream");
+    let after = f.after_us.map(|us| format!(" {} after the request was sent", ms(us))).unwrap_or_default();
+    let retried = if f.attempts > 1 { format!(" (after {} attempts)", f.attempts) } else { String::new() };
+    Some(match verdict {
+        Verdict::Ok => return None,
+        Verdict::ClientError => {
+            let status = f.status.unwrap_or(400);
+            match f.upstream {
+                Some(_) => format!("{up} answered {status}: {}.", client_4xx(status)),
+                None => format!("The proxy answered {status} itself, without asking an upstream: {}.", client_4xx(status)),
+            }
+        }
+        Verdict::UpstreamError => {
+            let status = f.status.unwrap_or(500);
+            format!("{up} answered {status} itself and the proxy forwarded it unchanged: {}.", upstream_5xx(status))
+        }
+        Verdict::ClientAbort => {
+            let waited = f.waited_us.unwrap_or(f.duration_us);
+            let slow = if f.upstream.is_some() && waited >= 1_000_000 {
+                format!(
+                    " The client gave up after waiting {} for {up}: a slow upstream, not a client problem; check its latency.",
+                    ms(waited)
+                )
+            } else if f.upstream.is_some() {
+                format!(" {up} had been waited for {}.", ms(waited))
+            } else {
+                String::new()
+            };
+            format!(
+                "The client closed the connection (FIN) before any response was written; nginx logs this as 499.{slow}{}",
+                timeout_note(Some(f.duration_us))
+            )
+        }
+        Verdict::ClientReset => format!(
+            "The client reset the connection (RST) before the response was complete: check client timeouts and any middlebox between the client and the proxy.{}",
+            timeout_note(Some(f.duration_us))
+        ),
+        Verdict::UpstreamRefused => {
+            let why = match f.errno {
+                Some(113) => "no route to host",
+                Some(101) => "network unreachable",
+                _ => "connection refused",
+            };
+            format!(
+                "Connecting to {up} failed ({why}){retried}: nothing listens there. Check that the service is running, its port and target port, and recent restarts."
+            )
+        }
+        Verdict::UpstreamReset => format!(
+            "{up} reset the connection{after}, before sending a complete response header{retried}: check it for crashes, OOM kills or restarts.{}",
+            timeout_note(f.after_us)
+        ),
+        Verdict::UpstreamClosed => format!(
+            "{up} closed the connection{after} without a response header{retried}: check it for crashes or restarts, and keep-alive timeouts shorter than the proxy's.{}",
+            timeout_note(f.after_us)
+        ),
+        Verdict::UpstreamInvalid => format!(
+            "{up} answered bytes that are not an HTTP response header{retried}: check the protocol and port (TLS or HTTP/2 on a plain HTTP/1 port, a non-HTTP service)."
+        ),
+        Verdict::UpstreamTimeout => format!(
+            "{up} accepted the request but sent no response header{after}; the proxy gave up (504). Check the upstream's latency and what it waits on (databases, downstream calls), and the proxy's read timeout.{}",
+            timeout_note(f.after_us)
+        ),
+        Verdict::UpstreamConnectTimeout => format!(
+            "Connecting to {up} never completed{}; the proxy gave up (504). SYNs are dropped on the way: check firewalls, security groups and whether the host is up.",
+            f.after_us.map(|us| format!(" in {}", ms(us))).unwrap_or_default()
+        ),
+        Verdict::UpstreamTruncated => format!(
+            "{up} sent the response header, then failed mid-body{after}; the client got a cut response. Check the upstream for crashes during long responses and for timeouts on large bodies."
+        ),
+        Verdict::ProxyError => {
+            let status = f.status.map(|s| s.to_string()).unwrap_or_else(|| "no response".into());
+            format!(
+                "The proxy produced {status} itself with no upstream failure behind it: check its configuration (return, limits, error_page) and its error log."
+            )
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_failure_has_a_hint_and_ok_has_none() {
+        for v in Verdict::ALL {
+            let h = hint(v, &HintFacts { status: Some(502), upstream: Some("10.0.3.7:8080".into()), ..Default::default() });
+            assert_eq!(h.is_some(), v.is_failure(), "{v:?}");
+        }
+    }
+
+    #[test]
+    fn flags_common_timeouts_and_slow_upstreams() {
+        let f = HintFacts { after_us: Some(60_100_000), upstream: Some("u:1".into()), ..Default::default() };
+        assert!(hint(Verdict::UpstreamReset, &f).unwrap().contains("60 s"));
+        let f = HintFacts { waited_us: Some(5_000_000), duration_us: 5_000_000, upstream: Some("u:1".into()), ..Default::default() };
+        assert!(hint(Verdict::ClientAbort, &f).unwrap().contains("slow upstream"));
+    }
+}

@@ -1,0 +1,128 @@
+//! The output contract (v1): one JSON object per line. `docs/schema/records.schema.json`
+//! describes it and the tests validate every emitted record against it.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::verdict::{Origin, Outcome, ResponseFrom, Verdict};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Record {
+    Exchange(Box<ExchangeRecord>),
+    Stats(Box<StatsRecord>),
+}
+
+/// One client exchange, from its request to its end.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExchangeRecord {
+    /// When the request started (first byte received), RFC 3339 UTC, microseconds.
+    pub time: String,
+    pub proxy: Proxy,
+    pub client: Address,
+    pub server: Address,
+    pub request: Option<Request>,
+    pub response: Response,
+    pub verdict: Verdict,
+    pub origin: Origin,
+    pub upstreams: Vec<Upstream>,
+    /// From the request's first byte to the response's last byte (or to the end of
+    /// the exchange when no response was written).
+    pub duration_us: u64,
+    pub hint: Option<String>,
+    /// False when some evidence is missing (events lost, a connection first seen in
+    /// the middle of an exchange, or the agent stopped before the exchange ended).
+    pub complete: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proxy {
+    pub pid: u32,
+    pub comm: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Address {
+    pub address: String,
+    pub port: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Request {
+    pub method: String,
+    pub target: String,
+    pub version: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// The status line the proxy wrote to the client, null if it wrote none.
+    pub status: Option<u16>,
+    pub from: Option<ResponseFrom>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upstream {
+    pub address: String,
+    pub port: u16,
+    pub local_address: String,
+    pub local_port: u16,
+    pub outcome: Outcome,
+    /// Status line the upstream sent, if any.
+    pub status: Option<u16>,
+    /// Connect time; null on a reused keep-alive connection or a failed connect.
+    pub connect_us: Option<u64>,
+    /// From the request sent to the first response byte.
+    pub first_byte_us: Option<u64>,
+}
+
+/// Periodic (and final) counters: what the agent saw and what it lost.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatsRecord {
+    pub time: String,
+    /// Seconds covered by the counters (since the agent started).
+    pub uptime_s: f64,
+    /// True on the last stats record, written when the agent stops.
+    #[serde(rename = "final")]
+    pub last: bool,
+    pub watched_processes: u64,
+    pub events: u64,
+    pub events_per_s: f64,
+    /// Events lost because the ring buffer was full.
+    pub lost_events: u64,
+    /// Sockets not tracked because the kernel map was full.
+    pub untracked_sockets: u64,
+    /// Records that could not be decoded.
+    pub undecodable_events: u64,
+    pub exchanges: u64,
+    pub incomplete_exchanges: u64,
+    pub verdicts: BTreeMap<String, u64>,
+    pub engine: EngineCounters,
+}
+
+/// The engine's own counters: anything it could not place or had to drop.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineCounters {
+    /// Upstream attempts with no exchange to attribute them to.
+    pub unattributed_attempts: u64,
+    /// Attempts attributed by matching request lines (no loop-iteration candidate).
+    pub attributed_by_request_line: u64,
+    /// Events about sockets the engine does not know (first seen mid-stream).
+    pub unknown_socket_events: u64,
+    /// Events that arrived after their exchange was emitted.
+    pub late_events: u64,
+    /// Responses with no exchange waiting for them.
+    pub orphan_responses: u64,
+    /// Sockets and exchanges evicted because a table was full.
+    pub evicted_sockets: u64,
+    pub evicted_exchanges: u64,
+}
+
+impl Record {
+    pub fn exchange(&self) -> Option<&ExchangeRecord> {
+        match self {
+            Self::Exchange(e) => Some(e),
+            Self::Stats(_) => None,
+        }
+    }
+}

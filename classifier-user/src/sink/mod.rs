@@ -1,0 +1,95 @@
+//! Where records go: JSON lines, or a readable live view with a summary table.
+mod text;
+
+use std::{
+    collections::BTreeMap,
+    fs::OpenOptions,
+    io::{self, BufWriter, IsTerminal as _, Write},
+    os::unix::fs::OpenOptionsExt as _,
+};
+
+use anyhow::{Context as _, Result};
+use classifier::{
+    record::{Record, StatsRecord},
+    summary::Summary,
+};
+
+use crate::cli::{Format, OutputArgs};
+
+pub struct Sink {
+    format: Format,
+    out: Box<dyn Write>,
+    summary: Summary,
+    pub exchanges: u64,
+    pub incomplete: u64,
+    pub verdicts: BTreeMap<String, u64>,
+}
+
+impl Sink {
+    pub fn open(args: &OutputArgs) -> Result<Self> {
+        let (out, terminal): (Box<dyn Write>, bool) = match &args.output {
+            Some(path) => {
+                let file = OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(path)
+                    .with_context(|| format!("creating {}", path.display()))?;
+                (Box::new(BufWriter::new(file)), false)
+            }
+            None => (Box::new(BufWriter::new(io::stdout())), io::stdout().is_terminal()),
+        };
+        let format = args.format.unwrap_or(if terminal { Format::Text } else { Format::Json });
+        Ok(Self { format, out, summary: Summary::default(), exchanges: 0, incomplete: 0, verdicts: BTreeMap::new() })
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    pub fn record(&mut self, r: &Record) -> Result<()> {
+        if let Record::Exchange(e) = r {
+            self.exchanges += 1;
+            if !e.complete {
+                self.incomplete += 1;
+            }
+            *self.verdicts.entry(e.verdict.as_str().to_owned()).or_default() += 1;
+            self.summary.add(e);
+        }
+        match self.format {
+            Format::Json => {
+                serde_json::to_writer(&mut self.out, r)?;
+                self.out.write_all(b"\n")?;
+            }
+            Format::Text => {
+                if let Record::Exchange(e) = r {
+                    text::write_exchange(&mut self.out, e)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A periodic stats record (JSON only: the text view shows the summary at the end).
+    pub fn stats(&mut self, s: &StatsRecord) -> Result<()> {
+        if self.format == Format::Json {
+            self.record(&Record::Stats(Box::new(s.clone())))?;
+        }
+        Ok(())
+    }
+
+    /// The end: a final stats record (JSON) or the summary table (text).
+    pub fn finish(&mut self, s: &StatsRecord) -> Result<()> {
+        match self.format {
+            Format::Json => self.stats(s)?,
+            Format::Text => text::write_summary(&mut self.out, &self.summary, s)?,
+        }
+        self.flush()
+    }
+
+    pub fn flush(&mut self) -> Result<()> {
+        self.out.flush()?;
+        Ok(())
+    }
+}
