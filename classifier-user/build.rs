@@ -16,7 +16,9 @@ fn main() -> anyhow::Result<()> {
         std::env::set_var("RUSTC_BOOTSTRAP", "1");
     }
     println!("cargo:rerun-if-env-changed=RUSTUP_TOOLCHAIN");
-    let which_linker = std::process::Command::new("bpf-linker").arg("--version").output();
+    let which_linker = std::process::Command::new("bpf-linker")
+        .arg("--version")
+        .output();
     if which_linker.is_err() {
         anyhow::bail!(
             "bpf-linker is not installed: run `cargo xtask setup` (it builds bpf-linker against this toolchain's LLVM)"

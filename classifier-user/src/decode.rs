@@ -16,7 +16,10 @@ use crate::{
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecodeError {
     /// Shorter than its kind's size (or than a header).
-    Short { kind: Option<u32>, len: usize },
+    Short {
+        kind: Option<u32>,
+        len: usize,
+    },
     UnknownKind(u32),
     /// A field holds a value outside its domain.
     BadField(&'static str),
@@ -25,8 +28,12 @@ pub enum DecodeError {
 impl std::fmt::Display for DecodeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Short { kind: Some(k), len } => write!(f, "event of kind {k} is {len} bytes, too short"),
-            Self::Short { kind: None, len } => write!(f, "record of {len} bytes is shorter than a header"),
+            Self::Short { kind: Some(k), len } => {
+                write!(f, "event of kind {k} is {len} bytes, too short")
+            }
+            Self::Short { kind: None, len } => {
+                write!(f, "record of {len} bytes is shorter than a header")
+            }
             Self::UnknownKind(k) => write!(f, "unknown event kind {k}"),
             Self::BadField(name) => write!(f, "field {name} out of range"),
         }
@@ -44,7 +51,10 @@ pub struct Decoder {
 /// Reads a `T` from the front of `bytes` after checking the length.
 fn read<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
     if bytes.len() < size_of::<T>() {
-        return Err(DecodeError::Short { kind: Some(kind), len: bytes.len() });
+        return Err(DecodeError::Short {
+            kind: Some(kind),
+            len: bytes.len(),
+        });
     }
     // SAFETY: the length was checked above; every `T` used here is a #[repr(C)]
     // struct of integers and byte arrays (classifier_ebpf), valid for any bit
@@ -69,7 +79,11 @@ fn dir(d: u8) -> Result<Dir, DecodeError> {
 }
 
 fn cursor(d: u8, bytes: u64, last: u64) -> MsgCursor {
-    MsgCursor { dir: dir(d).ok(), bytes, last }
+    MsgCursor {
+        dir: dir(d).ok(),
+        bytes,
+        last,
+    }
 }
 
 fn endpoint(a: &wire::Addr) -> Result<Endpoint, DecodeError> {
@@ -94,7 +108,10 @@ impl Decoder {
     /// Decodes one ring-buffer record.
     pub fn decode(&self, bytes: &[u8]) -> Result<Event, DecodeError> {
         if bytes.len() < size_of::<wire::Header>() {
-            return Err(DecodeError::Short { kind: None, len: bytes.len() });
+            return Err(DecodeError::Short {
+                kind: None,
+                len: bytes.len(),
+            });
         }
         let h: wire::Header = read(bytes, 0)?;
         let kind = Kind::try_from(h.kind).map_err(DecodeError::UnknownKind)?;
@@ -138,14 +155,21 @@ impl Decoder {
                 let e: wire::Io = read(bytes, k)?;
                 let d = dir(e.dir)?;
                 match e.what {
-                    wire::io::EOF => EventKind::Eof { sock: sock(id), prev_touch: touch(e.prev_touch) },
+                    wire::io::EOF => EventKind::Eof {
+                        sock: sock(id),
+                        prev_touch: touch(e.prev_touch),
+                    },
                     wire::io::ERROR => EventKind::IoError {
                         sock: sock(id),
                         dir: d,
                         errno: e.ret.saturating_neg(),
                         prev_touch: touch(e.prev_touch),
                     },
-                    wire::io::PROGRESS => EventKind::Progress { sock: sock(id), dir: d, msg_bytes: e.msg_bytes },
+                    wire::io::PROGRESS => EventKind::Progress {
+                        sock: sock(id),
+                        dir: d,
+                        msg_bytes: e.msg_bytes,
+                    },
                     _ => return Err(DecodeError::BadField("what")),
                 }
             }
@@ -175,7 +199,11 @@ impl Decoder {
             }
             Kind::SockError => {
                 let e: wire::SockError = read(bytes, k)?;
-                EventKind::SockError { sock: sock(id), errno: e.errno, state: TcpState::from(e.state) }
+                EventKind::SockError {
+                    sock: sock(id),
+                    errno: e.errno,
+                    state: TcpState::from(e.state),
+                }
             }
             Kind::Destroy => {
                 let e: wire::Destroy = read(bytes, k)?;
@@ -188,14 +216,25 @@ impl Decoder {
             Kind::Fork => {
                 let e: wire::Fork = read(bytes, k)?;
                 let end = e.child_comm.iter().position(|&b| b == 0).unwrap_or(16);
-                EventKind::Fork { child: e.child_pid, comm: String::from_utf8_lossy(&e.child_comm[..end]).into_owned() }
+                EventKind::Fork {
+                    child: e.child_pid,
+                    comm: String::from_utf8_lossy(&e.child_comm[..end]).into_owned(),
+                }
             }
             Kind::Exit => {
                 let e: wire::Exit = read(bytes, k)?;
-                EventKind::Exit { task: e.pid, group_dead: e.group_dead != 0 }
+                EventKind::Exit {
+                    task: e.pid,
+                    group_dead: e.group_dead != 0,
+                }
             }
         };
-        Ok(Event { ts: h.ts_ns, pid: (h.pid_tgid >> 32) as u32, tid: h.pid_tgid as u32, kind })
+        Ok(Event {
+            ts: h.ts_ns,
+            pid: (h.pid_tgid >> 32) as u32,
+            tid: h.pid_tgid as u32,
+            kind,
+        })
     }
 }
 
@@ -210,7 +249,13 @@ mod tests {
     }
 
     fn header(kind: Kind) -> wire::Header {
-        wire::Header { kind: kind as u32, _pad: 0, ts_ns: 1000, pid_tgid: (42 << 32) | 43, sock_id: 7 }
+        wire::Header {
+            kind: kind as u32,
+            _pad: 0,
+            ts_ns: 1000,
+            pid_tgid: (42 << 32) | 43,
+            sock_id: 7,
+        }
     }
 
     #[test]
@@ -239,11 +284,20 @@ mod tests {
     #[test]
     fn short_and_unknown_records_are_errors() {
         let m = bytes_of(&header(Kind::Message));
-        assert!(matches!(Decoder::default().decode(&m), Err(DecodeError::Short { kind: Some(2), .. })));
-        assert!(matches!(Decoder::default().decode(&m[..10]), Err(DecodeError::Short { kind: None, .. })));
+        assert!(matches!(
+            Decoder::default().decode(&m),
+            Err(DecodeError::Short { kind: Some(2), .. })
+        ));
+        assert!(matches!(
+            Decoder::default().decode(&m[..10]),
+            Err(DecodeError::Short { kind: None, .. })
+        ));
         let mut h = header(Kind::Exit);
         h.kind = 99;
-        assert_eq!(Decoder::default().decode(&bytes_of(&h)), Err(DecodeError::UnknownKind(99)));
+        assert_eq!(
+            Decoder::default().decode(&bytes_of(&h)),
+            Err(DecodeError::UnknownKind(99))
+        );
     }
 
     #[test]

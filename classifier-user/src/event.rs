@@ -94,7 +94,10 @@ pub struct Endpoint {
 
 impl Default for Endpoint {
     fn default() -> Self {
-        Self { addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED), port: 0 }
+        Self {
+            addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            port: 0,
+        }
     }
 }
 
@@ -157,11 +160,23 @@ pub enum EventKind {
         prev_msg_last: u64,
     },
     /// More bytes in the current message (throttled).
-    Progress { sock: SockId, dir: Dir, msg_bytes: u64 },
+    Progress {
+        sock: SockId,
+        dir: Dir,
+        msg_bytes: u64,
+    },
     /// A receive returned end of file: the peer's FIN was read.
-    Eof { sock: SockId, prev_touch: Option<SockId> },
+    Eof {
+        sock: SockId,
+        prev_touch: Option<SockId>,
+    },
     /// A send or receive failed with `errno` (never EAGAIN).
-    IoError { sock: SockId, dir: Dir, errno: i32, prev_touch: Option<SockId> },
+    IoError {
+        sock: SockId,
+        dir: Dir,
+        errno: i32,
+        prev_touch: Option<SockId>,
+    },
     /// A TCP state change. `local_close`: the owning thread's own close.
     State {
         sock: SockId,
@@ -172,11 +187,23 @@ pub enum EventKind {
         local_close: bool,
         msg: MsgCursor,
     },
-    Reset { sock: SockId, dir: ResetDir, state: TcpState },
+    Reset {
+        sock: SockId,
+        dir: ResetDir,
+        state: TcpState,
+    },
     /// The socket's error was set (ECONNREFUSED, ECONNRESET, ETIMEDOUT...).
-    SockError { sock: SockId, errno: i32, state: TcpState },
+    SockError {
+        sock: SockId,
+        errno: i32,
+        state: TcpState,
+    },
     /// The socket is destroyed; `local_close`: inside the owning thread's close().
-    Destroy { sock: SockId, local_close: bool, msg: MsgCursor },
+    Destroy {
+        sock: SockId,
+        local_close: bool,
+        msg: MsgCursor,
+    },
     /// A watched task (`pid`/`tid` of the event) created `child`.
     Fork { child: u32, comm: String },
     /// A watched task exited.

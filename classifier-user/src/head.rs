@@ -15,7 +15,10 @@ pub enum Head {
     Status(StatusLine),
     /// Bytes that are neither a request line nor a status line. Only their length
     /// and whether they look binary are kept.
-    Other { len: u16, binary: bool },
+    Other {
+        len: u16,
+        binary: bool,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,8 +65,13 @@ pub fn parse(line: &[u8], query: QueryPolicy) -> Head {
 }
 
 fn other(line: &[u8]) -> Head {
-    let binary = line.iter().any(|&b| b < 0x09 || (b > 0x0d && b < 0x20) || b == 0x7f);
-    Head::Other { len: line.len().min(u16::MAX as usize) as u16, binary }
+    let binary = line
+        .iter()
+        .any(|&b| b < 0x09 || (b > 0x0d && b < 0x20) || b == 0x7f);
+    Head::Other {
+        len: line.len().min(u16::MAX as usize) as u16,
+        binary,
+    }
 }
 
 fn parse_status(line: &[u8]) -> Head {
@@ -73,7 +81,10 @@ fn parse_status(line: &[u8]) -> Head {
     // TooManyHeaders error) after filling version and code.
     let _ = response.parse(line);
     match (response.version, response.code) {
-        (Some(minor), Some(code)) => Head::Status(StatusLine { version: format!("HTTP/1.{minor}"), code }),
+        (Some(minor), Some(code)) => Head::Status(StatusLine {
+            version: format!("HTTP/1.{minor}"),
+            code,
+        }),
         _ => other(line),
     }
 }
@@ -104,7 +115,13 @@ fn parse_request(line: &[u8], query: QueryPolicy) -> Option<Head> {
         Some(b"HTTP/1.0") => "HTTP/1.0",
         Some(v) if v.starts_with(b"HTTP/") && v.len() == 8 => {
             // HTTP/2.0 or 3.0 on an HTTP/1 connection: keep it as sent.
-            return Some(request(method, target, std::str::from_utf8(v).ok()?, false, query));
+            return Some(request(
+                method,
+                target,
+                std::str::from_utf8(v).ok()?,
+                false,
+                query,
+            ));
         }
         Some(_) if !complete => {
             // The version was cut by the capture: the target is whole.
@@ -118,7 +135,13 @@ fn parse_request(line: &[u8], query: QueryPolicy) -> Option<Head> {
     Some(request(method, target, version, false, query))
 }
 
-fn request(method: &[u8], target: &[u8], version: &str, truncated: bool, query: QueryPolicy) -> Head {
+fn request(
+    method: &[u8],
+    target: &[u8],
+    version: &str,
+    truncated: bool,
+    query: QueryPolicy,
+) -> Head {
     let mut target = String::from_utf8_lossy(target).into_owned();
     if query == QueryPolicy::Elide {
         if let Some(q) = target.find('?') {
@@ -146,37 +169,88 @@ mod tests {
     use super::*;
 
     fn req(m: &str, t: &str, v: &str) -> Head {
-        Head::Request(RequestLine { method: m.into(), target: t.into(), version: v.into(), truncated: false })
+        Head::Request(RequestLine {
+            method: m.into(),
+            target: t.into(),
+            version: v.into(),
+            truncated: false,
+        })
     }
 
     #[test]
     fn request_lines() {
-        assert_eq!(parse(b"GET /a HTTP/1.1\r\n", QueryPolicy::Elide), req("GET", "/a", "HTTP/1.1"));
-        assert_eq!(parse(b"POST /x?token=s3cret HTTP/1.0\r\n", QueryPolicy::Elide), req("POST", "/x?…", "HTTP/1.0"));
-        assert_eq!(parse(b"POST /x?token=s3cret HTTP/1.0\r\n", QueryPolicy::Keep), req("POST", "/x?token=s3cret", "HTTP/1.0"));
-        assert_eq!(parse(b"GET /old\r\n", QueryPolicy::Elide), req("GET", "/old", "HTTP/0.9"));
+        assert_eq!(
+            parse(b"GET /a HTTP/1.1\r\n", QueryPolicy::Elide),
+            req("GET", "/a", "HTTP/1.1")
+        );
+        assert_eq!(
+            parse(b"POST /x?token=s3cret HTTP/1.0\r\n", QueryPolicy::Elide),
+            req("POST", "/x?…", "HTTP/1.0")
+        );
+        assert_eq!(
+            parse(b"POST /x?token=s3cret HTTP/1.0\r\n", QueryPolicy::Keep),
+            req("POST", "/x?token=s3cret", "HTTP/1.0")
+        );
+        assert_eq!(
+            parse(b"GET /old\r\n", QueryPolicy::Elide),
+            req("GET", "/old", "HTTP/0.9")
+        );
     }
 
     #[test]
     fn cut_request_line_is_marked() {
-        let Head::Request(r) = parse(b"GET /very/long/pa", QueryPolicy::Elide) else { panic!() };
+        let Head::Request(r) = parse(b"GET /very/long/pa", QueryPolicy::Elide) else {
+            panic!()
+        };
         assert!(r.truncated);
         assert_eq!(r.target, "/very/long/pa…");
-        let Head::Request(r) = parse(b"GET /a?b=c HTT", QueryPolicy::Elide) else { panic!() };
+        let Head::Request(r) = parse(b"GET /a?b=c HTT", QueryPolicy::Elide) else {
+            panic!()
+        };
         assert_eq!(r.target, "/a?…");
     }
 
     #[test]
     fn status_lines() {
-        assert_eq!(parse(b"HTTP/1.1 502 Bad Gateway\r\n", QueryPolicy::Elide), Head::Status(StatusLine { version: "HTTP/1.1".into(), code: 502 }));
-        assert_eq!(parse(b"HTTP/1.0 200\r\n", QueryPolicy::Elide), Head::Status(StatusLine { version: "HTTP/1.0".into(), code: 200 }));
+        assert_eq!(
+            parse(b"HTTP/1.1 502 Bad Gateway\r\n", QueryPolicy::Elide),
+            Head::Status(StatusLine {
+                version: "HTTP/1.1".into(),
+                code: 502
+            })
+        );
+        assert_eq!(
+            parse(b"HTTP/1.0 200\r\n", QueryPolicy::Elide),
+            Head::Status(StatusLine {
+                version: "HTTP/1.0".into(),
+                code: 200
+            })
+        );
     }
 
     #[test]
     fn garbage_keeps_no_bytes() {
-        assert_eq!(parse(b"HELLO WORLD FOO BAR\r\n", QueryPolicy::Elide), Head::Other { len: 21, binary: false });
-        assert_eq!(parse(b"\x16\x03\x01\x02\x00\x01", QueryPolicy::Elide), Head::Other { len: 6, binary: true });
-        assert_eq!(parse(b"HTTP/9 abc\r\n", QueryPolicy::Elide), Head::Other { len: 12, binary: false });
+        assert_eq!(
+            parse(b"HELLO WORLD FOO BAR\r\n", QueryPolicy::Elide),
+            Head::Other {
+                len: 21,
+                binary: false
+            }
+        );
+        assert_eq!(
+            parse(b"\x16\x03\x01\x02\x00\x01", QueryPolicy::Elide),
+            Head::Other {
+                len: 6,
+                binary: true
+            }
+        );
+        assert_eq!(
+            parse(b"HTTP/9 abc\r\n", QueryPolicy::Elide),
+            Head::Other {
+                len: 12,
+                binary: false
+            }
+        );
         assert_eq!(parse(b"", QueryPolicy::Elide), Head::None);
     }
 }

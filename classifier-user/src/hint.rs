@@ -87,8 +87,15 @@ fn upstream_5xx(status: u16) -> &'static str {
 /// The hint for an exchange, or `None` when there is nothing to act on.
 pub fn hint(verdict: Verdict, f: &HintFacts) -> Option<String> {
     let up = f.upstream.as_deref().unwrap_or("the upstream");
-    let after = f.after_us.map(|us| format!(" {} after the request was sent", ms(us))).unwrap_or_default();
-    let retried = if f.attempts > 1 { format!(" (after {} attempts)", f.attempts) } else { String::new() };
+    let after = f
+        .after_us
+        .map(|us| format!(" {} after the request was sent", ms(us)))
+        .unwrap_or_default();
+    let retried = if f.attempts > 1 {
+        format!(" (after {} attempts)", f.attempts)
+    } else {
+        String::new()
+    };
     Some(match verdict {
         Verdict::Ok => return None,
         Verdict::ClientError => {
@@ -171,16 +178,34 @@ mod tests {
     #[test]
     fn every_failure_has_a_hint_and_ok_has_none() {
         for v in Verdict::ALL {
-            let h = hint(v, &HintFacts { status: Some(502), upstream: Some("10.0.3.7:8080".into()), ..Default::default() });
+            let h = hint(
+                v,
+                &HintFacts {
+                    status: Some(502),
+                    upstream: Some("10.0.3.7:8080".into()),
+                    ..Default::default()
+                },
+            );
             assert_eq!(h.is_some(), v.is_failure(), "{v:?}");
         }
     }
 
     #[test]
     fn flags_common_timeouts_and_slow_upstreams() {
-        let f = HintFacts { after_us: Some(60_100_000), upstream: Some("u:1".into()), ..Default::default() };
+        let f = HintFacts {
+            after_us: Some(60_100_000),
+            upstream: Some("u:1".into()),
+            ..Default::default()
+        };
         assert!(hint(Verdict::UpstreamReset, &f).unwrap().contains("60 s"));
-        let f = HintFacts { waited_us: Some(5_000_000), duration_us: 5_000_000, upstream: Some("u:1".into()), ..Default::default() };
-        assert!(hint(Verdict::ClientAbort, &f).unwrap().contains("slow upstream"));
+        let f = HintFacts {
+            waited_us: Some(5_000_000),
+            duration_us: 5_000_000,
+            upstream: Some("u:1".into()),
+            ..Default::default()
+        };
+        assert!(hint(Verdict::ClientAbort, &f)
+            .unwrap()
+            .contains("slow upstream"));
     }
 }

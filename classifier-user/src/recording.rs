@@ -28,7 +28,13 @@ pub struct Header {
 
 impl Header {
     pub fn new(realtime_offset_ns: i64, keep_query: bool, processes: Vec<(u32, String)>) -> Self {
-        Self { format: FORMAT.into(), version: VERSION, realtime_offset_ns, keep_query, processes }
+        Self {
+            format: FORMAT.into(),
+            version: VERSION,
+            realtime_offset_ns,
+            keep_query,
+            processes,
+        }
     }
 }
 
@@ -40,7 +46,11 @@ pub enum ReadError {
     BadHeader(String),
     /// Line `line` (1-based) is not an event; `last` is true when it is the final,
     /// unterminated line (the recording was cut short).
-    BadEvent { line: usize, last: bool, reason: String },
+    BadEvent {
+        line: usize,
+        last: bool,
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for ReadError {
@@ -49,10 +59,14 @@ impl std::fmt::Display for ReadError {
             Self::Io(e) => write!(f, "reading the recording failed: {e}"),
             Self::Empty => write!(f, "the recording is empty"),
             Self::BadHeader(r) => write!(f, "not a classify recording (bad first line: {r})"),
-            Self::BadEvent { line, last: true, .. } => {
+            Self::BadEvent {
+                line, last: true, ..
+            } => {
                 write!(f, "the recording is truncated: line {line} is cut short")
             }
-            Self::BadEvent { line, reason, .. } => write!(f, "the recording is corrupt at line {line}: {reason}"),
+            Self::BadEvent { line, reason, .. } => {
+                write!(f, "the recording is corrupt at line {line}: {reason}")
+            }
         }
     }
 }
@@ -86,14 +100,28 @@ pub fn read<R: BufRead>(mut input: R) -> Result<(Header, Events<R>), ReadError> 
     if input.read_line(&mut first).map_err(ReadError::Io)? == 0 {
         return Err(ReadError::Empty);
     }
-    let header: Header = serde_json::from_str(first.trim_end()).map_err(|e| ReadError::BadHeader(e.to_string()))?;
+    let header: Header =
+        serde_json::from_str(first.trim_end()).map_err(|e| ReadError::BadHeader(e.to_string()))?;
     if header.format != FORMAT {
-        return Err(ReadError::BadHeader(format!("format is {:?}", header.format)));
+        return Err(ReadError::BadHeader(format!(
+            "format is {:?}",
+            header.format
+        )));
     }
     if header.version != VERSION {
-        return Err(ReadError::BadHeader(format!("version {} is not supported (expected {VERSION})", header.version)));
+        return Err(ReadError::BadHeader(format!(
+            "version {} is not supported (expected {VERSION})",
+            header.version
+        )));
     }
-    Ok((header, Events { input, line: 1, buf: String::new() }))
+    Ok((
+        header,
+        Events {
+            input,
+            line: 1,
+            buf: String::new(),
+        },
+    ))
 }
 
 pub struct Events<R> {
@@ -135,9 +163,25 @@ mod tests {
 
     fn recording() -> Vec<u8> {
         let mut buf = Vec::new();
-        let mut w = Writer::new(&mut buf, &Header::new(5, false, vec![(1, "nginx".into())])).unwrap();
-        w.write(&Event { ts: 1, pid: 1, tid: 1, kind: EventKind::Tick }).unwrap();
-        w.write(&Event { ts: 2, pid: 1, tid: 1, kind: EventKind::Lost { events: 3, sockets: 0 } }).unwrap();
+        let mut w =
+            Writer::new(&mut buf, &Header::new(5, false, vec![(1, "nginx".into())])).unwrap();
+        w.write(&Event {
+            ts: 1,
+            pid: 1,
+            tid: 1,
+            kind: EventKind::Tick,
+        })
+        .unwrap();
+        w.write(&Event {
+            ts: 2,
+            pid: 1,
+            tid: 1,
+            kind: EventKind::Lost {
+                events: 3,
+                sockets: 0,
+            },
+        })
+        .unwrap();
         buf
     }
 
@@ -163,7 +207,10 @@ mod tests {
         let err = events.last().unwrap().unwrap_err();
         assert!(err.to_string().contains("corrupt at line 4"), "{err}");
 
-        assert!(matches!(read(&b"hello\n"[..]), Err(ReadError::BadHeader(_))));
+        assert!(matches!(
+            read(&b"hello\n"[..]),
+            Err(ReadError::BadHeader(_))
+        ));
         assert!(matches!(read(&b""[..]), Err(ReadError::Empty)));
     }
 }

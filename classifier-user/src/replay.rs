@@ -7,8 +7,10 @@ use classifier::{record::StatsRecord, recording, Engine, EngineConfig};
 use crate::{cli::ReplayArgs, sink::Sink};
 
 pub fn run(args: &ReplayArgs) -> Result<()> {
-    let file = File::open(&args.file).with_context(|| format!("opening {}", args.file.display()))?;
-    let (header, events) = recording::read(BufReader::new(file)).with_context(|| format!("{}", args.file.display()))?;
+    let file =
+        File::open(&args.file).with_context(|| format!("opening {}", args.file.display()))?;
+    let (header, events) = recording::read(BufReader::new(file))
+        .with_context(|| format!("{}", args.file.display()))?;
     let mut engine = Engine::new(EngineConfig {
         settle_ns: args.settle.as_nanos() as u64,
         realtime_offset_ns: header.realtime_offset_ns,
@@ -40,7 +42,11 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
         uptime_s: span,
         last: true,
         events: count,
-        events_per_s: if span > 0.0 { (count as f64 / span).round() } else { 0.0 },
+        events_per_s: if span > 0.0 {
+            (count as f64 / span).round()
+        } else {
+            0.0
+        },
         exchanges: sink.exchanges,
         incomplete_exchanges: sink.incomplete,
         verdicts: sink.verdicts.clone(),

@@ -4,10 +4,7 @@ use std::collections::BTreeMap;
 
 use hdrhistogram::Histogram;
 
-use crate::{
-    record::ExchangeRecord,
-    verdict::Verdict,
-};
+use crate::{record::ExchangeRecord, verdict::Verdict};
 
 /// One row: a verdict and the upstream that decided it ("-" when none).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -29,8 +26,14 @@ pub struct Summary {
 
 impl Summary {
     pub fn add(&mut self, r: &ExchangeRecord) {
-        let upstream = r.upstreams.last().map_or_else(|| "-".to_owned(), |u| format!("{}:{}", u.address, u.port));
-        let key = Key { verdict: r.verdict, upstream };
+        let upstream = r
+            .upstreams
+            .last()
+            .map_or_else(|| "-".to_owned(), |u| format!("{}:{}", u.address, u.port));
+        let key = Key {
+            verdict: r.verdict,
+            upstream,
+        };
         let row = self.rows.entry(key).or_insert_with(|| Row {
             count: 0,
             // 1 µs to 1 hour, 3 significant digits.
@@ -54,7 +57,11 @@ impl Summary {
         use std::fmt::Write as _;
         let mut rows: Vec<_> = self.rows.iter().collect();
         rows.sort_by(|(ka, ra), (kb, rb)| {
-            (ka.verdict == Verdict::Ok, std::cmp::Reverse(ra.count), ka).cmp(&(kb.verdict == Verdict::Ok, std::cmp::Reverse(rb.count), kb))
+            (ka.verdict == Verdict::Ok, std::cmp::Reverse(ra.count), ka).cmp(&(
+                kb.verdict == Verdict::Ok,
+                std::cmp::Reverse(rb.count),
+                kb,
+            ))
         });
         let mut s = String::new();
         let _ = writeln!(

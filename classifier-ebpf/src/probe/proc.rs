@@ -23,7 +23,10 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let child: i32 = field(&ctx, fork::CHILD_PID);
-    if THREADS.insert(child as u32, ThreadState::default(), 0).is_err() {
+    if THREADS
+        .insert(child as u32, ThreadState::default(), 0)
+        .is_err()
+    {
         count(stat::THREADS_FULL);
     }
     // The child starts with the parent's name.

@@ -14,7 +14,9 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use classifier_ebpf::{dir, how, io, side, stat, EventKind, Io, Message, SockOpen, SockState, LINE_CAP};
+use classifier_ebpf::{
+    dir, how, io, side, stat, EventKind, Io, Message, SockOpen, SockState, LINE_CAP,
+};
 
 use super::{
     emit::emit,
@@ -111,7 +113,15 @@ fn on_io(ctx: &TracePointContext, direction: u8) -> Option<()> {
                 }
             };
             if let Some(msg_bytes) = progress {
-                emit_io(pid_tgid, id, prev_touch, msg_bytes, ret, direction, io::PROGRESS);
+                emit_io(
+                    pid_tgid,
+                    id,
+                    prev_touch,
+                    msg_bytes,
+                    ret,
+                    direction,
+                    io::PROGRESS,
+                );
             }
         }
     } else if ret < 0 || direction == dir::RECV {
@@ -127,7 +137,15 @@ fn on_io(ctx: &TracePointContext, direction: u8) -> Option<()> {
 }
 
 #[inline(always)]
-fn emit_io(pid_tgid: u64, id: u64, prev_touch: u64, msg_bytes: u64, ret: i32, direction: u8, what: u8) {
+fn emit_io(
+    pid_tgid: u64,
+    id: u64,
+    prev_touch: u64,
+    msg_bytes: u64,
+    ret: i32,
+    direction: u8,
+    what: u8,
+) {
     emit::<Io>(EventKind::Io, pid_tgid, id, |e| {
         // SAFETY: `e` is a reserved Io.
         unsafe {
@@ -147,7 +165,11 @@ fn emit_io(pid_tgid: u64, id: u64, prev_touch: u64, msg_bytes: u64, ret: i32, di
 fn adopt(sk: u64, pid_tgid: u64) -> Option<*mut SockState> {
     let (local, peer) = read_endpoints(sk)?;
     let is_client = LISTEN_PORTS.get_ptr(local.port).is_some();
-    let sock_side = if is_client { side::CLIENT } else { side::UPSTREAM };
+    let sock_side = if is_client {
+        side::CLIENT
+    } else {
+        side::UPSTREAM
+    };
     let id = next_sock_id();
     let state = SockState {
         id,
@@ -263,10 +285,17 @@ fn syscall_buffer() -> Option<(u64, u64)> {
         return None;
     }
     // SAFETY: reads of kernel memory through the probe helper.
-    let nr = unsafe { bpf_probe_read_kernel((regs + OFF_REGS_ORIG_AX.load() as u64) as *const u64).ok()? } as u32;
+    let nr = unsafe {
+        bpf_probe_read_kernel((regs + OFF_REGS_ORIG_AX.load() as u64) as *const u64).ok()?
+    } as u32;
     // SAFETY: as above.
-    let arg1 = unsafe { bpf_probe_read_kernel((regs + OFF_REGS_SI.load() as u64) as *const u64).ok()? };
-    if nr == SYS_READ.load() || nr == SYS_WRITE.load() || nr == SYS_RECVFROM.load() || nr == SYS_SENDTO.load() {
+    let arg1 =
+        unsafe { bpf_probe_read_kernel((regs + OFF_REGS_SI.load() as u64) as *const u64).ok()? };
+    if nr == SYS_READ.load()
+        || nr == SYS_WRITE.load()
+        || nr == SYS_RECVFROM.load()
+        || nr == SYS_SENDTO.load()
+    {
         return Some((arg1, u64::MAX));
     }
     let iov = if nr == SYS_READV.load() || nr == SYS_WRITEV.load() {

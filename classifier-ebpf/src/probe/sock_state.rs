@@ -54,8 +54,14 @@ fn on_set_state(ctx: &TracePointContext) -> Option<()> {
     let local_close = (new == TCP_FIN_WAIT1 || new == TCP_LAST_ACK) && touch_close(sock, pid_tgid);
     let (local, peer) = endpoints_from_record(ctx);
     // SAFETY: `sock` points to a map value valid for this program run.
-    let (id, msg_bytes, msg_last_ns, msg_dir) =
-        unsafe { ((*sock).id, (*sock).msg_bytes, (*sock).msg_last_ns, (*sock).dir) };
+    let (id, msg_bytes, msg_last_ns, msg_dir) = unsafe {
+        (
+            (*sock).id,
+            (*sock).msg_bytes,
+            (*sock).msg_last_ns,
+            (*sock).dir,
+        )
+    };
     emit::<State>(EventKind::State, pid_tgid, id, |e| {
         // SAFETY: `e` is a reserved State.
         unsafe {
@@ -134,8 +140,16 @@ fn touch_close(sock: *mut SockState, pid_tgid: u64) -> bool {
 #[inline(always)]
 fn endpoints_from_record(ctx: &TracePointContext) -> (Addr, Addr) {
     let family: u16 = field(ctx, set_state::FAMILY);
-    let mut local = Addr { family, port: field(ctx, set_state::SPORT), ..Addr::default() };
-    let mut peer = Addr { family, port: field(ctx, set_state::DPORT), ..Addr::default() };
+    let mut local = Addr {
+        family,
+        port: field(ctx, set_state::SPORT),
+        ..Addr::default()
+    };
+    let mut peer = Addr {
+        family,
+        port: field(ctx, set_state::DPORT),
+        ..Addr::default()
+    };
     if family == AF_INET6 {
         local.addr = array_field(ctx, set_state::SADDR_V6);
         peer.addr = array_field(ctx, set_state::DADDR_V6);
@@ -153,17 +167,35 @@ fn endpoints_from_record(ctx: &TracePointContext) -> (Addr, Addr) {
 pub fn read_endpoints(sk: u64) -> Option<(Addr, Addr)> {
     // SAFETY: reads of kernel memory through the probe helper, at BTF offsets.
     unsafe {
-        let family: u16 = bpf_probe_read_kernel((sk + OFF_SKC_FAMILY.load() as u64) as *const u16).ok()?;
-        let local_port: u16 = bpf_probe_read_kernel((sk + OFF_SKC_NUM.load() as u64) as *const u16).ok()?;
-        let peer_port: u16 = bpf_probe_read_kernel((sk + OFF_SKC_DPORT.load() as u64) as *const u16).ok()?;
-        let mut local = Addr { family, port: local_port, ..Addr::default() };
-        let mut peer = Addr { family, port: u16::from_be(peer_port), ..Addr::default() };
+        let family: u16 =
+            bpf_probe_read_kernel((sk + OFF_SKC_FAMILY.load() as u64) as *const u16).ok()?;
+        let local_port: u16 =
+            bpf_probe_read_kernel((sk + OFF_SKC_NUM.load() as u64) as *const u16).ok()?;
+        let peer_port: u16 =
+            bpf_probe_read_kernel((sk + OFF_SKC_DPORT.load() as u64) as *const u16).ok()?;
+        let mut local = Addr {
+            family,
+            port: local_port,
+            ..Addr::default()
+        };
+        let mut peer = Addr {
+            family,
+            port: u16::from_be(peer_port),
+            ..Addr::default()
+        };
         if family == AF_INET6 {
-            local.addr = bpf_probe_read_kernel((sk + OFF_SKC_V6_RCV_SADDR.load() as u64) as *const [u8; 16]).ok()?;
-            peer.addr = bpf_probe_read_kernel((sk + OFF_SKC_V6_DADDR.load() as u64) as *const [u8; 16]).ok()?;
+            local.addr =
+                bpf_probe_read_kernel((sk + OFF_SKC_V6_RCV_SADDR.load() as u64) as *const [u8; 16])
+                    .ok()?;
+            peer.addr =
+                bpf_probe_read_kernel((sk + OFF_SKC_V6_DADDR.load() as u64) as *const [u8; 16])
+                    .ok()?;
         } else {
-            let s: [u8; 4] = bpf_probe_read_kernel((sk + OFF_SKC_RCV_SADDR.load() as u64) as *const [u8; 4]).ok()?;
-            let d: [u8; 4] = bpf_probe_read_kernel((sk + OFF_SKC_DADDR.load() as u64) as *const [u8; 4]).ok()?;
+            let s: [u8; 4] =
+                bpf_probe_read_kernel((sk + OFF_SKC_RCV_SADDR.load() as u64) as *const [u8; 4])
+                    .ok()?;
+            let d: [u8; 4] =
+                bpf_probe_read_kernel((sk + OFF_SKC_DADDR.load() as u64) as *const [u8; 4]).ok()?;
             local.addr[..4].copy_from_slice(&s);
             peer.addr[..4].copy_from_slice(&d);
         }
@@ -186,8 +218,14 @@ fn on_destroy(ctx: &TracePointContext) -> Option<()> {
     // close() (it was already in CLOSE: refused, reset, or closed with linger 0).
     let local_close = touch_close(sock, pid_tgid);
     // SAFETY: `sock` points to a map value valid for this program run.
-    let (id, msg_bytes, msg_last_ns, msg_dir) =
-        unsafe { ((*sock).id, (*sock).msg_bytes, (*sock).msg_last_ns, (*sock).dir) };
+    let (id, msg_bytes, msg_last_ns, msg_dir) = unsafe {
+        (
+            (*sock).id,
+            (*sock).msg_bytes,
+            (*sock).msg_last_ns,
+            (*sock).dir,
+        )
+    };
     emit::<Destroy>(EventKind::Destroy, pid_tgid, id, |e| {
         // SAFETY: `e` is a reserved Destroy.
         unsafe {
@@ -249,8 +287,10 @@ fn on_error_report(sk: u64) -> Option<()> {
     // SAFETY: `sock` points to a map value valid for this program run; the rest are
     // reads of kernel memory through the probe helper at BTF offsets.
     let (id, errno, state) = unsafe {
-        let errno: i32 = bpf_probe_read_kernel((sk + OFF_SK_ERR.load() as u64) as *const i32).ok()?;
-        let state: u8 = bpf_probe_read_kernel((sk + OFF_SKC_STATE.load() as u64) as *const u8).ok()?;
+        let errno: i32 =
+            bpf_probe_read_kernel((sk + OFF_SK_ERR.load() as u64) as *const i32).ok()?;
+        let state: u8 =
+            bpf_probe_read_kernel((sk + OFF_SKC_STATE.load() as u64) as *const u8).ok()?;
         ((*sock).id, errno, state)
     };
     emit::<SockError>(EventKind::SockError, bpf_get_current_pid_tgid(), id, |e| {

@@ -26,7 +26,8 @@ pub struct Offsets {
 
 impl Offsets {
     pub fn from_btf(path: &Path) -> Result<Self> {
-        let btf = Btf::from_file(path).with_context(|| format!("reading kernel BTF from {}", path.display()))?;
+        let btf = Btf::from_file(path)
+            .with_context(|| format!("reading kernel BTF from {}", path.display()))?;
         let off = |ty: &str, member: &str| -> Result<u32> {
             member_offset(&btf, ty, member)
                 .with_context(|| format!("kernel BTF has no {ty}.{member}"))
@@ -120,7 +121,16 @@ pub struct Syscalls {
 impl Syscalls {
     pub fn native() -> Self {
         // Linux x86_64 numbers (arch/x86/entry/syscalls/syscall_64.tbl).
-        Self { read: 0, write: 1, recvfrom: 45, sendto: 44, readv: 19, writev: 20, recvmsg: 47, sendmsg: 46 }
+        Self {
+            read: 0,
+            write: 1,
+            recvfrom: 45,
+            sendto: 44,
+            readv: 19,
+            writev: 20,
+            recvmsg: 47,
+            sendmsg: 46,
+        }
     }
 }
 
@@ -133,32 +143,136 @@ pub struct Field {
 
 /// The record layouts the probes are compiled against (classifier-ebpf `probe/tp.rs`).
 pub const FIELDS: &[Field] = &[
-    Field { tracepoint: "sock/sock_send_length", name: "sk", offset: 8 },
-    Field { tracepoint: "sock/sock_send_length", name: "family", offset: 16 },
-    Field { tracepoint: "sock/sock_send_length", name: "protocol", offset: 18 },
-    Field { tracepoint: "sock/sock_send_length", name: "ret", offset: 20 },
-    Field { tracepoint: "sock/sock_send_length", name: "flags", offset: 24 },
-    Field { tracepoint: "sock/sock_recv_length", name: "sk", offset: 8 },
-    Field { tracepoint: "sock/sock_recv_length", name: "ret", offset: 20 },
-    Field { tracepoint: "sock/sock_recv_length", name: "flags", offset: 24 },
-    Field { tracepoint: "sock/inet_sock_set_state", name: "skaddr", offset: 8 },
-    Field { tracepoint: "sock/inet_sock_set_state", name: "oldstate", offset: 16 },
-    Field { tracepoint: "sock/inet_sock_set_state", name: "newstate", offset: 20 },
-    Field { tracepoint: "sock/inet_sock_set_state", name: "sport", offset: 24 },
-    Field { tracepoint: "sock/inet_sock_set_state", name: "dport", offset: 26 },
-    Field { tracepoint: "sock/inet_sock_set_state", name: "family", offset: 28 },
-    Field { tracepoint: "sock/inet_sock_set_state", name: "protocol", offset: 30 },
-    Field { tracepoint: "sock/inet_sock_set_state", name: "saddr", offset: 32 },
-    Field { tracepoint: "sock/inet_sock_set_state", name: "daddr", offset: 36 },
-    Field { tracepoint: "sock/inet_sock_set_state", name: "saddr_v6", offset: 40 },
-    Field { tracepoint: "sock/inet_sock_set_state", name: "daddr_v6", offset: 56 },
-    Field { tracepoint: "tcp/tcp_destroy_sock", name: "skaddr", offset: 8 },
-    Field { tracepoint: "tcp/tcp_receive_reset", name: "skaddr", offset: 8 },
-    Field { tracepoint: "tcp/tcp_send_reset", name: "skaddr", offset: 16 },
-    Field { tracepoint: "tcp/tcp_send_reset", name: "state", offset: 24 },
-    Field { tracepoint: "sched/sched_process_fork", name: "child_pid", offset: 20 },
-    Field { tracepoint: "sched/sched_process_exit", name: "pid", offset: 24 },
-    Field { tracepoint: "sched/sched_process_exit", name: "group_dead", offset: 32 },
+    Field {
+        tracepoint: "sock/sock_send_length",
+        name: "sk",
+        offset: 8,
+    },
+    Field {
+        tracepoint: "sock/sock_send_length",
+        name: "family",
+        offset: 16,
+    },
+    Field {
+        tracepoint: "sock/sock_send_length",
+        name: "protocol",
+        offset: 18,
+    },
+    Field {
+        tracepoint: "sock/sock_send_length",
+        name: "ret",
+        offset: 20,
+    },
+    Field {
+        tracepoint: "sock/sock_send_length",
+        name: "flags",
+        offset: 24,
+    },
+    Field {
+        tracepoint: "sock/sock_recv_length",
+        name: "sk",
+        offset: 8,
+    },
+    Field {
+        tracepoint: "sock/sock_recv_length",
+        name: "ret",
+        offset: 20,
+    },
+    Field {
+        tracepoint: "sock/sock_recv_length",
+        name: "flags",
+        offset: 24,
+    },
+    Field {
+        tracepoint: "sock/inet_sock_set_state",
+        name: "skaddr",
+        offset: 8,
+    },
+    Field {
+        tracepoint: "sock/inet_sock_set_state",
+        name: "oldstate",
+        offset: 16,
+    },
+    Field {
+        tracepoint: "sock/inet_sock_set_state",
+        name: "newstate",
+        offset: 20,
+    },
+    Field {
+        tracepoint: "sock/inet_sock_set_state",
+        name: "sport",
+        offset: 24,
+    },
+    Field {
+        tracepoint: "sock/inet_sock_set_state",
+        name: "dport",
+        offset: 26,
+    },
+    Field {
+        tracepoint: "sock/inet_sock_set_state",
+        name: "family",
+        offset: 28,
+    },
+    Field {
+        tracepoint: "sock/inet_sock_set_state",
+        name: "protocol",
+        offset: 30,
+    },
+    Field {
+        tracepoint: "sock/inet_sock_set_state",
+        name: "saddr",
+        offset: 32,
+    },
+    Field {
+        tracepoint: "sock/inet_sock_set_state",
+        name: "daddr",
+        offset: 36,
+    },
+    Field {
+        tracepoint: "sock/inet_sock_set_state",
+        name: "saddr_v6",
+        offset: 40,
+    },
+    Field {
+        tracepoint: "sock/inet_sock_set_state",
+        name: "daddr_v6",
+        offset: 56,
+    },
+    Field {
+        tracepoint: "tcp/tcp_destroy_sock",
+        name: "skaddr",
+        offset: 8,
+    },
+    Field {
+        tracepoint: "tcp/tcp_receive_reset",
+        name: "skaddr",
+        offset: 8,
+    },
+    Field {
+        tracepoint: "tcp/tcp_send_reset",
+        name: "skaddr",
+        offset: 16,
+    },
+    Field {
+        tracepoint: "tcp/tcp_send_reset",
+        name: "state",
+        offset: 24,
+    },
+    Field {
+        tracepoint: "sched/sched_process_fork",
+        name: "child_pid",
+        offset: 20,
+    },
+    Field {
+        tracepoint: "sched/sched_process_exit",
+        name: "pid",
+        offset: 24,
+    },
+    Field {
+        tracepoint: "sched/sched_process_exit",
+        name: "group_dead",
+        offset: 32,
+    },
 ];
 
 /// Checks that every field the probes read sits where they expect it.
@@ -166,7 +280,10 @@ pub fn check_formats(tracefs: &Path) -> Result<()> {
     for f in FIELDS {
         let path = tracefs.join("events").join(f.tracepoint).join("format");
         let text = std::fs::read_to_string(&path).with_context(|| {
-            format!("this kernel has no tracepoint {} (classify needs Linux 6.5 or newer)", f.tracepoint)
+            format!(
+                "this kernel has no tracepoint {} (classify needs Linux 6.5 or newer)",
+                f.tracepoint
+            )
         })?;
         let found = text.lines().find_map(|line| {
             let line = line.trim();
@@ -175,7 +292,14 @@ pub fn check_formats(tracefs: &Path) -> Result<()> {
             if name != f.name {
                 return None;
             }
-            let offset = line.split("offset:").nth(1)?.split(';').next()?.trim().parse::<usize>().ok()?;
+            let offset = line
+                .split("offset:")
+                .nth(1)?
+                .split(';')
+                .next()?
+                .trim()
+                .parse::<usize>()
+                .ok()?;
             Some(offset)
         });
         match found {

@@ -44,7 +44,10 @@ pub fn monotonic_ns() -> u64 {
 }
 
 fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -70,7 +73,9 @@ pub fn run(args: &WatchArgs) -> Result<()> {
         if !found {
             match spec {
                 Spec::Pid(p) => bail!("no process with PID {p} is running"),
-                Spec::Name(n) => bail!("no process named {n:?} is running (check the name with `pgrep -l {n}`)"),
+                Spec::Name(n) => {
+                    bail!("no process named {n:?} is running (check the name with `pgrep -l {n}`)")
+                }
             }
         }
     }
@@ -80,7 +85,11 @@ pub fn run(args: &WatchArgs) -> Result<()> {
     if !args.ring_mib.is_power_of_two() {
         bail!("--ring-mib must be a power of two");
     }
-    let limits = Limits { ring_bytes: args.ring_mib << 20, max_sockets: 65_536, max_threads: 16_384 };
+    let limits = Limits {
+        ring_bytes: args.ring_mib << 20,
+        max_sockets: 65_536,
+        max_threads: 16_384,
+    };
     let mut probes = Probes::load(&offsets, &kernel::Syscalls::native(), limits)?;
     let mut watched: BTreeMap<u32, String> = BTreeMap::new();
     probes.attach(&tracefs, |p| {
@@ -137,7 +146,11 @@ pub fn run(args: &WatchArgs) -> Result<()> {
         specs,
         probes,
         engine,
-        decoder: Decoder::new(if args.keep_query { QueryPolicy::Keep } else { QueryPolicy::Elide }),
+        decoder: Decoder::new(if args.keep_query {
+            QueryPolicy::Keep
+        } else {
+            QueryPolicy::Elide
+        }),
         sink,
         recorder,
         watched,
@@ -146,9 +159,12 @@ pub fn run(args: &WatchArgs) -> Result<()> {
         undecodable: 0,
         reported: [0; stat::COUNT as usize],
         started,
-        stats_interval: (args.output.stats_interval > 0).then(|| Duration::from_secs(args.output.stats_interval)),
+        stats_interval: (args.output.stats_interval > 0)
+            .then(|| Duration::from_secs(args.output.stats_interval)),
     };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(agent.run(ring, args.duration))
 }
 
@@ -173,8 +189,14 @@ impl Agent {
     async fn run(&mut self, ring: RingBuf<MapData>, duration: Option<Duration>) -> Result<()> {
         // SAFETY: the RingBuf owns its map fd and is moved into the AsyncFd, so the
         // fd stays open and the same for the AsyncFd's whole lifetime.
-        let mut ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(|e| anyhow::anyhow!("registering the ring buffer with epoll: {}", e.into_parts().1))?;
+        let mut ring =
+            unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "registering the ring buffer with epoll: {}",
+                        e.into_parts().1
+                    )
+                })?;
         let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
         let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
         let mut drain = tokio::time::interval(DRAIN_EVERY);
@@ -201,7 +223,12 @@ impl Agent {
             if last_tick.elapsed() >= TICK_EVERY {
                 last_tick = Instant::now();
                 self.report_loss()?;
-                self.feed(Event { ts: monotonic_ns(), pid: 0, tid: 0, kind: EventKind::Tick })?;
+                self.feed(Event {
+                    ts: monotonic_ns(),
+                    pid: 0,
+                    tid: 0,
+                    kind: EventKind::Tick,
+                })?;
             }
             if last_rescan.elapsed() >= RESCAN_EVERY {
                 last_rescan = Instant::now();
@@ -264,7 +291,10 @@ impl Agent {
                     self.watched.entry(*child).or_insert_with(|| comm.clone());
                 }
             }
-            EventKind::Exit { task, group_dead: true } => {
+            EventKind::Exit {
+                task,
+                group_dead: true,
+            } => {
                 self.watched.remove(task);
             }
             _ => {}
@@ -283,7 +313,15 @@ impl Agent {
         let sockets = now[stat::SOCKS_FULL as usize] - self.reported[stat::SOCKS_FULL as usize];
         if lost > 0 || sockets > 0 {
             self.reported = now;
-            self.feed(Event { ts: monotonic_ns(), pid: 0, tid: 0, kind: EventKind::Lost { events: lost, sockets } })?;
+            self.feed(Event {
+                ts: monotonic_ns(),
+                pid: 0,
+                tid: 0,
+                kind: EventKind::Lost {
+                    events: lost,
+                    sockets,
+                },
+            })?;
         }
         Ok(())
     }
@@ -294,13 +332,16 @@ impl Agent {
         let proc_root = Path::new(PROC);
         let now = targets::resolve(&self.specs, &targets::scan(proc_root));
         for (pid, info) in &now {
-            if !self.watched.contains_key(pid) || self.probes.watch_threads([*pid]).unwrap_or(0) > 0 {
-                self.probes.watch_threads(targets::threads(proc_root, *pid))?;
+            if !self.watched.contains_key(pid) || self.probes.watch_threads([*pid]).unwrap_or(0) > 0
+            {
+                self.probes
+                    .watch_threads(targets::threads(proc_root, *pid))?;
                 self.engine.set_comm(*pid, &info.comm);
             }
             self.watched.insert(*pid, info.comm.clone());
         }
-        self.probes.set_listen_ports(&targets::listening_ports(proc_root, now.keys().copied()))?;
+        self.probes
+            .set_listen_ports(&targets::listening_ports(proc_root, now.keys().copied()))?;
         let only_pids = self.specs.iter().all(|s| matches!(s, Spec::Pid(_)));
         if only_pids && now.is_empty() {
             let pids: Vec<String> = self.specs.iter().map(|s| s.to_string()).collect();
@@ -313,12 +354,19 @@ impl Agent {
         let k = self.probes.counters();
         let uptime = self.started.elapsed().as_secs_f64();
         StatsRecord {
-            time: classifier::engine::wall_time(monotonic_ns(), self.engine.config().realtime_offset_ns),
+            time: classifier::engine::wall_time(
+                monotonic_ns(),
+                self.engine.config().realtime_offset_ns,
+            ),
             uptime_s: (uptime * 1000.0).round() / 1000.0,
             last,
             watched_processes: self.watched.len() as u64,
             events: self.events,
-            events_per_s: if uptime > 0.0 { (self.events as f64 / uptime).round() } else { 0.0 },
+            events_per_s: if uptime > 0.0 {
+                (self.events as f64 / uptime).round()
+            } else {
+                0.0
+            },
             lost_events: k[stat::RING_FULL as usize],
             untracked_sockets: k[stat::SOCKS_FULL as usize],
             undecodable_events: self.undecodable,

@@ -48,7 +48,15 @@ pub fn tracefs() -> Result<PathBuf> {
     }
     let target = c"/sys/kernel/tracing";
     // SAFETY: mount(2) with static NUL-terminated strings and no data.
-    let rc = unsafe { libc::mount(c"tracefs".as_ptr(), target.as_ptr(), c"tracefs".as_ptr(), 0, std::ptr::null()) };
+    let rc = unsafe {
+        libc::mount(
+            c"tracefs".as_ptr(),
+            target.as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
     if rc == 0 && Path::new("/sys/kernel/tracing/events").is_dir() {
         eprintln!("classify: mounted tracefs at /sys/kernel/tracing");
         return Ok(PathBuf::from("/sys/kernel/tracing"));

@@ -84,16 +84,29 @@ impl Probes {
             .override_global("SYS_SENDMSG", &sys.sendmsg, true)
             .override_global("RING_WAKEUP_BYTES", &wakeup, true)
             .override_global("PROGRESS_NS", &progress_ns, true);
-        let mut ebpf = loader.load(OBJECT).context("loading the probes into the kernel")?;
+        let mut ebpf = loader
+            .load(OBJECT)
+            .context("loading the probes into the kernel")?;
         let threads = HashMap::try_from(ebpf.take_map("THREADS").context("map THREADS")?)?;
         let ports = HashMap::try_from(ebpf.take_map("LISTEN_PORTS").context("map LISTEN_PORTS")?)?;
         let stats = PerCpuArray::try_from(ebpf.take_map("STATS").context("map STATS")?)?;
-        Ok(Self { ebpf, threads, ports, stats, ports_set: BTreeSet::new(), missing_optional: Vec::new() })
+        Ok(Self {
+            ebpf,
+            threads,
+            ports,
+            stats,
+            ports_set: BTreeSet::new(),
+            missing_optional: Vec::new(),
+        })
     }
 
     /// Attaches every program. `before_data` runs after target tracking is
     /// attached and before the data probes (the agent rescans /proc there).
-    pub fn attach(&mut self, tracefs: &std::path::Path, mut before_data: impl FnMut(&mut Self) -> Result<()>) -> Result<()> {
+    pub fn attach(
+        &mut self,
+        tracefs: &std::path::Path,
+        mut before_data: impl FnMut(&mut Self) -> Result<()>,
+    ) -> Result<()> {
         for (prog, category, name) in TRACKING {
             self.attach_tracepoint(tracefs, prog, category, name)?;
         }
@@ -107,31 +120,45 @@ impl Probes {
                 .program_mut(prog)
                 .with_context(|| format!("program {prog} missing from the object"))?
                 .try_into()?;
-            program.load().with_context(|| format!("loading program {prog}"))?;
-            program.attach(name).with_context(|| format!("attaching to raw tracepoint {name}"))?;
+            program
+                .load()
+                .with_context(|| format!("loading program {prog}"))?;
+            program
+                .attach(name)
+                .with_context(|| format!("attaching to raw tracepoint {name}"))?;
         }
         Ok(())
     }
 
-    fn attach_tracepoint(&mut self, tracefs: &std::path::Path, prog: &str, category: &str, name: &'static str) -> Result<()> {
-            if !tracefs.join("events").join(category).join(name).is_dir() {
-                if name == "sys_enter_epoll_pwait2" {
-                    self.missing_optional.push(name);
-                    return Ok(());
-                }
-                anyhow::bail!(
+    fn attach_tracepoint(
+        &mut self,
+        tracefs: &std::path::Path,
+        prog: &str,
+        category: &str,
+        name: &'static str,
+    ) -> Result<()> {
+        if !tracefs.join("events").join(category).join(name).is_dir() {
+            if name == "sys_enter_epoll_pwait2" {
+                self.missing_optional.push(name);
+                return Ok(());
+            }
+            anyhow::bail!(
                     "this kernel has no tracepoint {category}/{name}, which classify needs (sock/* I/O tracepoints need Linux 6.5 or newer)"
                 );
-            }
-            let program: &mut TracePoint = self
-                .ebpf
-                .program_mut(prog)
-                .with_context(|| format!("program {prog} missing from the object"))?
-                .try_into()?;
-            if program.fd().is_err() {
-                program.load().with_context(|| format!("loading program {prog} (the kernel verifier refused it)"))?;
-            }
-            program.attach(category, name).with_context(|| format!("attaching to tracepoint {category}/{name}"))?;
+        }
+        let program: &mut TracePoint = self
+            .ebpf
+            .program_mut(prog)
+            .with_context(|| format!("program {prog} missing from the object"))?
+            .try_into()?;
+        if program.fd().is_err() {
+            program.load().with_context(|| {
+                format!("loading program {prog} (the kernel verifier refused it)")
+            })?;
+        }
+        program
+            .attach(category, name)
+            .with_context(|| format!("attaching to tracepoint {category}/{name}"))?;
         Ok(())
     }
 
@@ -142,7 +169,9 @@ impl Probes {
             if self.threads.get(&tid, 0).is_ok() {
                 continue;
             }
-            self.threads.insert(tid, ThreadState::default(), 0).context("filling the thread map (is it full?)")?;
+            self.threads
+                .insert(tid, ThreadState::default(), 0)
+                .context("filling the thread map (is it full?)")?;
             added += 1;
         }
         Ok(added)
@@ -150,11 +179,22 @@ impl Probes {
 
     /// Replaces the set of listening ports that mark client connections.
     pub fn set_listen_ports(&mut self, ports: &BTreeSet<u16>) -> Result<()> {
-        for gone in self.ports_set.difference(ports).copied().collect::<Vec<_>>() {
+        for gone in self
+            .ports_set
+            .difference(ports)
+            .copied()
+            .collect::<Vec<_>>()
+        {
             let _ = self.ports.remove(&gone);
         }
-        for new in ports.difference(&self.ports_set).copied().collect::<Vec<_>>() {
-            self.ports.insert(new, 1, 0).context("filling the listening-port map")?;
+        for new in ports
+            .difference(&self.ports_set)
+            .copied()
+            .collect::<Vec<_>>()
+        {
+            self.ports
+                .insert(new, 1, 0)
+                .context("filling the listening-port map")?;
         }
         self.ports_set = ports.clone();
         Ok(())

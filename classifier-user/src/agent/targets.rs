@@ -42,7 +42,9 @@ pub struct ProcInfo {
 
 /// Every process in /proc.
 pub fn scan(proc_root: &Path) -> Vec<ProcInfo> {
-    let Ok(dir) = fs::read_dir(proc_root) else { return Vec::new() };
+    let Ok(dir) = fs::read_dir(proc_root) else {
+        return Vec::new();
+    };
     dir.filter_map(|e| {
         let e = e.ok()?;
         let pid: u32 = e.file_name().to_str()?.parse().ok()?;
@@ -98,8 +100,11 @@ pub fn resolve(specs: &[Spec], procs: &[ProcInfo]) -> BTreeMap<u32, ProcInfo> {
 
 /// Thread ids of a process.
 pub fn threads(proc_root: &Path, pid: u32) -> Vec<u32> {
-    let Ok(dir) = fs::read_dir(proc_root.join(pid.to_string()).join("task")) else { return Vec::new() };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect()
+    let Ok(dir) = fs::read_dir(proc_root.join(pid.to_string()).join("task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
 }
 
 /// TCP ports the processes listen on, from their own network namespace's view.
@@ -116,9 +121,13 @@ pub fn listening_ports(proc_root: &Path, pids: impl IntoIterator<Item = u32>) ->
         if listening.is_empty() {
             continue;
         }
-        let Ok(fds) = fs::read_dir(base.join("fd")) else { continue };
+        let Ok(fds) = fs::read_dir(base.join("fd")) else {
+            continue;
+        };
         for fd in fds.flatten() {
-            let Ok(link) = fs::read_link(fd.path()) else { continue };
+            let Ok(link) = fs::read_link(fd.path()) else {
+                continue;
+            };
             let Some(inode) = link
                 .to_str()
                 .and_then(|l| l.strip_prefix("socket:["))
@@ -158,7 +167,11 @@ mod tests {
     use super::*;
 
     fn p(pid: u32, ppid: u32, comm: &str) -> ProcInfo {
-        ProcInfo { pid, ppid, comm: comm.into() }
+        ProcInfo {
+            pid,
+            ppid,
+            comm: comm.into(),
+        }
     }
 
     #[test]
@@ -169,7 +182,14 @@ mod tests {
 
     #[test]
     fn resolve_pid_and_name_with_descendants() {
-        let procs = vec![p(1, 0, "init"), p(10, 1, "nginx"), p(11, 10, "nginx"), p(12, 10, "nginx"), p(20, 1, "sh"), p(21, 20, "x")];
+        let procs = vec![
+            p(1, 0, "init"),
+            p(10, 1, "nginx"),
+            p(11, 10, "nginx"),
+            p(12, 10, "nginx"),
+            p(20, 1, "sh"),
+            p(21, 20, "x"),
+        ];
         let by_pid = resolve(&[Spec::Pid(10)], &procs);
         assert_eq!(by_pid.keys().copied().collect::<Vec<_>>(), vec![10, 11, 12]);
         let by_name = resolve(&[Spec::parse("nginx")], &procs);

@@ -26,10 +26,18 @@ pub fn us(from: u64, to: u64) -> u64 {
 }
 
 fn address(e: &Endpoint) -> Address {
-    Address { address: e.addr.to_string(), port: e.port }
+    Address {
+        address: e.addr.to_string(),
+        port: e.port,
+    }
 }
 
-pub fn build(ex: &Exchange, client: Option<&Sock>, comm: &str, realtime_offset_ns: i64) -> ExchangeRecord {
+pub fn build(
+    ex: &Exchange,
+    client: Option<&Sock>,
+    comm: &str,
+    realtime_offset_ns: i64,
+) -> ExchangeRecord {
     let outcomes: Vec<Outcome> = ex.attempts.iter().map(|a| attempt_outcome(a, ex)).collect();
     let (verdict, origin, from) = exchange_verdict(ex, &outcomes);
     let end = match &ex.response {
@@ -62,10 +70,17 @@ pub fn build(ex: &Exchange, client: Option<&Sock>, comm: &str, realtime_offset_n
         .request
         .as_ref()
         .or_else(|| ex.attempts.iter().find_map(|a| a.upstream_request.as_ref()))
-        .map(|r| Request { method: r.method.clone(), target: r.target.clone(), version: r.version.clone() });
+        .map(|r| Request {
+            method: r.method.clone(),
+            target: r.target.clone(),
+            version: r.version.clone(),
+        });
     ExchangeRecord {
         time: wall_time(ex.start, realtime_offset_ns),
-        proxy: Proxy { pid: ex.pid, comm: comm.to_owned() },
+        proxy: Proxy {
+            pid: ex.pid,
+            comm: comm.to_owned(),
+        },
         client: client_addr,
         server: server_addr,
         request,
@@ -79,7 +94,13 @@ pub fn build(ex: &Exchange, client: Option<&Sock>, comm: &str, realtime_offset_n
     }
 }
 
-fn hint_facts(ex: &Exchange, outcomes: &[Outcome], status: Option<u16>, duration_us: u64, verdict: Verdict) -> HintFacts {
+fn hint_facts(
+    ex: &Exchange,
+    outcomes: &[Outcome],
+    status: Option<u16>,
+    duration_us: u64,
+    verdict: Verdict,
+) -> HintFacts {
     // The deciding attempt: the last one (nginx reports the last upstream tried).
     let last = ex.attempts.last();
     let outcome = outcomes.last().copied();

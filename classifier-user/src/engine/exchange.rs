@@ -159,7 +159,12 @@ impl Attempt {
 
     /// The first sign that the upstream itself broke the connection.
     pub fn upstream_failed(&self) -> Option<u64> {
-        let err = self.error.and_then(|(e, ts)| (e == libc::ECONNRESET || e == libc::EPIPE).then_some(ts));
-        [self.rst_in, err, self.peer_fin].into_iter().flatten().min()
+        let err = self
+            .error
+            .and_then(|(e, ts)| (e == libc::ECONNRESET || e == libc::EPIPE).then_some(ts));
+        [self.rst_in, err, self.peer_fin]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }

@@ -25,12 +25,12 @@ use self::{
     exchange::{Attempt, End, ExId, Exchange, ResponseStart},
     sockets::{Sock, Sockets},
 };
-pub use build::wall_time;
 use crate::{
     event::{Dir, Event, EventKind, MsgCursor, Opened, ResetDir, Side, SockId, TcpState},
     head::{Head, RequestLine},
     record::{EngineCounters, ExchangeRecord, Record},
 };
+pub use build::wall_time;
 
 /// Limits and clocks. Every table is bounded; what is evicted is counted.
 #[derive(Clone, Debug)]
@@ -109,21 +109,69 @@ impl Engine {
         self.now = self.now.max(ev.ts);
         let ts = ev.ts;
         match &ev.kind {
-            EventKind::SockOpen { sock, owner, side, how, local, peer, prev_touch } => {
-                self.sock_open(ts, *sock, *owner, *side, *how, *local, *peer, *prev_touch, out)
-            }
-            EventKind::Message { sock, dir, bytes, head, prev_touch, prev_msg_bytes, prev_msg_last } => {
-                self.message(ts, *sock, *dir, *bytes, head, *prev_touch, *prev_msg_bytes, *prev_msg_last, out)
-            }
-            EventKind::Progress { sock, dir, msg_bytes } => self.progress(ts, *sock, *dir, *msg_bytes),
+            EventKind::SockOpen {
+                sock,
+                owner,
+                side,
+                how,
+                local,
+                peer,
+                prev_touch,
+            } => self.sock_open(
+                ts,
+                *sock,
+                *owner,
+                *side,
+                *how,
+                *local,
+                *peer,
+                *prev_touch,
+                out,
+            ),
+            EventKind::Message {
+                sock,
+                dir,
+                bytes,
+                head,
+                prev_touch,
+                prev_msg_bytes,
+                prev_msg_last,
+            } => self.message(
+                ts,
+                *sock,
+                *dir,
+                *bytes,
+                head,
+                *prev_touch,
+                *prev_msg_bytes,
+                *prev_msg_last,
+                out,
+            ),
+            EventKind::Progress {
+                sock,
+                dir,
+                msg_bytes,
+            } => self.progress(ts, *sock, *dir, *msg_bytes),
             EventKind::Eof { sock, .. } => self.peer_fin(ts, *sock),
-            EventKind::IoError { sock, dir, errno, .. } => self.io_error(ts, *sock, *dir, *errno),
-            EventKind::State { sock, old, new, local, peer, local_close, msg } => {
-                self.state(ts, *sock, *old, *new, *local, *peer, *local_close, *msg)
-            }
+            EventKind::IoError {
+                sock, dir, errno, ..
+            } => self.io_error(ts, *sock, *dir, *errno),
+            EventKind::State {
+                sock,
+                old,
+                new,
+                local,
+                peer,
+                local_close,
+                msg,
+            } => self.state(ts, *sock, *old, *new, *local, *peer, *local_close, *msg),
             EventKind::Reset { sock, dir, .. } => self.reset(ts, *sock, *dir),
             EventKind::SockError { sock, errno, .. } => self.sock_error(ts, *sock, *errno),
-            EventKind::Destroy { sock, local_close, msg } => self.destroy(ts, *sock, *local_close, *msg, out),
+            EventKind::Destroy {
+                sock,
+                local_close,
+                msg,
+            } => self.destroy(ts, *sock, *local_close, *msg, out),
             EventKind::Fork { child, comm } => {
                 if self.comms.len() < 65_536 {
                     self.comms.insert(*child, comm.clone());
@@ -188,7 +236,12 @@ impl Engine {
     /// last in the same loop iteration. A failed upstream socket counts as its
     /// exchange's socket, so retries chain; on a client connection whose response
     /// was already sent, the next attempt starts the connection's next exchange.
-    fn resolve(&mut self, prev_touch: Option<SockId>, ts: u64, out: &mut Vec<Record>) -> Option<ExId> {
+    fn resolve(
+        &mut self,
+        prev_touch: Option<SockId>,
+        ts: u64,
+        out: &mut Vec<Record>,
+    ) -> Option<ExId> {
         let touched = prev_touch?;
         let sock = self.socks.get_any(touched)?;
         match sock.side {
@@ -222,8 +275,12 @@ impl Engine {
 
     /// Attaches a new attempt on upstream socket `sock` to exchange `ex`.
     fn attach(&mut self, ex: ExId, sock: SockId, ts: u64, connect: bool) {
-        let Some(s) = self.socks.get_mut(sock) else { return };
-        let Some(e) = self.exchanges.get_mut(&ex) else { return };
+        let Some(s) = self.socks.get_mut(sock) else {
+            return;
+        };
+        let Some(e) = self.exchanges.get_mut(&ex) else {
+            return;
+        };
         let mut a = Attempt::new(sock, s.peer, s.local);
         if connect {
             a.connect_start = Some(ts);
@@ -305,7 +362,14 @@ impl Engine {
         }
     }
 
-    fn client_request(&mut self, ts: u64, sock: SockId, head: &Head, prev_msg_last: u64, out: &mut Vec<Record>) {
+    fn client_request(
+        &mut self,
+        ts: u64,
+        sock: SockId,
+        head: &Head,
+        prev_msg_last: u64,
+        out: &mut Vec<Record>,
+    ) {
         // The response that just ended sent its last byte at `prev_msg_last`.
         if let Some(cur) = self.current_mut(sock) {
             if cur.response.is_some() && prev_msg_last > 0 {
@@ -337,7 +401,10 @@ impl Engine {
                 // A request body (after 100-continue, or late after an early
                 // response) or bytes that are not HTTP. Only a connection with no
                 // exchange at all opens one: nginx will answer it (400) or close.
-                let has_any = self.socks.get(sock).is_some_and(|s| !s.exchanges.is_empty());
+                let has_any = self
+                    .socks
+                    .get(sock)
+                    .is_some_and(|s| !s.exchanges.is_empty());
                 if !has_any {
                     self.open_exchange(sock, owner, ts, None, out);
                 }
@@ -346,7 +413,9 @@ impl Engine {
     }
 
     fn client_response(&mut self, ts: u64, sock: SockId, head: &Head, bytes: u32) {
-        let Some(s) = self.socks.get(sock) else { return };
+        let Some(s) = self.socks.get(sock) else {
+            return;
+        };
         let target = s
             .exchanges
             .iter()
@@ -398,7 +467,11 @@ impl Engine {
         // attempt happens in the handler that read the client request, so the
         // loop-iteration rule applies. A fresh connect that found no exchange must
         // not: its first send runs in a later iteration.
-        let ex = if fresh_unattributed { None } else { self.resolve(prev_touch, ts, out) };
+        let ex = if fresh_unattributed {
+            None
+        } else {
+            self.resolve(prev_touch, ts, out)
+        };
         let ex = match ex {
             Some(ex) => Some(ex),
             None => {
@@ -406,7 +479,8 @@ impl Engine {
                 if found.is_some() {
                     self.counters.attributed_by_request_line += 1;
                     if fresh_unattributed {
-                        self.counters.unattributed_attempts = self.counters.unattributed_attempts.saturating_sub(1);
+                        self.counters.unattributed_attempts =
+                            self.counters.unattributed_attempts.saturating_sub(1);
                     }
                 } else if !fresh_unattributed {
                     self.counters.unattributed_attempts += 1;
@@ -415,7 +489,11 @@ impl Engine {
             }
         };
         let Some(ex) = ex else { return };
-        let connect_start = if fresh_unattributed { Some(self.socks.get(sock).map_or(ts, |_| ts)) } else { None };
+        let connect_start = if fresh_unattributed {
+            Some(self.socks.get(sock).map_or(ts, |_| ts))
+        } else {
+            None
+        };
         self.attach(ex, sock, ts, false);
         if let Some((e, idx)) = self.attempt_mut(sock) {
             let a = &mut e.attempts[idx];
@@ -435,8 +513,16 @@ impl Engine {
         self.exchanges
             .values()
             .filter(|e| e.pid == owner && e.response.is_none())
-            .filter(|e| e.attempts.last().is_none_or(|a| a.first_byte.is_none() || a.status.is_none()))
-            .find(|e| e.request.as_ref().is_some_and(|r| r.method == request.method && r.target == request.target))
+            .filter(|e| {
+                e.attempts
+                    .last()
+                    .is_none_or(|a| a.first_byte.is_none() || a.status.is_none())
+            })
+            .find(|e| {
+                e.request
+                    .as_ref()
+                    .is_some_and(|r| r.method == request.method && r.target == request.target)
+            })
             .map(|e| e.id)
     }
 
@@ -460,7 +546,9 @@ impl Engine {
     }
 
     fn progress(&mut self, ts: u64, sock: SockId, dir: Dir, msg_bytes: u64) {
-        let Some(s) = self.socks.get_mut(sock) else { return };
+        let Some(s) = self.socks.get_mut(sock) else {
+            return;
+        };
         s.last_activity = ts;
         match (s.side, dir) {
             (Side::Client, Dir::Send) => {
@@ -511,7 +599,9 @@ impl Engine {
 
     /// The client left (FIN or RST) while exchanges were in flight on `sock`.
     fn client_left(&mut self, sock: SockId, ts: u64, reset: bool) {
-        let Some(s) = self.socks.get(sock) else { return };
+        let Some(s) = self.socks.get(sock) else {
+            return;
+        };
         let ids: Vec<ExId> = s.exchanges.iter().copied().collect();
         for id in ids {
             if let Some(ex) = self.exchanges.get_mut(&id) {
@@ -591,7 +681,9 @@ impl Engine {
                 }
             }
             Side::Upstream => {
-                let Some((e, idx)) = self.attempt_mut(sock) else { return };
+                let Some((e, idx)) = self.attempt_mut(sock) else {
+                    return;
+                };
                 e.touch(ts);
                 let a = &mut e.attempts[idx];
                 if local_ep.port != 0 {
@@ -656,7 +748,14 @@ impl Engine {
         }
     }
 
-    fn destroy(&mut self, ts: u64, sock: SockId, local_close: bool, msg: MsgCursor, out: &mut Vec<Record>) {
+    fn destroy(
+        &mut self,
+        ts: u64,
+        sock: SockId,
+        local_close: bool,
+        msg: MsgCursor,
+        out: &mut Vec<Record>,
+    ) {
         let Some(side) = self.side(sock) else {
             self.counters.unknown_socket_events += 1;
             return;
@@ -673,7 +772,11 @@ impl Engine {
                 if local_close {
                     self.proxy_closed_client(sock, ts);
                 }
-                let ids: Vec<ExId> = self.socks.get(sock).map(|s| s.exchanges.iter().copied().collect()).unwrap_or_default();
+                let ids: Vec<ExId> = self
+                    .socks
+                    .get(sock)
+                    .map(|s| s.exchanges.iter().copied().collect())
+                    .unwrap_or_default();
                 for id in ids {
                     self.finish(id, End::ConnectionClosed, out);
                 }
@@ -708,7 +811,9 @@ impl Engine {
     }
 
     fn finish(&mut self, id: ExId, end: End, out: &mut Vec<Record>) {
-        let Some(mut ex) = self.exchanges.remove(&id) else { return };
+        let Some(mut ex) = self.exchanges.remove(&id) else {
+            return;
+        };
         if end == End::Flushed && ex.response.is_none() && ex.client_left().is_none() {
             // Still waiting when the agent stopped.
             ex.incomplete = true;
@@ -718,7 +823,8 @@ impl Engine {
             s.exchanges.retain(|e| *e != id);
         }
         let comm = self.comms.get(&ex.pid).map_or("?", String::as_str);
-        let record: ExchangeRecord = build::build(&ex, client.as_ref(), comm, self.cfg.realtime_offset_ns);
+        let record: ExchangeRecord =
+            build::build(&ex, client.as_ref(), comm, self.cfg.realtime_offset_ns);
         out.push(Record::Exchange(Box::new(record)));
     }
 }

@@ -39,8 +39,13 @@ pub fn attempt_outcome(a: &Attempt, ex: &Exchange) -> Outcome {
     if let Some(failed) = a.upstream_failed() {
         if before_client(failed) {
             let reset = a.rst_in.is_some_and(|r| r <= failed)
-                || a.error.is_some_and(|(e, ts)| ts <= failed && e == libc::ECONNRESET);
-            return if reset { Outcome::Reset } else { Outcome::Closed };
+                || a.error
+                    .is_some_and(|(e, ts)| ts <= failed && e == libc::ECONNRESET);
+            return if reset {
+                Outcome::Reset
+            } else {
+                Outcome::Closed
+            };
         }
         return Outcome::Aborted;
     }
@@ -53,11 +58,15 @@ pub fn attempt_outcome(a: &Attempt, ex: &Exchange) -> Outcome {
 
 /// Whether the response to the client was cut after the upstream failed at `failed`.
 fn response_cut(ex: &Exchange, failed: u64) -> bool {
-    ex.client_send_failed.is_some_and(|t| t >= failed) || ex.response_cut_by_proxy.is_some_and(|t| t >= failed)
+    ex.client_send_failed.is_some_and(|t| t >= failed)
+        || ex.response_cut_by_proxy.is_some_and(|t| t >= failed)
 }
 
 /// The exchange's verdict, whose behaviour decided it, and who wrote the status.
-pub fn exchange_verdict(ex: &Exchange, outcomes: &[Outcome]) -> (Verdict, Origin, Option<ResponseFrom>) {
+pub fn exchange_verdict(
+    ex: &Exchange,
+    outcomes: &[Outcome],
+) -> (Verdict, Origin, Option<ResponseFrom>) {
     let last = ex.attempts.last().zip(outcomes.last().copied());
     let Some(resp) = &ex.response else {
         // No response written.
@@ -70,7 +79,9 @@ pub fn exchange_verdict(ex: &Exchange, outcomes: &[Outcome]) -> (Verdict, Origin
         return (Verdict::ProxyError, Origin::Proxy, None);
     };
     let from = match (last, resp.status) {
-        (Some((a, Outcome::Response | Outcome::Truncated)), Some(s)) if a.status == Some(s) => ResponseFrom::Upstream,
+        (Some((a, Outcome::Response | Outcome::Truncated)), Some(s)) if a.status == Some(s) => {
+            ResponseFrom::Upstream
+        }
         _ => ResponseFrom::Proxy,
     };
     if let Some((_, Outcome::Truncated)) = last {
@@ -79,7 +90,10 @@ pub fn exchange_verdict(ex: &Exchange, outcomes: &[Outcome]) -> (Verdict, Origin
     if ex.client_send_failed.is_some() && ex.client_rst.is_some() {
         return (Verdict::ClientReset, Origin::Client, Some(from));
     }
-    let status = resp.status.or_else(|| last.and_then(|(a, _)| a.status)).unwrap_or(200);
+    let status = resp
+        .status
+        .or_else(|| last.and_then(|(a, _)| a.status))
+        .unwrap_or(200);
     let verdict = match status {
         100..=399 => Verdict::Ok,
         400..=499 => Verdict::ClientError,

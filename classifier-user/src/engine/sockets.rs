@@ -24,8 +24,25 @@ pub struct Sock {
 }
 
 impl Sock {
-    pub fn new(side: Side, how: Opened, owner: u32, local: Endpoint, peer: Endpoint, ts: u64) -> Self {
-        Self { side, how, owner, local, peer, last_activity: ts, exchanges: VecDeque::new(), attempt: None, uses: 0 }
+    pub fn new(
+        side: Side,
+        how: Opened,
+        owner: u32,
+        local: Endpoint,
+        peer: Endpoint,
+        ts: u64,
+    ) -> Self {
+        Self {
+            side,
+            how,
+            owner,
+            local,
+            peer,
+            last_activity: ts,
+            exchanges: VecDeque::new(),
+            attempt: None,
+            uses: 0,
+        }
     }
 }
 
@@ -41,14 +58,24 @@ pub struct Sockets {
 
 impl Sockets {
     pub fn new(max_live: usize, max_dead: usize) -> Self {
-        Self { live: HashMap::new(), dead: HashMap::new(), dead_order: VecDeque::new(), max_live, max_dead }
+        Self {
+            live: HashMap::new(),
+            dead: HashMap::new(),
+            dead_order: VecDeque::new(),
+            max_live,
+            max_dead,
+        }
     }
 
     /// Inserts a socket; returns the socket evicted to make room, if any.
     pub fn insert(&mut self, id: SockId, sock: Sock) -> Option<(SockId, Sock)> {
         let evicted = if self.live.len() >= self.max_live && !self.live.contains_key(&id) {
             // Evict the least recently active socket: O(n), only when full.
-            let victim = self.live.iter().min_by_key(|(_, s)| s.last_activity).map(|(id, _)| *id);
+            let victim = self
+                .live
+                .iter()
+                .min_by_key(|(_, s)| s.last_activity)
+                .map(|(id, _)| *id);
             victim.and_then(|v| self.live.remove(&v).map(|s| (v, s)))
         } else {
             None

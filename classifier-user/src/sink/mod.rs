@@ -38,10 +38,22 @@ impl Sink {
                     .with_context(|| format!("creating {}", path.display()))?;
                 (Box::new(BufWriter::new(file)), false)
             }
-            None => (Box::new(BufWriter::new(io::stdout())), io::stdout().is_terminal()),
+            None => (
+                Box::new(BufWriter::new(io::stdout())),
+                io::stdout().is_terminal(),
+            ),
         };
-        let format = args.format.unwrap_or(if terminal { Format::Text } else { Format::Json });
-        Ok(Self { format, out, summary: Summary::default(), exchanges: 0, incomplete: 0, verdicts: BTreeMap::new() })
+        let format = args
+            .format
+            .unwrap_or(if terminal { Format::Text } else { Format::Json });
+        Ok(Self {
+            format,
+            out,
+            summary: Summary::default(),
+            exchanges: 0,
+            incomplete: 0,
+            verdicts: BTreeMap::new(),
+        })
     }
 
     pub fn format(&self) -> Format {
@@ -54,7 +66,10 @@ impl Sink {
             if !e.complete {
                 self.incomplete += 1;
             }
-            *self.verdicts.entry(e.verdict.as_str().to_owned()).or_default() += 1;
+            *self
+                .verdicts
+                .entry(e.verdict.as_str().to_owned())
+                .or_default() += 1;
             self.summary.add(e);
         }
         match self.format {

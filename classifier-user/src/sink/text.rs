@@ -11,11 +11,14 @@ use classifier::{
 pub fn write_exchange(out: &mut dyn Write, e: &ExchangeRecord) -> io::Result<()> {
     // "2026-11-23T10:00:00.123456Z" → "10:00:00.123"
     let clock = e.time.get(11..23).unwrap_or(&e.time);
-    let request = e
-        .request
-        .as_ref()
-        .map_or_else(|| "(no request line)".to_owned(), |r| format!("{} {}", r.method, r.target));
-    let status = e.response.status.map_or_else(|| "---".to_owned(), |s| s.to_string());
+    let request = e.request.as_ref().map_or_else(
+        || "(no request line)".to_owned(),
+        |r| format!("{} {}", r.method, r.target),
+    );
+    let status = e
+        .response
+        .status
+        .map_or_else(|| "---".to_owned(), |s| s.to_string());
     let upstream = e
         .upstreams
         .iter()
@@ -30,7 +33,11 @@ pub fn write_exchange(out: &mut dyn Write, e: &ExchangeRecord) -> io::Result<()>
         ms(e.duration_us),
         e.client.address,
         e.client.port,
-        if upstream.is_empty() { String::new() } else { format!("  ⇢ {upstream}") },
+        if upstream.is_empty() {
+            String::new()
+        } else {
+            format!("  ⇢ {upstream}")
+        },
         if e.complete { "" } else { "  (incomplete)" },
     )?;
     if let Some(h) = &e.hint {
@@ -50,7 +57,10 @@ pub fn write_summary(out: &mut dyn Write, summary: &Summary, s: &StatsRecord) ->
         s.events, s.events_per_s, s.lost_events, s.untracked_sockets, s.undecodable_events, s.incomplete_exchanges
     )?;
     if lost > 0 {
-        writeln!(out, "evidence was lost: records of affected exchanges say \"complete\": false")?;
+        writeln!(
+            out,
+            "evidence was lost: records of affected exchanges say \"complete\": false"
+        )?;
     }
     Ok(())
 }

@@ -1,0 +1,108 @@
+//! Shared assertions: schema validation and agreement with the access log.
+use std::{collections::BTreeMap, sync::OnceLock};
+
+use classify_tests::{nginx::AccessEntry, workspace_root};
+use serde_json::Value;
+
+/// Fails the test unless it runs as root: the probes need it, and a test that
+/// silently skips cannot fail.
+pub fn require_root() {
+    assert!(
+        classify_tests::is_root(),
+        "end-to-end tests load kernel probes and need root: run `sudo cargo xtask test`"
+    );
+}
+
+fn schema() -> &'static jsonschema::Validator {
+    static SCHEMA: OnceLock<jsonschema::Validator> = OnceLock::new();
+    SCHEMA.get_or_init(|| {
+        let path = workspace_root().join("docs/schema/records.schema.json");
+        let text = std::fs::read_to_string(&path).expect("read the JSON Schema");
+        let schema: Value = serde_json::from_str(&text).expect("schema is JSON");
+        jsonschema::validator_for(&schema).expect("schema compiles")
+    })
+}
+
+/// Every record must validate against `docs/schema/records.schema.json`.
+pub fn assert_schema(records: &[Value]) {
+    for r in records {
+        let errors: Vec<String> = schema()
+            .iter_errors(r)
+            .map(|e| format!("{} at {}", e, e.instance_path))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "record does not match the schema: {errors:?}\n{r}"
+        );
+    }
+}
+
+/// What a record and an access-log line must agree on.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Key {
+    pub client_port: u16,
+    pub method: String,
+    pub uri: String,
+    pub status: u16,
+    pub upstreams: Vec<String>,
+}
+
+pub fn record_key(r: &Value) -> Key {
+    Key {
+        client_port: r["client"]["port"].as_u64().unwrap_or(0) as u16,
+        method: r["request"]["method"].as_str().unwrap_or("-").to_owned(),
+        uri: r["request"]["target"].as_str().unwrap_or("-").to_owned(),
+        status: r["response"]["status"].as_u64().unwrap_or(0) as u16,
+        upstreams: r["upstreams"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|u| format!("{}:{}", u["address"].as_str().unwrap_or("?"), u["port"]))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+pub fn access_key(a: &AccessEntry) -> Key {
+    Key {
+        client_port: a.remote_port(),
+        method: a.method.clone(),
+        uri: a.uri.clone(),
+        status: a.status(),
+        upstreams: a.upstreams(),
+    }
+}
+
+/// Records and access-log lines correspond one to one: nothing missing, nothing
+/// doubled.
+pub fn assert_matches_access_log(exchanges: &[&Value], access: &[AccessEntry]) {
+    let mut want: BTreeMap<Key, i64> = BTreeMap::new();
+    for a in access {
+        *want.entry(access_key(a)).or_default() += 1;
+    }
+    for r in exchanges {
+        *want.entry(record_key(r)).or_default() -= 1;
+    }
+    let diff: Vec<String> = want
+        .iter()
+        .filter(|(_, n)| **n != 0)
+        .map(|(k, n)| {
+            format!(
+                "{} {k:?}",
+                if *n > 0 {
+                    "missing from classify"
+                } else {
+                    "extra in classify"
+                }
+            )
+        })
+        .collect();
+    assert!(
+        diff.is_empty(),
+        "classify disagrees with nginx's access log ({} records, {} log lines):\n{}",
+        exchanges.len(),
+        access.len(),
+        diff.join("\n")
+    );
+}

@@ -1,0 +1,159 @@
+//! Runs the `classify` binary against a process and collects its JSON records.
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{mpsc, Arc, Mutex},
+    thread,
+    time::Duration,
+};
+
+use serde_json::Value;
+
+/// Path of the classify binary: `$CLASSIFY_BIN`, else the workspace's debug build.
+pub fn binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("CLASSIFY_BIN") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| crate::workspace_root().join("target"), PathBuf::from);
+    target.join("debug").join("classify")
+}
+
+pub struct Running {
+    child: Child,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+    stdout_done: mpsc::Receiver<()>,
+}
+
+/// What a stopped run produced.
+pub struct Output {
+    pub status: ExitStatus,
+    /// Every stdout line parsed as JSON.
+    pub records: Vec<Value>,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn exchanges(&self) -> Vec<&Value> {
+        self.records
+            .iter()
+            .filter(|r| r["kind"] == "exchange")
+            .collect()
+    }
+
+    pub fn final_stats(&self) -> Option<&Value> {
+        self.records
+            .iter()
+            .rev()
+            .find(|r| r["kind"] == "stats" && r["final"] == true)
+    }
+}
+
+/// Starts `classify --format json ARGS...` and waits until it says it is ready.
+pub fn start(args: &[&str]) -> Running {
+    let mut child = Command::new(binary())
+        .args(["--format", "json"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "starting {}: {e} (build it with `cargo build`)",
+                binary().display()
+            )
+        });
+    let stdout = Arc::new(Mutex::new(Vec::new()));
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel();
+    let out = child.stdout.take().expect("stdout");
+    let s2 = stdout.clone();
+    thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            s2.lock().expect("lock").push(line);
+        }
+        let _ = done_tx.send(());
+    });
+    let err = child.stderr.take().expect("stderr");
+    let e2 = stderr.clone();
+    thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if line.contains("ready in") {
+                let _ = ready_tx.send(());
+            }
+            e2.lock().expect("lock").push(line);
+        }
+    });
+    let mut running = Running {
+        child,
+        stdout,
+        stderr,
+        stdout_done: done_rx,
+    };
+    if ready_rx.recv_timeout(Duration::from_secs(15)).is_err() {
+        let _ = running.child.kill();
+        let _ = running.child.wait();
+        panic!(
+            "classify did not become ready:\n{}",
+            running.stderr.lock().expect("lock").join("\n")
+        );
+    }
+    running
+}
+
+impl Running {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Records emitted so far (live, before stopping).
+    pub fn records_so_far(&self) -> Vec<Value> {
+        self.stdout
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// SIGINT, then collects everything (bounded wait).
+    pub fn stop(mut self) -> Output {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let status = crate::wait_for(Duration::from_secs(15), || {
+            self.child.try_wait().ok().flatten()
+        })
+        .unwrap_or_else(|| {
+            let _ = self.child.kill();
+            self.child.wait().expect("wait")
+        });
+        let _ = self.stdout_done.recv_timeout(Duration::from_secs(5));
+        let lines = self.stdout.lock().expect("lock").clone();
+        let records = lines
+            .iter()
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("classify wrote a line that is not JSON: {l}: {e}"))
+            })
+            .collect();
+        let stderr = self.stderr.lock().expect("lock").join("\n");
+        Output {
+            status,
+            records,
+            stderr,
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! Raw HTTP/1.1 clients over TcpStream: exact control of connections (keep-alive,
+//! concurrency), and the local port of each request for matching the access log.
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    time::Duration,
+};
+
+#[derive(Clone, Debug)]
+pub struct Response {
+    /// The client's local port (nginx's `$remote_port`).
+    pub local_port: u16,
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+pub struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    pub fn connect(port: u16) -> std::io::Result<Self> {
+        let stream = TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        stream.set_nodelay(true)?;
+        Ok(Self {
+            stream,
+            buf: Vec::new(),
+        })
+    }
+
+    pub fn local_port(&self) -> u16 {
+        self.stream.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// Sends a request (keep-alive) and reads the whole response.
+    pub fn request(&mut self, method: &str, path: &str) -> std::io::Result<Response> {
+        self.send(method, path, &[], b"")?;
+        self.read_response()
+    }
+
+    pub fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<()> {
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n");
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        if !body.is_empty() || method == "POST" || method == "PUT" {
+            req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+        }
+        req.push_str("\r\n");
+        self.stream.write_all(req.as_bytes())?;
+        self.stream.write_all(body)
+    }
+
+    fn fill(&mut self) -> std::io::Result<()> {
+        let mut chunk = [0u8; 16384];
+        let n = self.stream.read(&mut chunk)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+
+    pub fn read_response(&mut self) -> std::io::Result<Response> {
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut resp = httparse::Response::new(&mut headers);
+            match resp.parse(&self.buf) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let status = resp.code.unwrap_or(0);
+                    let mut length = None;
+                    let mut chunked = false;
+                    for h in resp.headers.iter() {
+                        if h.name.eq_ignore_ascii_case("content-length") {
+                            length = String::from_utf8_lossy(h.value)
+                                .trim()
+                                .parse::<usize>()
+                                .ok();
+                        }
+                        if h.name.eq_ignore_ascii_case("transfer-encoding")
+                            && String::from_utf8_lossy(h.value).contains("chunked")
+                        {
+                            chunked = true;
+                        }
+                    }
+                    self.buf.drain(..len);
+                    let body = if chunked {
+                        self.read_chunked()?
+                    } else {
+                        self.read_length(length)?
+                    };
+                    return Ok(Response {
+                        local_port: self.local_port(),
+                        status,
+                        body,
+                    });
+                }
+                Ok(httparse::Status::Partial) => self.fill()?,
+                Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            }
+        }
+    }
+
+    fn read_length(&mut self, length: Option<usize>) -> std::io::Result<Vec<u8>> {
+        match length {
+            Some(n) => {
+                while self.buf.len() < n {
+                    self.fill()?;
+                }
+                Ok(self.buf.drain(..n).collect())
+            }
+            None => {
+                while self.fill().is_ok() {}
+                Ok(std::mem::take(&mut self.buf))
+            }
+        }
+    }
+
+    fn read_chunked(&mut self) -> std::io::Result<Vec<u8>> {
+        let mut body = Vec::new();
+        loop {
+            let line_end = loop {
+                if let Some(p) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                    break p;
+                }
+                self.fill()?;
+            };
+            let size =
+                usize::from_str_radix(String::from_utf8_lossy(&self.buf[..line_end]).trim(), 16)
+                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+            self.buf.drain(..line_end + 2);
+            while self.buf.len() < size + 2 {
+                self.fill()?;
+            }
+            body.extend(self.buf.drain(..size));
+            self.buf.drain(..2);
+            if size == 0 {
+                return Ok(body);
+            }
+        }
+    }
+}
+
+/// One request on a new connection.
+pub fn get(port: u16, path: &str) -> std::io::Result<Response> {
+    let mut c = Conn::connect(port)?;
+    c.request("GET", path)
+}

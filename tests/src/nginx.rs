@@ -1,0 +1,185 @@
+//! A real nginx (Debian's), started in the foreground in a temporary prefix, with
+//! an access log in JSON as ground truth.
+use std::{
+    fs,
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use crate::{free_port, wait_for};
+
+/// One access-log line (`log_format classify escape=json`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct AccessEntry {
+    pub remote_port: String,
+    pub method: String,
+    pub uri: String,
+    pub status: String,
+    pub upstream_addr: String,
+    pub upstream_status: String,
+    pub connection: String,
+    pub pid: String,
+}
+
+impl AccessEntry {
+    pub fn remote_port(&self) -> u16 {
+        self.remote_port.parse().unwrap_or(0)
+    }
+
+    pub fn status(&self) -> u16 {
+        self.status.parse().unwrap_or(0)
+    }
+
+    /// Upstream addresses tried, in order ("-" or empty: none).
+    pub fn upstreams(&self) -> Vec<String> {
+        self.upstream_addr
+            .split([',', ':'].as_ref())
+            .collect::<Vec<_>>()
+            .chunks(2)
+            .filter(|c| c.len() == 2)
+            .map(|c| format!("{}:{}", c[0].trim(), c[1].trim()))
+            .collect()
+    }
+}
+
+const LOG_FORMAT: &str = r#"log_format classify escape=json '{"remote_port":"$remote_port","method":"$request_method","uri":"$request_uri","status":"$status","upstream_addr":"$upstream_addr","upstream_status":"$upstream_status","connection":"$connection","pid":"$pid"}';"#;
+
+pub struct Nginx {
+    child: Child,
+    dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+/// What goes inside `http { }` besides the log format: upstream blocks and a server
+/// listening on `{port}` (replaced with the chosen port).
+pub struct Config {
+    pub workers: u32,
+    pub http: String,
+}
+
+impl Config {
+    /// One upstream group `up` with `servers`, a keep-alive pool, and `location /`
+    /// proxying to it, plus whatever `extra_locations` holds.
+    pub fn proxy(servers: &[String], keepalive: Option<u32>, extra_locations: &str) -> Self {
+        let servers: String = servers
+            .iter()
+            .map(|s| format!("    server {s};\n"))
+            .collect();
+        let keepalive = keepalive
+            .map(|n| format!("    keepalive {n};\n"))
+            .unwrap_or_default();
+        Self {
+            workers: 2,
+            http: format!(
+                "  upstream up {{\n{servers}{keepalive}  }}\n  server {{\n    listen 127.0.0.1:{{port}};\n    location / {{\n      proxy_pass http://up;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n{extra_locations}  }}\n"
+            ),
+        }
+    }
+}
+
+impl Nginx {
+    pub fn start(config: &Config) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("classify-nginx-")
+            .tempdir()
+            .expect("temp dir");
+        let port = free_port();
+        let http = config.http.replace("{port}", &port.to_string());
+        let p = dir.path().display();
+        let conf = format!(
+            "worker_processes {workers};\nuser root;\ndaemon off;\nmaster_process on;\npid {p}/nginx.pid;\nerror_log {p}/error.log info;\nevents {{ worker_connections 4096; }}\nhttp {{\n  {LOG_FORMAT}\n  access_log {p}/access.log classify;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n  keepalive_timeout 65;\n{http}}}\n",
+            workers = config.workers
+        );
+        fs::write(dir.path().join("nginx.conf"), &conf).expect("write nginx.conf");
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(dir.path().join("nginx.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start nginx (is it installed? run `cargo xtask setup`)");
+        let nginx = Self { child, dir, port };
+        let up = wait_for(Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
+        });
+        assert!(
+            up.is_some(),
+            "nginx did not start listening on {port}:\n{}\n{conf}",
+            nginx.error_log()
+        );
+        // Both workers must exist before classify resolves the process tree.
+        let workers = wait_for(Duration::from_secs(5), || {
+            (nginx.worker_pids().len() as u32 >= config.workers).then_some(())
+        });
+        assert!(workers.is_some(), "nginx workers did not start");
+        nginx
+    }
+
+    pub fn master_pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// PIDs of the master's children.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        let master = self.master_pid();
+        fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect()
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn error_log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+    }
+
+    /// Every access-log entry written so far (nginx writes them unbuffered).
+    pub fn access_log(&self) -> Vec<AccessEntry> {
+        fs::read_to_string(self.dir.path().join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("bad access log line {l}: {e}"))
+            })
+            .collect()
+    }
+
+    /// Waits until the access log has at least `n` entries.
+    pub fn wait_access_log(&self, n: usize, timeout: Duration) -> Vec<AccessEntry> {
+        wait_for(timeout, || {
+            let log = self.access_log();
+            (log.len() >= n).then_some(log)
+        })
+        .unwrap_or_else(|| self.access_log())
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SIGQUIT: graceful stop of master and workers.
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGQUIT) };
+        let stopped = wait_for(Duration::from_secs(5), || {
+            self.child.try_wait().ok().flatten()
+        });
+        if stopped.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

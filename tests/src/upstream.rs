@@ -1,0 +1,274 @@
+//! A small HTTP/1.1 upstream with fault injection, on raw sockets so that FIN,
+//! RST and timing are exact. The request path selects the behaviour:
+//!
+//! | path | behaviour |
+//! |---|---|
+//! | `/status/{code}` | answers `{code}` |
+//! | `/same` | answers a status picked at random (logged with the peer port) |
+//! | `/slow/{ms}` | waits `ms` milliseconds, then answers 200 |
+//! | `/fault/reset` | reads the request, sends RST before any byte |
+//! | `/fault/close` | reads the request, closes (FIN) before any byte |
+//! | `/fault/garbage` | answers bytes that are not an HTTP response head |
+//! | `/fault/silent` | reads the request and never answers |
+//! | `/fault/truncate` | sends a head with `Content-Length: 1000`, 10 body bytes, then RST |
+//! | anything else | answers 200 |
+//!
+//! Every request is logged with the peer port, so tests can check which upstream
+//! socket served which request.
+use std::{
+    io::{Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+    thread,
+    time::Duration,
+};
+
+/// Statuses `/same` picks from.
+pub const SAME_STATUSES: [u16; 6] = [200, 201, 404, 500, 502, 503];
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogEntry {
+    /// The proxy's local port for this upstream connection.
+    pub peer_port: u16,
+    pub method: String,
+    pub target: String,
+    /// Status answered, `None` for faults that answer no status.
+    pub status: Option<u16>,
+    pub action: &'static str,
+}
+
+pub struct Upstream {
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<LogEntry>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Upstream {
+    /// Listens on an ephemeral loopback port.
+    pub fn start() -> Self {
+        Self::bind("127.0.0.1:0")
+    }
+
+    pub fn bind(addr: &str) -> Self {
+        let listener = TcpListener::bind(addr).expect("bind upstream");
+        let addr = listener.local_addr().expect("upstream addr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (l2, s2) = (log.clone(), stop.clone());
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                if s2.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let log = l2.clone();
+                thread::spawn(move || serve(conn, &log));
+            }
+        });
+        Self { addr, log, stop }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn log(&self) -> Vec<LogEntry> {
+        self.log.lock().expect("log lock").clone()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+    }
+}
+
+struct Request {
+    method: String,
+    target: String,
+    keep_alive: bool,
+}
+
+/// Reads one request head (and a Content-Length body). `None` at EOF or on error.
+fn read_request(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Option<Request> {
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut req = httparse::Request::new(&mut headers);
+        if let Ok(httparse::Status::Complete(len)) = req.parse(buf) {
+            let method = req.method?.to_owned();
+            let target = req.path?.to_owned();
+            let http11 = req.version == Some(1);
+            let mut keep_alive = http11;
+            let mut body = 0usize;
+            for h in req.headers.iter() {
+                if h.name.eq_ignore_ascii_case("connection") {
+                    let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+                    if v.contains("close") {
+                        keep_alive = false;
+                    } else if v.contains("keep-alive") {
+                        keep_alive = true;
+                    }
+                }
+                if h.name.eq_ignore_ascii_case("content-length") {
+                    body = String::from_utf8_lossy(h.value).trim().parse().unwrap_or(0);
+                }
+            }
+            let total = len + body;
+            while buf.len() < total {
+                let mut chunk = [0u8; 8192];
+                match conn.read(&mut chunk) {
+                    Ok(0) | Err(_) => return None,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            buf.drain(..total);
+            return Some(Request {
+                method,
+                target,
+                keep_alive,
+            });
+        }
+        let mut chunk = [0u8; 8192];
+        match conn.read(&mut chunk) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        if buf.len() > 1 << 20 {
+            return None;
+        }
+    }
+}
+
+/// Sends RST instead of FIN when the socket is closed.
+pub fn set_linger_zero(conn: &TcpStream) {
+    use std::os::fd::AsRawFd as _;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on an fd we own, with a correctly sized linger struct.
+    unsafe {
+        libc::setsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
+fn respond(conn: &mut TcpStream, status: u16, keep_alive: bool) -> std::io::Result<()> {
+    let body = format!("status {status}\n");
+    let head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n",
+        reason(status),
+        body.len(),
+        if keep_alive { "keep-alive" } else { "close" }
+    );
+    conn.write_all(head.as_bytes())?;
+    conn.write_all(body.as_bytes())
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        404 => "Not Found",
+        500 => "Internal Server Error",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Status",
+    }
+}
+
+fn serve(mut conn: TcpStream, log: &Mutex<Vec<LogEntry>>) {
+    let peer_port = conn.peer_addr().map(|a| a.port()).unwrap_or(0);
+    let mut buf = Vec::new();
+    while let Some(req) = read_request(&mut conn, &mut buf) {
+        let path = req.target.split('?').next().unwrap_or("").to_owned();
+        let mut entry = LogEntry {
+            peer_port,
+            method: req.method.clone(),
+            target: req.target.clone(),
+            status: None,
+            action: "respond",
+        };
+        let mut keep = req.keep_alive;
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let status = match parts.as_slice() {
+            ["status", code, ..] => code.parse().ok(),
+            ["same", ..] => Some(SAME_STATUSES[fastrand::usize(..SAME_STATUSES.len())]),
+            ["slow", ms, ..] => {
+                thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
+                Some(200)
+            }
+            ["fault", "reset", ..] => {
+                entry.action = "reset";
+                None
+            }
+            ["fault", "close", ..] => {
+                entry.action = "close";
+                None
+            }
+            ["fault", "garbage", ..] => {
+                entry.action = "garbage";
+                None
+            }
+            ["fault", "silent", ..] => {
+                entry.action = "silent";
+                None
+            }
+            ["fault", "truncate", ..] => {
+                entry.action = "truncate";
+                Some(200)
+            }
+            _ => Some(200),
+        };
+        entry.status = status.filter(|_| entry.action == "respond" || entry.action == "truncate");
+        log.lock().expect("log lock").push(entry.clone());
+        let ok = match entry.action {
+            "respond" => respond(&mut conn, status.unwrap_or(200), keep).is_ok(),
+            "reset" => {
+                set_linger_zero(&conn);
+                false
+            }
+            "close" => {
+                let _ = conn.shutdown(Shutdown::Both);
+                false
+            }
+            "garbage" => {
+                let _ = conn.write_all(b"HELLO this is not HTTP\r\n\r\n");
+                keep = false;
+                true
+            }
+            "silent" => {
+                // Hold the connection open without answering until the peer goes.
+                let mut sink = [0u8; 1024];
+                while matches!(conn.read(&mut sink), Ok(n) if n > 0) {}
+                false
+            }
+            "truncate" => {
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\n0123456789");
+                let _ = conn.flush();
+                thread::sleep(Duration::from_millis(50));
+                set_linger_zero(&conn);
+                false
+            }
+            _ => false,
+        };
+        if !ok || !keep {
+            break;
+        }
+    }
+}
