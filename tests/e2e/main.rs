@@ -2,5 +2,6 @@
 //! and nginx's own access log as ground truth. They need root (CI runs as root);
 //! `cargo xtask test` builds everything first.
 mod cli;
+mod fixtures;
 mod foundation;
 mod support;

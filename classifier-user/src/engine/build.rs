@@ -1,5 +1,5 @@
 //! An ended exchange → its output record.
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use super::{
     exchange::Exchange,
@@ -37,6 +37,7 @@ pub fn build(
     client: Option<&Sock>,
     comm: &str,
     realtime_offset_ns: i64,
+    now: u64,
 ) -> ExchangeRecord {
     let outcomes: Vec<Outcome> = ex.attempts.iter().map(|a| attempt_outcome(a, ex)).collect();
     let (verdict, origin, from) = exchange_verdict(ex, &outcomes);
@@ -44,6 +45,8 @@ pub fn build(
         Some(_) => ex.last_send,
         None => ex.client_left().unwrap_or(ex.last_activity),
     };
+    // An exchange still in flight lasted at least until the agent stopped.
+    let end = if ex.in_flight { end.max(now) } else { end };
     let duration_us = us(ex.start, end.max(ex.start));
     let upstreams: Vec<Upstream> = ex
         .attempts
@@ -89,9 +92,27 @@ pub fn build(
         origin,
         upstreams,
         duration_us,
-        hint: hint(verdict, &facts),
+        hint: if ex.in_flight {
+            Some(in_flight_hint(ex, duration_us))
+        } else {
+            hint(verdict, &facts)
+        },
         complete: !ex.incomplete && !ex.inferred && client.is_some(),
     }
+}
+
+fn in_flight_hint(ex: &Exchange, duration_us: u64) -> String {
+    let waiting = match ex.attempts.last() {
+        Some(a) if a.established.is_none() && a.connect_start.is_some() => {
+            format!("connecting to {}", a.peer)
+        }
+        Some(a) => format!("waiting for a response header from {}", a.peer),
+        None => "before any upstream was contacted".to_owned(),
+    };
+    format!(
+        "Still in flight when classify stopped, after {} ({waiting}); nothing is known about how it ended.",
+        crate::hint::ms(duration_us)
+    )
 }
 
 fn hint_facts(
@@ -130,10 +151,4 @@ fn hint_facts(
         duration_us,
         errno: last.and_then(|a| a.error.map(|(e, _)| e)),
     }
-}
-
-/// Seconds since the epoch for a monotonic timestamp (for the stats record).
-pub fn system_time(mono_ns: u64, realtime_offset_ns: i64) -> SystemTime {
-    let unix_ns = (mono_ns as i128 + realtime_offset_ns as i128).max(0) as u64;
-    UNIX_EPOCH + Duration::from_nanos(unix_ns)
 }

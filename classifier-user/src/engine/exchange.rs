@@ -61,6 +61,8 @@ pub struct Exchange {
     pub response_cut_by_proxy: Option<u64>,
     /// Evidence may be missing (loss, adopted mid-exchange, flushed early).
     pub incomplete: bool,
+    /// Still waiting for a response when the agent stopped.
+    pub in_flight: bool,
 }
 
 impl Exchange {
@@ -83,6 +85,7 @@ impl Exchange {
             client_send_failed: None,
             response_cut_by_proxy: None,
             incomplete: false,
+            in_flight: false,
         }
     }
 

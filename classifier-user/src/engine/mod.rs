@@ -817,14 +817,20 @@ impl Engine {
         if end == End::Flushed && ex.response.is_none() && ex.client_left().is_none() {
             // Still waiting when the agent stopped.
             ex.incomplete = true;
+            ex.in_flight = true;
         }
         let client = self.socks.get_any(ex.client).cloned();
         if let Some(s) = self.socks.get_mut(ex.client) {
             s.exchanges.retain(|e| *e != id);
         }
         let comm = self.comms.get(&ex.pid).map_or("?", String::as_str);
-        let record: ExchangeRecord =
-            build::build(&ex, client.as_ref(), comm, self.cfg.realtime_offset_ns);
+        let record: ExchangeRecord = build::build(
+            &ex,
+            client.as_ref(),
+            comm,
+            self.cfg.realtime_offset_ns,
+            self.now,
+        );
         out.push(Record::Exchange(Box::new(record)));
     }
 }

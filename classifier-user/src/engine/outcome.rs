@@ -76,6 +76,16 @@ pub fn exchange_verdict(
         if ex.client_fin.is_some() {
             return (Verdict::ClientAbort, Origin::Client, None);
         }
+        if ex.in_flight {
+            // The agent stopped first: say what the exchange was waiting on.
+            return match last.map(|(_, o)| o) {
+                Some(Outcome::Timeout) => (Verdict::UpstreamTimeout, Origin::Upstream, None),
+                Some(Outcome::ConnectTimeout) => {
+                    (Verdict::UpstreamConnectTimeout, Origin::Upstream, None)
+                }
+                _ => (Verdict::ProxyError, Origin::Proxy, None),
+            };
+        }
         return (Verdict::ProxyError, Origin::Proxy, None);
     };
     let from = match (last, resp.status) {

@@ -1,1 +1,483 @@
-//! Engine unit tests: scripted event transcripts (see `crate::testkit`).
+//! Engine unit tests: scripted transcripts of what the kernel shows for one
+//! exchange, written like protocol traces (h2's scripted peers).
+use std::net::{IpAddr, Ipv4Addr};
+
+use super::*;
+use crate::{
+    event::{Endpoint, MsgCursor},
+    head::{Head, RequestLine, StatusLine},
+    record::ExchangeRecord,
+    verdict::{Outcome, Verdict},
+};
+
+const MS: u64 = 1_000_000;
+const C1: SockId = SockId(1);
+const C2: SockId = SockId(2);
+const U1: SockId = SockId(11);
+const U2: SockId = SockId(12);
+const U3: SockId = SockId(13);
+
+fn ep(port: u16) -> Endpoint {
+    Endpoint {
+        addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        port,
+    }
+}
+
+fn get(target: &str) -> Head {
+    Head::Request(RequestLine {
+        method: "GET".into(),
+        target: target.into(),
+        version: "HTTP/1.1".into(),
+        truncated: false,
+    })
+}
+
+fn status(code: u16) -> Head {
+    Head::Status(StatusLine {
+        version: "HTTP/1.1".into(),
+        code,
+    })
+}
+
+/// A transcript: events at increasing times, fed to one engine.
+struct Script {
+    engine: Engine,
+    t: u64,
+    out: Vec<Record>,
+}
+
+impl Script {
+    fn new() -> Self {
+        Self {
+            engine: Engine::new(EngineConfig::default()),
+            t: 1_000 * MS,
+            out: Vec::new(),
+        }
+    }
+
+    fn at(&mut self, ms: u64) -> &mut Self {
+        self.t += ms * MS;
+        self
+    }
+
+    fn ev(&mut self, kind: EventKind) -> &mut Self {
+        // Every event but a Tick takes 10 µs: a Tick only tells the time.
+        if kind != EventKind::Tick {
+            self.t += 10_000;
+        }
+        let ev = Event {
+            ts: self.t,
+            pid: 100,
+            tid: 100,
+            kind,
+        };
+        self.engine.ingest(&ev, &mut self.out);
+        self
+    }
+
+    fn client(&mut self, sock: SockId, port: u16) -> &mut Self {
+        self.ev(EventKind::SockOpen {
+            sock,
+            owner: 100,
+            side: Side::Client,
+            how: Opened::FirstUse,
+            local: ep(8080),
+            peer: ep(port),
+            prev_touch: None,
+        })
+    }
+
+    fn recv(&mut self, sock: SockId, head: Head) -> &mut Self {
+        self.ev(EventKind::Message {
+            sock,
+            dir: Dir::Recv,
+            bytes: 80,
+            head,
+            prev_touch: None,
+            prev_msg_bytes: 0,
+            prev_msg_last: 0,
+        })
+    }
+
+    fn send(&mut self, sock: SockId, head: Head, prev_touch: Option<SockId>) -> &mut Self {
+        self.ev(EventKind::Message {
+            sock,
+            dir: Dir::Send,
+            bytes: 120,
+            head,
+            prev_touch,
+            prev_msg_bytes: 80,
+            prev_msg_last: 0,
+        })
+    }
+
+    fn connect(
+        &mut self,
+        sock: SockId,
+        upstream_port: u16,
+        prev_touch: Option<SockId>,
+    ) -> &mut Self {
+        self.ev(EventKind::SockOpen {
+            sock,
+            owner: 100,
+            side: Side::Upstream,
+            how: Opened::Connect,
+            local: ep(0),
+            peer: ep(upstream_port),
+            prev_touch,
+        })
+    }
+
+    fn pooled(&mut self, sock: SockId, local_port: u16, upstream_port: u16) -> &mut Self {
+        self.ev(EventKind::SockOpen {
+            sock,
+            owner: 100,
+            side: Side::Upstream,
+            how: Opened::FirstUse,
+            local: ep(local_port),
+            peer: ep(upstream_port),
+            prev_touch: None,
+        })
+    }
+
+    fn state(
+        &mut self,
+        sock: SockId,
+        old: TcpState,
+        new: TcpState,
+        local_port: u16,
+        local_close: bool,
+    ) -> &mut Self {
+        self.ev(EventKind::State {
+            sock,
+            old,
+            new,
+            local: ep(local_port),
+            peer: ep(0),
+            local_close,
+            msg: MsgCursor::default(),
+        })
+    }
+
+    fn established(&mut self, sock: SockId, local_port: u16) -> &mut Self {
+        self.state(
+            sock,
+            TcpState::SynSent,
+            TcpState::Established,
+            local_port,
+            false,
+        )
+    }
+
+    fn destroy(&mut self, sock: SockId, local_close: bool) -> &mut Self {
+        self.ev(EventKind::Destroy {
+            sock,
+            local_close,
+            msg: MsgCursor::default(),
+        })
+    }
+
+    fn tick_after(&mut self, ms: u64) -> &mut Self {
+        self.at(ms).ev(EventKind::Tick)
+    }
+
+    fn finish(&mut self) -> Vec<ExchangeRecord> {
+        self.engine.flush(&mut self.out);
+        self.out
+            .drain(..)
+            .filter_map(|r| r.exchange().cloned())
+            .collect()
+    }
+
+    /// A whole proxied exchange on client `c` through a fresh upstream `u`.
+    fn proxied(&mut self, c: SockId, u: SockId, up_local: u16, code: u16) -> &mut Self {
+        self.recv(c, get("/a"))
+            .connect(u, 9000, Some(c))
+            .established(u, up_local)
+            .send(u, get("/a"), Some(u))
+            .at(2)
+            .recv(u, status(code))
+            .send(c, status(code), Some(u))
+    }
+}
+
+#[test]
+fn a_proxied_exchange_settles_into_one_record() {
+    let mut s = Script::new();
+    s.client(C1, 5000).proxied(C1, U1, 40000, 200);
+    // Not yet: the connection is kept alive and the settle time has not passed.
+    s.tick_after(500);
+    assert!(s.out.is_empty());
+    s.tick_after(600);
+    assert_eq!(s.out.len(), 1, "settled after 1 s of quiet");
+    let r = s.finish().remove(0);
+    assert_eq!(r.verdict, Verdict::Ok);
+    assert_eq!(r.response.status, Some(200));
+    assert_eq!(r.client.port, 5000);
+    assert_eq!(r.server.port, 8080);
+    assert_eq!(r.upstreams.len(), 1);
+    let u = &r.upstreams[0];
+    assert_eq!(
+        (u.port, u.local_port, u.outcome, u.status),
+        (9000, 40000, Outcome::Response, Some(200))
+    );
+    assert!(u.connect_us.is_some() && u.first_byte_us.unwrap() >= 2000);
+    assert!(r.complete);
+    assert!(r.hint.is_none());
+}
+
+#[test]
+fn the_next_request_ends_the_previous_exchange() {
+    let mut s = Script::new();
+    s.client(C1, 5000).pooled(U1, 40000, 9000);
+    s.recv(C1, get("/one"))
+        .send(U1, get("/one"), Some(C1))
+        .recv(U1, status(404))
+        .send(C1, status(404), Some(U1));
+    s.recv(C1, get("/two"));
+    assert_eq!(s.out.len(), 1);
+    s.send(U1, get("/two"), Some(C1))
+        .recv(U1, status(503))
+        .send(C1, status(503), Some(U1));
+    let rs = s.finish();
+    let got: Vec<_> = rs
+        .iter()
+        .map(|r| {
+            (
+                r.request.as_ref().unwrap().target.clone(),
+                r.verdict,
+                r.upstreams.len(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("/one".into(), Verdict::ClientError, 1),
+            ("/two".into(), Verdict::UpstreamError, 1)
+        ]
+    );
+    // A pooled connection has no connect time.
+    assert!(rs
+        .iter()
+        .all(|r| r.upstreams[0].connect_us.is_none() && r.upstreams[0].local_port == 40000));
+}
+
+#[test]
+fn a_refused_attempt_chains_to_the_retry_through_its_close() {
+    let mut s = Script::new();
+    s.client(C1, 5000)
+        .recv(C1, get("/a"))
+        .connect(U1, 9001, Some(C1));
+    s.ev(EventKind::Reset {
+        sock: U1,
+        dir: ResetDir::Received,
+        state: TcpState::SynSent,
+    })
+    .state(U1, TcpState::SynSent, TcpState::Close, 40001, false)
+    .ev(EventKind::SockError {
+        sock: U1,
+        errno: 111,
+        state: TcpState::Close,
+    })
+    .destroy(U1, true)
+    // The socket the thread touched last is the failed one (its close).
+    .connect(U2, 9002, Some(U1))
+    .established(U2, 40002)
+    .send(U2, get("/a"), Some(U2))
+    .recv(U2, status(200))
+    .send(C1, status(200), Some(U2));
+    let r = s.finish().remove(0);
+    let got: Vec<_> = r
+        .upstreams
+        .iter()
+        .map(|u| (u.port, u.local_port, u.outcome))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (9001, 40001, Outcome::Refused),
+            (9002, 40002, Outcome::Response)
+        ]
+    );
+    assert_eq!(r.verdict, Verdict::Ok);
+}
+
+#[test]
+fn a_refused_last_attempt_is_upstream_refused() {
+    let mut s = Script::new();
+    s.client(C1, 5000)
+        .recv(C1, get("/a"))
+        .connect(U1, 9001, Some(C1));
+    s.ev(EventKind::Reset {
+        sock: U1,
+        dir: ResetDir::Received,
+        state: TcpState::SynSent,
+    })
+    .ev(EventKind::SockError {
+        sock: U1,
+        errno: 111,
+        state: TcpState::Close,
+    })
+    .destroy(U1, true)
+    .send(C1, status(502), Some(U1));
+    let r = s.finish().remove(0);
+    assert_eq!(r.verdict, Verdict::UpstreamRefused);
+    assert_eq!(r.response.from, Some(crate::verdict::ResponseFrom::Proxy));
+    assert!(r.hint.unwrap().contains("127.0.0.1:9001"));
+}
+
+#[test]
+fn identical_concurrent_requests_follow_their_own_thread() {
+    // Two exchanges in one loop iteration: read C1, connect U1, read C2, connect U2.
+    let mut s = Script::new();
+    s.client(C1, 5001).client(C2, 5002);
+    s.recv(C1, get("/same"))
+        .connect(U1, 9000, Some(C1))
+        .recv(C2, get("/same"))
+        .connect(U2, 9000, Some(C2));
+    s.established(U2, 40002).established(U1, 40001);
+    s.send(U2, get("/same"), Some(U2))
+        .send(U1, get("/same"), Some(U1));
+    s.recv(U2, status(503)).send(C2, status(503), Some(U2));
+    s.recv(U1, status(201)).send(C1, status(201), Some(U1));
+    let rs = s.finish();
+    let got: Vec<_> = rs
+        .iter()
+        .map(|r| (r.client.port, r.upstreams[0].local_port, r.response.status))
+        .collect();
+    assert!(got.contains(&(5001, 40001, Some(201))), "{got:?}");
+    assert!(got.contains(&(5002, 40002, Some(503))), "{got:?}");
+}
+
+#[test]
+fn pipelined_requests_open_the_next_exchange_after_the_response() {
+    let mut s = Script::new();
+    s.client(C1, 5000).pooled(U1, 40001, 9000);
+    // Both requests arrived in one receive; only the first line was captured.
+    s.recv(C1, get("/first"))
+        .send(U1, get("/first"), Some(C1))
+        .recv(U1, status(200))
+        .send(C1, status(200), Some(U1));
+    s.send(U1, get("/second"), Some(C1)).recv(U1, status(404));
+    let rs = s.finish();
+    assert_eq!(rs.len(), 2);
+    assert_eq!(
+        rs[1].request.as_ref().unwrap().target,
+        "/second",
+        "taken from the upstream request"
+    );
+    assert!(
+        !rs[1].complete,
+        "the second response was never seen on the wire"
+    );
+}
+
+#[test]
+fn a_client_that_leaves_before_the_response_is_a_client_abort() {
+    let mut s = Script::new();
+    s.client(C1, 5000)
+        .recv(C1, get("/slow"))
+        .connect(U1, 9000, Some(C1))
+        .established(U1, 40001)
+        .send(U1, get("/slow"), Some(U1));
+    s.at(3000)
+        .state(C1, TcpState::Established, TcpState::CloseWait, 8080, false);
+    s.ev(EventKind::Eof {
+        sock: C1,
+        prev_touch: None,
+    });
+    s.state(U1, TcpState::Established, TcpState::FinWait1, 40001, true);
+    s.state(C1, TcpState::CloseWait, TcpState::LastAck, 8080, true)
+        .destroy(C1, false);
+    let r = s.finish().remove(0);
+    assert_eq!(r.verdict, Verdict::ClientAbort);
+    assert_eq!(r.response.status, None);
+    assert_eq!(r.upstreams[0].outcome, Outcome::Aborted);
+    assert!(r.hint.unwrap().contains("slow upstream"));
+}
+
+#[test]
+fn an_attempt_with_no_candidate_is_counted_not_guessed() {
+    let mut s = Script::new();
+    s.client(C1, 5000)
+        .recv(C1, get("/a"))
+        .connect(U1, 9000, None);
+    assert_eq!(s.engine.counters().unattributed_attempts, 1);
+    // The request line matches the only exchange waiting: attributed, and counted so.
+    s.established(U1, 40001)
+        .send(U1, get("/a"), Some(U1))
+        .recv(U1, status(200))
+        .send(C1, status(200), Some(U1));
+    let r = s.finish().remove(0);
+    assert_eq!(r.upstreams.len(), 1);
+    assert_eq!(s.engine.counters().attributed_by_request_line, 1);
+    assert_eq!(s.engine.counters().unattributed_attempts, 0);
+}
+
+#[test]
+fn ticks_anywhere_before_the_settle_time_change_nothing() {
+    // The same transcript with a Tick after every event must give the same records.
+    fn run(with_ticks: bool) -> Vec<ExchangeRecord> {
+        let mut s = Script::new();
+        let steps: Vec<Box<dyn Fn(&mut Script)>> = vec![
+            Box::new(|s| {
+                s.client(C1, 5000);
+            }),
+            Box::new(|s| {
+                s.recv(C1, get("/a"));
+            }),
+            Box::new(|s| {
+                s.connect(U1, 9000, Some(C1));
+            }),
+            Box::new(|s| {
+                s.established(U1, 40001);
+            }),
+            Box::new(|s| {
+                s.send(U1, get("/a"), Some(U1));
+            }),
+            Box::new(|s| {
+                s.recv(U1, status(500));
+            }),
+            Box::new(|s| {
+                s.send(C1, status(500), Some(U1));
+            }),
+            Box::new(|s| {
+                s.recv(C1, get("/b"));
+            }),
+            Box::new(|s| {
+                s.connect(U3, 9000, Some(C1));
+            }),
+        ];
+        for step in &steps {
+            step(&mut s);
+            if with_ticks {
+                s.ev(EventKind::Tick);
+            }
+        }
+        s.finish()
+    }
+    assert_eq!(run(false), run(true));
+}
+
+#[test]
+fn tables_are_bounded_and_evictions_counted() {
+    let mut s = Script {
+        engine: Engine::new(EngineConfig {
+            max_exchanges: 2,
+            ..EngineConfig::default()
+        }),
+        t: 0,
+        out: Vec::new(),
+    };
+    for i in 0..5u64 {
+        s.client(SockId(100 + i), 5000 + i as u16)
+            .recv(SockId(100 + i), get("/a"));
+    }
+    assert_eq!(s.engine.counters().evicted_exchanges, 3);
+    assert!(s.engine.open_exchanges() <= 2);
+    let rs = s.finish();
+    assert_eq!(rs.len(), 5, "evicted exchanges still end in a record");
+    assert_eq!(rs.iter().filter(|r| !r.complete).count(), 5);
+}
