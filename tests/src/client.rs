@@ -96,7 +96,10 @@ impl Conn {
                         }
                     }
                     self.buf.drain(..len);
-                    let body = if chunked {
+                    let bodyless = (100..200).contains(&status) || status == 204 || status == 304;
+                    let body = if bodyless {
+                        Vec::new()
+                    } else if chunked {
                         self.read_chunked()?
                     } else {
                         self.read_length(length)?

@@ -222,7 +222,7 @@ fn debian_packages(opts: &Options) -> Result<()> {
         ));
     }
     run_checked(
-        cmd("apt-get", ["update", "-qq"]),
+        &mut cmd("apt-get", ["update", "-qq"]),
         "refreshing the apt index",
     )?;
     run_checked(
@@ -549,6 +549,21 @@ mod tests {
                    libc6:amd64 install ok installed\n";
         assert_eq!(missing_packages(&wanted, out), ["wrk", "bpftool"]);
         assert_eq!(missing_packages(&wanted, ""), wanted);
+    }
+
+    #[test]
+    fn ensure_symlink_creates_and_repoints() {
+        let dir = std::env::temp_dir().join(format!("classify-setup-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let link = dir.join("libLLVM.so");
+        ensure_symlink(&link, Path::new("/old/libLLVM.so.21")).unwrap();
+        ensure_symlink(&link, Path::new("/new/libLLVM.so.22")).unwrap();
+        ensure_symlink(&link, Path::new("/new/libLLVM.so.22")).unwrap();
+        assert_eq!(
+            fs::read_link(&link).unwrap(),
+            Path::new("/new/libLLVM.so.22")
+        );
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
