@@ -36,28 +36,47 @@ fn main() -> anyhow::Result<()> {
         }
     }
     aya_build::build_ebpf(
-        [aya_build::Package { name: "classifier-ebpf", root_dir: "../classifier-ebpf", ..Default::default() }],
+        [aya_build::Package {
+            name: "classifier-ebpf",
+            root_dir: "../classifier-ebpf",
+            ..Default::default()
+        }],
         aya_build::Toolchain::Custom(&toolchain),
     )
     .context("building the eBPF probes")
 }
 
 fn runs(program: impl AsRef<std::ffi::OsStr>) -> bool {
-    Command::new(program).arg("--version").output().is_ok_and(|o| o.status.success())
+    Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// `~/.local/share/classify/bpf-linker-<libLLVM file of this toolchain>/bin`, if
 /// its bpf-linker runs.
 fn setup_linker_dir() -> Option<PathBuf> {
     let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
-    let out = Command::new(rustc).args(["--print", "sysroot"]).output().ok()?;
+    let out = Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()?;
     let sysroot = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
-    let llvm = std::fs::read_dir(sysroot.join("lib")).ok()?.flatten().find_map(|e| {
-        let name = e.file_name().into_string().ok()?;
-        let rest = name.strip_prefix("libLLVM.so.")?;
-        rest.starts_with(|c: char| c.is_ascii_digit()).then_some(name)
-    })?;
+    let llvm = std::fs::read_dir(sysroot.join("lib"))
+        .ok()?
+        .flatten()
+        .find_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let rest = name.strip_prefix("libLLVM.so.")?;
+            rest.starts_with(|c: char| c.is_ascii_digit())
+                .then_some(name)
+        })?;
     let home = env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
-    let dir = home.join(".local/share/classify").join(format!("bpf-linker-{llvm}")).join("bin");
-    runs(dir.join("bpf-linker")).then_some(dir).filter(|d| Path::new(d).is_dir())
+    let dir = home
+        .join(".local/share/classify")
+        .join(format!("bpf-linker-{llvm}"))
+        .join("bin");
+    runs(dir.join("bpf-linker"))
+        .then_some(dir)
+        .filter(|d| Path::new(d).is_dir())
 }

@@ -20,10 +20,13 @@ pub static THREADS: HashMap<u32, ThreadState> = HashMap::with_max_entries(16384,
 #[map]
 pub static SOCKS: HashMap<u64, SockState> = HashMap::with_max_entries(65536, 0);
 
-/// The watched processes' listening ports (host order). A socket first used with
-/// one of these as its local port is a client connection.
+/// The watched processes' listening ports (host order) and how many of their
+/// listening sockets use each. A socket first used with one of these as its local
+/// port is a client connection. The agent fills it at start; afterwards the probes
+/// keep it current from LISTEN transitions in watched threads (a reload that adds
+/// a `listen` directive), so the agent never rescans /proc for it.
 #[map]
-pub static LISTEN_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(1024, 0);
+pub static LISTEN_PORTS: HashMap<u16, u32> = HashMap::with_max_entries(1024, 0);
 
 /// Counters, indexed by `classifier_ebpf::stat`.
 #[map]

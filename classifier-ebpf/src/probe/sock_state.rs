@@ -18,7 +18,7 @@ use classifier_ebpf::{
 use super::{
     emit::emit,
     globals::*,
-    maps::{count, next_sock_id, SOCKS, THREADS},
+    maps::{count, next_sock_id, LISTEN_PORTS, SOCKS, THREADS},
     tp::{array_field, field, send_reset, set_state, tcp_sk},
 };
 
@@ -26,6 +26,7 @@ const TCP_SYN_SENT: i32 = 2;
 const TCP_FIN_WAIT1: i32 = 4;
 const TCP_CLOSE: i32 = 7;
 const TCP_LAST_ACK: i32 = 9;
+const TCP_LISTEN: i32 = 10;
 const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u16 = 6;
 
@@ -47,6 +48,9 @@ fn on_set_state(ctx: &TracePointContext) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     if old == TCP_CLOSE && new == TCP_SYN_SENT {
         return on_connect(ctx, sk, pid_tgid);
+    }
+    if new == TCP_LISTEN || old == TCP_LISTEN {
+        return on_listen(ctx, new == TCP_LISTEN, pid_tgid);
     }
     let sock = SOCKS.get_ptr_mut(sk)?;
     // A watched thread's own close: the first FIN_WAIT1 (close or shutdown) or
@@ -116,6 +120,31 @@ fn on_connect(ctx: &TracePointContext, sk: u64, pid_tgid: u64) -> Option<()> {
             (*e)._pad = [0; 2];
         }
     });
+    Some(())
+}
+
+/// `listen()` or the close of a listening socket in a watched thread: keeps the
+/// count of the proxy's listening sockets per port.
+#[inline(always)]
+fn on_listen(ctx: &TracePointContext, opened: bool, pid_tgid: u64) -> Option<()> {
+    THREADS.get_ptr(pid_tgid as u32)?;
+    let port: u16 = field(ctx, set_state::SPORT);
+    match LISTEN_PORTS.get_ptr_mut(port) {
+        // SAFETY: `n` points to a map value valid for this program run.
+        Some(n) => unsafe {
+            if opened {
+                *n += 1;
+            } else if *n > 1 {
+                *n -= 1;
+            } else {
+                let _ = LISTEN_PORTS.remove(port);
+            }
+        },
+        None if opened => {
+            let _ = LISTEN_PORTS.insert(port, 1, 0);
+        }
+        None => {}
+    }
     Some(())
 }
 

@@ -100,7 +100,7 @@ pub fn run(args: &WatchArgs) -> Result<()> {
             p.watch_threads(targets::threads(proc_root, *pid))?;
             watched.insert(*pid, info.comm.clone());
         }
-        p.set_listen_ports(&targets::listening_ports(proc_root, now.keys().copied()))
+        p.add_listeners(&targets::listeners(proc_root, now.keys().copied()))
     })?;
     let ring = probes.ring()?;
 
@@ -331,17 +331,23 @@ impl Agent {
     fn rescan(&mut self) -> Result<Option<String>> {
         let proc_root = Path::new(PROC);
         let now = targets::resolve(&self.specs, &targets::scan(proc_root));
+        let mut new = Vec::new();
         for (pid, info) in &now {
+            // A process not seen before, or one whose main thread the probes do not
+            // know yet: watch all its threads.
             if !self.watched.contains_key(pid) || self.probes.watch_threads([*pid]).unwrap_or(0) > 0
             {
                 self.probes
                     .watch_threads(targets::threads(proc_root, *pid))?;
                 self.engine.set_comm(*pid, &info.comm);
+                new.push(*pid);
             }
             self.watched.insert(*pid, info.comm.clone());
         }
-        self.probes
-            .set_listen_ports(&targets::listening_ports(proc_root, now.keys().copied()))?;
+        if !new.is_empty() {
+            self.probes
+                .add_listeners(&targets::listeners(proc_root, new))?;
+        }
         let only_pids = self.specs.iter().all(|s| matches!(s, Spec::Pid(_)));
         if only_pids && now.is_empty() {
             let pids: Vec<String> = self.specs.iter().map(|s| s.to_string()).collect();

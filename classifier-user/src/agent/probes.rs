@@ -47,9 +47,10 @@ pub struct Limits {
 pub struct Probes {
     ebpf: Ebpf,
     threads: HashMap<MapData, u32, ThreadState>,
-    ports: HashMap<MapData, u16, u8>,
+    ports: HashMap<MapData, u16, u32>,
     stats: PerCpuArray<MapData, u64>,
-    ports_set: BTreeSet<u16>,
+    /// Listening sockets already counted in LISTEN_PORTS (by inode).
+    counted: BTreeSet<u64>,
     /// Tracepoints that this kernel lacks but that are optional (epoll_pwait2).
     pub missing_optional: Vec<&'static str>,
 }
@@ -95,7 +96,7 @@ impl Probes {
             threads,
             ports,
             stats,
-            ports_set: BTreeSet::new(),
+            counted: BTreeSet::new(),
             missing_optional: Vec::new(),
         })
     }
@@ -177,31 +178,27 @@ impl Probes {
         Ok(added)
     }
 
-    /// Replaces the set of listening ports that mark client connections.
-    pub fn set_listen_ports(&mut self, ports: &BTreeSet<u16>) -> Result<()> {
-        for gone in self
-            .ports_set
-            .difference(ports)
-            .copied()
-            .collect::<Vec<_>>()
-        {
-            let _ = self.ports.remove(&gone);
-        }
-        for new in ports
-            .difference(&self.ports_set)
-            .copied()
-            .collect::<Vec<_>>()
-        {
+    /// Counts listening sockets found in /proc (inode → port) that are not counted
+    /// yet; the probes count those opened later themselves.
+    pub fn add_listeners(
+        &mut self,
+        listeners: &std::collections::BTreeMap<u64, u16>,
+    ) -> Result<()> {
+        for (inode, port) in listeners {
+            if !self.counted.insert(*inode) {
+                continue;
+            }
+            let n = self.ports.get(port, 0).unwrap_or(0);
             self.ports
-                .insert(new, 1, 0)
-                .context("filling the listening-port map")?;
+                .insert(*port, n + 1, 0)
+                .context("filling the listening-port map (is it full?)")?;
         }
-        self.ports_set = ports.clone();
         Ok(())
     }
 
-    pub fn listen_ports(&self) -> &BTreeSet<u16> {
-        &self.ports_set
+    /// The ports that currently mark client connections.
+    pub fn listen_ports(&self) -> BTreeSet<u16> {
+        self.ports.keys().filter_map(Result::ok).collect()
     }
 
     pub fn ring(&mut self) -> Result<RingBuf<MapData>> {

@@ -1,7 +1,7 @@
 //! Which processes to watch: `--pid` arguments resolved against /proc, their
 //! descendants, their threads, and the TCP ports they listen on.
 use std::{
-    collections::{BTreeMap, BTreeSet, HashSet},
+    collections::{BTreeMap, HashSet},
     fs,
     path::Path,
 };
@@ -107,9 +107,12 @@ pub fn threads(proc_root: &Path, pid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// TCP ports the processes listen on, from their own network namespace's view.
-pub fn listening_ports(proc_root: &Path, pids: impl IntoIterator<Item = u32>) -> BTreeSet<u16> {
-    let mut ports = BTreeSet::new();
+/// The processes' listening TCP sockets (inode → port), from their own network
+/// namespace's view. Reading /proc/PID/net/tcp walks every socket of the
+/// namespace, so this runs once per newly watched process, never on a timer (the
+/// probes follow later `listen()` calls themselves).
+pub fn listeners(proc_root: &Path, pids: impl IntoIterator<Item = u32>) -> BTreeMap<u64, u16> {
+    let mut found = BTreeMap::new();
     for pid in pids {
         let base = proc_root.join(pid.to_string());
         let mut listening: BTreeMap<u64, u16> = BTreeMap::new();
@@ -137,11 +140,11 @@ pub fn listening_ports(proc_root: &Path, pids: impl IntoIterator<Item = u32>) ->
                 continue;
             };
             if let Some(port) = listening.get(&inode) {
-                ports.insert(*port);
+                found.insert(inode, *port);
             }
         }
     }
-    ports
+    found
 }
 
 /// (inode, local port) of each LISTEN socket in a /proc/net/tcp{,6} table.
