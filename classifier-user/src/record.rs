@@ -74,6 +74,11 @@ pub struct Upstream {
     pub connect_us: Option<u64>,
     /// From the request sent to the first response byte.
     pub first_byte_us: Option<u64>,
+    /// From the attempt's start (connect, or request on a reused connection) to its
+    /// end: last response byte seen, the failure, or the proxy giving up or
+    /// dropping it. For an `aborted` attempt: how long the upstream had been
+    /// waited for when the client left.
+    pub elapsed_us: Option<u64>,
 }
 
 /// Periodic (and final) counters: what the agent saw and what it lost.

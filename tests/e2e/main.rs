@@ -2,6 +2,7 @@
 //! and nginx's own access log as ground truth. They need root (CI runs as root);
 //! `cargo xtask test` builds everything first.
 mod cli;
+mod faults;
 mod fixtures;
 mod foundation;
 mod security;

@@ -64,12 +64,20 @@ pub fn record_key(r: &Value) -> Key {
     }
 }
 
+/// The access log's key. Where nginx logs a status it never sent, the wire wins:
+/// 499 (client gone first) and 009 (an invalid upstream head passed through as
+/// HTTP/0.9) have no status line on the wire, so the record's status is null (0).
 pub fn access_key(a: &AccessEntry) -> Key {
+    let status = match a.status() {
+        499 | 9 => 0,
+        s => s,
+    };
     Key {
         client_port: a.remote_port(),
         method: a.method.clone(),
-        uri: a.uri.clone(),
-        status: a.status(),
+        uri: a.uri.split('?').next().unwrap_or("").to_owned()
+            + if a.uri.contains('?') { "?…" } else { "" },
+        status,
         upstreams: a.upstreams(),
     }
 }

@@ -8,7 +8,8 @@
 //! | `/slow/{ms}` | waits `ms` milliseconds, then answers 200 |
 //! | `/fault/reset` | reads the request, sends RST before any byte |
 //! | `/fault/close` | reads the request, closes (FIN) before any byte |
-//! | `/fault/garbage` | answers bytes that are not an HTTP response head |
+//! | `/fault/garbage` | answers bytes that are not an HTTP response head (no status line) |
+//! | `/fault/badheader` | answers a valid status line followed by an invalid header line |
 //! | `/fault/silent` | reads the request and never answers |
 //! | `/fault/truncate` | sends a head with `Content-Length: 1000`, 10 body bytes, then RST |
 //! | anything else | answers 200 |
@@ -227,6 +228,10 @@ fn serve(mut conn: TcpStream, log: &Mutex<Vec<LogEntry>>) {
                 entry.action = "garbage";
                 None
             }
+            ["fault", "badheader", ..] => {
+                entry.action = "badheader";
+                None
+            }
             ["fault", "silent", ..] => {
                 entry.action = "silent";
                 None
@@ -251,6 +256,13 @@ fn serve(mut conn: TcpStream, log: &Mutex<Vec<LogEntry>>) {
             }
             "garbage" => {
                 let _ = conn.write_all(b"HELLO this is not HTTP\r\n\r\n");
+                keep = false;
+                true
+            }
+            "badheader" => {
+                let _ = conn.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nBad Header\x00: x\r\n\r\nabc",
+                );
                 keep = false;
                 true
             }

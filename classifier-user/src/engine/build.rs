@@ -2,8 +2,8 @@
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::{
-    exchange::Exchange,
-    outcome::{attempt_outcome, exchange_verdict},
+    exchange::{Attempt, Exchange},
+    outcome::{exchange_verdict, outcomes},
     sockets::Sock,
 };
 use crate::{
@@ -39,7 +39,7 @@ pub fn build(
     realtime_offset_ns: i64,
     now: u64,
 ) -> ExchangeRecord {
-    let outcomes: Vec<Outcome> = ex.attempts.iter().map(|a| attempt_outcome(a, ex)).collect();
+    let outcomes: Vec<Outcome> = outcomes(ex);
     let (verdict, origin, from) = exchange_verdict(ex, &outcomes);
     let end = match &ex.response {
         Some(_) => ex.last_send,
@@ -61,6 +61,10 @@ pub fn build(
             status: a.status,
             connect_us: a.connect_start.zip(a.established).map(|(s, e)| us(s, e)),
             first_byte_us: a.request_sent.zip(a.first_byte).map(|(s, f)| us(s, f)),
+            elapsed_us: a
+                .started()
+                .zip(attempt_end(a, *o, ex))
+                .map(|(s, e)| us(s, e)),
         })
         .collect();
     let status = ex.response.as_ref().and_then(|r| r.status);
@@ -98,6 +102,18 @@ pub fn build(
             hint(verdict, &facts)
         },
         complete: !ex.incomplete && !ex.inferred && client.is_some(),
+    }
+}
+
+/// When an attempt ended, by its outcome.
+fn attempt_end(a: &Attempt, o: Outcome, ex: &Exchange) -> Option<u64> {
+    match o {
+        Outcome::Response => a.last_recv.or(a.first_byte),
+        Outcome::Invalid => a.first_byte,
+        Outcome::Truncated | Outcome::Reset | Outcome::Closed => a.upstream_failed(),
+        Outcome::Refused => a.error.map(|(_, t)| t).or(a.rst_in).or(a.connect_failed),
+        Outcome::Timeout | Outcome::ConnectTimeout => a.local_close.or(a.connect_failed),
+        Outcome::Aborted => a.local_close.or(ex.client_left()),
     }
 }
 

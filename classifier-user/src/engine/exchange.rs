@@ -124,6 +124,8 @@ pub struct Attempt {
     pub last_recv: Option<u64>,
     /// The upstream's FIN: read (EOF) or arrived (CLOSE_WAIT).
     pub peer_fin: Option<u64>,
+    /// The proxy read the upstream's FIN (a receive returned 0).
+    pub eof_read: Option<u64>,
     pub rst_in: Option<u64>,
     /// Socket or I/O error (errno, when).
     pub error: Option<(i32, u64)>,
@@ -148,6 +150,7 @@ impl Attempt {
             invalid: false,
             last_recv: None,
             peer_fin: None,
+            eof_read: None,
             rst_in: None,
             error: None,
             local_close: None,
@@ -158,6 +161,15 @@ impl Attempt {
     /// When the attempt started: the connect, else the request.
     pub fn started(&self) -> Option<u64> {
         self.connect_start.or(self.request_sent)
+    }
+
+    /// When the proxy itself read that the upstream broke the connection (EOF or
+    /// ECONNRESET from a receive), as opposed to the FIN or RST merely arriving.
+    pub fn failure_read(&self) -> Option<u64> {
+        let err = self
+            .error
+            .and_then(|(e, ts)| (e == libc::ECONNRESET).then_some(ts));
+        [self.eof_read, err].into_iter().flatten().min()
     }
 
     /// The first sign that the upstream itself broke the connection.

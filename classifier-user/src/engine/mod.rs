@@ -152,7 +152,7 @@ impl Engine {
                 dir,
                 msg_bytes,
             } => self.progress(ts, *sock, *dir, *msg_bytes),
-            EventKind::Eof { sock, .. } => self.peer_fin(ts, *sock),
+            EventKind::Eof { sock, .. } => self.peer_fin(ts, *sock, true),
             EventKind::IoError {
                 sock, dir, errno, ..
             } => self.io_error(ts, *sock, *dir, *errno),
@@ -582,8 +582,9 @@ impl Engine {
         self.socks.get(sock).map(|s| s.side)
     }
 
-    /// The peer's FIN on `sock` (read as EOF, or arrived: CLOSE_WAIT).
-    fn peer_fin(&mut self, ts: u64, sock: SockId) {
+    /// The peer's FIN on `sock`: `read` when a receive returned 0, else it arrived
+    /// (CLOSE_WAIT).
+    fn peer_fin(&mut self, ts: u64, sock: SockId, read: bool) {
         match self.side(sock) {
             Some(Side::Client) => self.client_left(sock, ts, false),
             Some(Side::Upstream) => {
@@ -591,6 +592,9 @@ impl Engine {
                     e.touch(ts);
                     let a = &mut e.attempts[idx];
                     a.peer_fin.get_or_insert(ts);
+                    if read {
+                        a.eof_read.get_or_insert(ts);
+                    }
                 }
             }
             None => self.counters.unknown_socket_events += 1,

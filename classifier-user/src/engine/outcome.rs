@@ -4,14 +4,49 @@
 use super::exchange::{Attempt, Exchange};
 use crate::verdict::{Origin, Outcome, ResponseFrom, Verdict};
 
+/// How each attempt of an exchange ended.
+pub fn outcomes(ex: &Exchange) -> Vec<Outcome> {
+    let n = ex.attempts.len();
+    ex.attempts
+        .iter()
+        .enumerate()
+        .map(|(i, a)| attempt_outcome(a, ex, i + 1 == n))
+        .collect()
+}
+
 /// How an upstream attempt ended.
-pub fn attempt_outcome(a: &Attempt, ex: &Exchange) -> Outcome {
+fn attempt_outcome(a: &Attempt, ex: &Exchange, last: bool) -> Outcome {
     let client_left = ex.client_left();
     let before_client = |ts: u64| client_left.is_none_or(|c| ts <= c);
-    if a.status.is_some() {
-        // A head came back. It is cut when the upstream broke the connection after
-        // the head and the proxy could not finish the response: it closed the
-        // client connection right after, or a send to the client failed.
+    if let Some(status) = a.status {
+        // A status line came back. If the proxy then wrote a 5xx of its own
+        // instead of forwarding it, the head failed: cut short by the upstream,
+        // timed out, or rejected (an invalid header line).
+        let proxy_status = ex
+            .response
+            .as_ref()
+            .and_then(|r| r.status.map(|s| (s, r.ts)));
+        if let Some((written, at)) = proxy_status.filter(|(s, _)| last && *s >= 500 && *s != status)
+        {
+            // What the proxy read decides (a FIN that merely arrived after a
+            // rejected head does not).
+            if let Some(failed) = a.failure_read().filter(|f| *f <= at) {
+                let reset = a.rst_in.is_some_and(|r| r <= failed)
+                    || a.error.is_some_and(|(e, _)| e == libc::ECONNRESET);
+                return if reset {
+                    Outcome::Reset
+                } else {
+                    Outcome::Closed
+                };
+            }
+            if written == 504 {
+                return Outcome::Timeout;
+            }
+            return Outcome::Invalid;
+        }
+        // Forwarded. It is cut when the upstream broke the connection after the
+        // head and the proxy could not finish the response: it closed the client
+        // connection right after, or a send to the client failed.
         if let Some(failed) = a.upstream_failed() {
             if failed >= a.first_byte.unwrap_or(0) && response_cut(ex, failed) {
                 return Outcome::Truncated;
@@ -94,8 +129,23 @@ pub fn exchange_verdict(
         }
         _ => ResponseFrom::Proxy,
     };
-    if let Some((_, Outcome::Truncated)) = last {
-        return (Verdict::UpstreamTruncated, Origin::Upstream, Some(from));
+    match last {
+        Some((_, Outcome::Truncated)) => {
+            return (Verdict::UpstreamTruncated, Origin::Upstream, Some(from))
+        }
+        // No status line on the wire: the proxy passed the upstream's bytes through
+        // (nginx treats them as HTTP/0.9 and logs 009).
+        Some((_, Outcome::Invalid)) if resp.status.is_none() => {
+            return (
+                Verdict::UpstreamInvalid,
+                Origin::Upstream,
+                Some(ResponseFrom::Upstream),
+            )
+        }
+        Some((_, Outcome::Invalid)) => {
+            return (Verdict::UpstreamInvalid, Origin::Upstream, Some(from))
+        }
+        _ => {}
     }
     if ex.client_send_failed.is_some() && ex.client_rst.is_some() {
         return (Verdict::ClientReset, Origin::Client, Some(from));

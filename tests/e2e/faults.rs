@@ -1,0 +1,583 @@
+//! Every verdict and upstream outcome, proven against real nginx with faults
+//! injected at the socket level (RST, FIN, garbage, silence, dropped SYNs) and
+//! clients that leave early. Ground truth is nginx's access and error logs; where
+//! they differ from the wire, the wire wins and the test says why.
+use std::{
+    io::{Read as _, Write as _},
+    net::Shutdown,
+    sync::{Arc, Barrier},
+    thread,
+    time::Duration,
+};
+
+use classify_tests::{
+    classify,
+    client::{self, Conn},
+    free_port,
+    netfilter::DropPort,
+    nginx::{AccessEntry, Config, Nginx},
+    upstream::{set_linger_zero, Upstream},
+};
+use serde_json::Value;
+
+use super::support::{assert_matches_access_log, assert_schema, require_root};
+
+/// nginx in front of the test upstream, with a location per fault, and classify
+/// attached.
+struct Lab {
+    upstream: Upstream,
+    nginx: Nginx,
+    running: classify::Running,
+    _blackhole: DropPort,
+}
+
+/// What a lab run produced.
+struct Run {
+    exchanges: Vec<Value>,
+    access: Vec<AccessEntry>,
+    error_log: String,
+    upstream: Upstream,
+    stats: Value,
+}
+
+impl Lab {
+    fn start() -> Self {
+        require_root();
+        let upstream = Upstream::start();
+        let up = upstream.addr();
+        let closed = free_port();
+        let blackhole = free_port();
+        let drop = DropPort::new(blackhole);
+        let http = format!(
+            r#"  upstream up {{ server {up}; keepalive 16; }}
+  upstream refused {{ server 127.0.0.1:{closed}; }}
+  upstream refused_first {{ server 127.0.0.1:{closed} weight=1000 max_fails=0; server {up} max_fails=0; }}
+  server {{
+    listen 127.0.0.1:{{port}};
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    location / {{ proxy_pass http://up; }}
+    location /fault/silent {{ proxy_pass http://up; proxy_read_timeout 1s; }}
+    location /refused/ {{ proxy_pass http://refused/; }}
+    location /retry/ {{ proxy_pass http://refused_first/; }}
+    location /blackhole/ {{ proxy_pass http://127.0.0.1:{blackhole}/; proxy_connect_timeout 1s; }}
+    location /small/ {{ client_max_body_size 1k; proxy_pass http://up/; }}
+    location = /maintenance {{ return 503; }}
+  }}
+"#
+        );
+        let nginx = Nginx::start(&Config { workers: 2, http });
+        let running = classify::start(&["--pid", &nginx.master_pid().to_string()]);
+        Self {
+            upstream,
+            nginx,
+            running,
+            _blackhole: drop,
+        }
+    }
+
+    fn port(&self) -> u16 {
+        self.nginx.port
+    }
+
+    /// Waits for `n` access-log lines, stops classify, and checks the records
+    /// against the schema and the access log.
+    fn finish(self, n: usize) -> Run {
+        let access = self.nginx.wait_access_log(n, Duration::from_secs(10));
+        assert_eq!(
+            access.len(),
+            n,
+            "nginx logged {} of {n} requests",
+            access.len()
+        );
+        thread::sleep(Duration::from_millis(300));
+        let out = self.running.stop();
+        assert!(out.status.success(), "classify failed: {}", out.stderr);
+        assert_schema(&out.records);
+        let exchanges: Vec<Value> = out.exchanges().into_iter().cloned().collect();
+        let refs: Vec<&Value> = exchanges.iter().collect();
+        assert_matches_access_log(&refs, &access);
+        let stats = out.final_stats().cloned().expect("final stats");
+        assert_eq!(stats["lost_events"], 0, "{stats}");
+        Run {
+            exchanges,
+            access,
+            error_log: self.nginx.error_log(),
+            upstream: self.upstream,
+            stats,
+        }
+    }
+}
+
+impl Run {
+    fn only(&self) -> &Value {
+        assert_eq!(self.exchanges.len(), 1, "{:#?}", self.exchanges);
+        &self.exchanges[0]
+    }
+
+    fn outcomes(r: &Value) -> Vec<String> {
+        r["upstreams"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["outcome"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    fn assert_error_log(&self, needle: &str) {
+        assert!(
+            self.error_log.contains(needle),
+            "nginx's error log lacks {needle:?}:\n{}",
+            self.error_log
+        );
+    }
+}
+
+/// Checks the verdict, the status on the wire, who wrote it, and the attempts.
+fn assert_record(
+    r: &Value,
+    verdict: &str,
+    status: Option<u16>,
+    from: Option<&str>,
+    outcomes: &[&str],
+) {
+    assert_eq!(r["verdict"], verdict, "{r:#}");
+    assert_eq!(
+        r["response"]["status"].as_u64().map(|s| s as u16),
+        status,
+        "{r:#}"
+    );
+    assert_eq!(r["response"]["from"].as_str(), from, "{r:#}");
+    assert_eq!(Run::outcomes(r), outcomes, "{r:#}");
+    assert!(
+        r["hint"].as_str().is_some_and(|h| h.len() > 20) || verdict == "ok",
+        "{r:#}"
+    );
+    assert_eq!(r["complete"], true, "{r:#}");
+}
+
+#[test]
+fn upstream_reset_before_the_header() {
+    let lab = Lab::start();
+    assert_eq!(client::get(lab.port(), "/fault/reset").unwrap().status, 502);
+    let run = lab.finish(1);
+    run.assert_error_log("Connection reset by peer");
+    let r = run.only();
+    assert_record(r, "upstream_reset", Some(502), Some("proxy"), &["reset"]);
+    assert!(
+        r["hint"]
+            .as_str()
+            .unwrap()
+            .contains("after the request was sent"),
+        "{r:#}"
+    );
+}
+
+#[test]
+fn upstream_closed_before_the_header() {
+    let lab = Lab::start();
+    assert_eq!(client::get(lab.port(), "/fault/close").unwrap().status, 502);
+    let run = lab.finish(1);
+    run.assert_error_log("upstream prematurely closed connection while reading response header");
+    assert_record(
+        run.only(),
+        "upstream_closed",
+        Some(502),
+        Some("proxy"),
+        &["closed"],
+    );
+}
+
+#[test]
+fn upstream_invalid_header_is_a_proxy_made_502() {
+    let lab = Lab::start();
+    assert_eq!(
+        client::get(lab.port(), "/fault/badheader").unwrap().status,
+        502
+    );
+    let run = lab.finish(1);
+    run.assert_error_log("upstream sent invalid header");
+    assert_record(
+        run.only(),
+        "upstream_invalid",
+        Some(502),
+        Some("proxy"),
+        &["invalid"],
+    );
+}
+
+#[test]
+fn upstream_garbage_without_a_status_line_is_passed_through() {
+    // nginx 1.22 treats a response without a status line as HTTP/0.9: it logs
+    // status 009 and writes the upstream's bytes to the client as they came. The
+    // wire wins: no status line was written, and the bytes came from the upstream.
+    let lab = Lab::start();
+    let mut c = Conn::connect(lab.port()).unwrap();
+    c.send("GET", "/fault/garbage", &[], b"").unwrap();
+    let got = read_until_quiet(&c);
+    assert!(
+        got.starts_with(b"HELLO"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    let run = lab.finish(1);
+    run.assert_error_log("upstream sent no valid HTTP/1.0 header");
+    assert_eq!(run.access[0].status, "009");
+    assert_record(
+        run.only(),
+        "upstream_invalid",
+        None,
+        Some("upstream"),
+        &["invalid"],
+    );
+}
+
+#[test]
+fn upstream_timeout_waiting_for_the_header() {
+    let lab = Lab::start();
+    assert_eq!(
+        client::get(lab.port(), "/fault/silent").unwrap().status,
+        504
+    );
+    let run = lab.finish(1);
+    run.assert_error_log("upstream timed out");
+    let r = run.only();
+    assert_record(
+        r,
+        "upstream_timeout",
+        Some(504),
+        Some("proxy"),
+        &["timeout"],
+    );
+    assert!(r["duration_us"].as_u64().unwrap() >= 1_000_000, "{r:#}");
+}
+
+#[test]
+fn upstream_connect_timeout_when_syns_are_dropped() {
+    let lab = Lab::start();
+    assert_eq!(client::get(lab.port(), "/blackhole/x").unwrap().status, 504);
+    let run = lab.finish(1);
+    run.assert_error_log("while connecting to upstream");
+    let r = run.only();
+    assert_record(
+        r,
+        "upstream_connect_timeout",
+        Some(504),
+        Some("proxy"),
+        &["connect_timeout"],
+    );
+    assert!(r["upstreams"][0]["connect_us"].is_null(), "{r:#}");
+}
+
+#[test]
+fn upstream_refused_when_nothing_listens() {
+    let lab = Lab::start();
+    assert_eq!(client::get(lab.port(), "/refused/x").unwrap().status, 502);
+    let run = lab.finish(1);
+    run.assert_error_log("Connection refused");
+    assert_record(
+        run.only(),
+        "upstream_refused",
+        Some(502),
+        Some("proxy"),
+        &["refused"],
+    );
+}
+
+#[test]
+fn upstream_truncated_after_the_header() {
+    let lab = Lab::start();
+    let mut c = Conn::connect(lab.port()).unwrap();
+    c.send("GET", "/fault/truncate", &[], b"").unwrap();
+    let got = read_until_quiet(&c);
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.contains("Content-Length: 1000"),
+        "{text}"
+    );
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("");
+    assert!(body.len() < 1000, "the body was not cut: {text}");
+    let run = lab.finish(1);
+    // nginx had already forwarded the header: it logs 200.
+    assert_eq!(run.access[0].status, "200");
+    run.assert_error_log("while reading upstream");
+    assert_record(
+        run.only(),
+        "upstream_truncated",
+        Some(200),
+        Some("upstream"),
+        &["truncated"],
+    );
+}
+
+/// Everything the proxy sends until it closes or is quiet for a second (a raw
+/// passthrough response has no length to stop at).
+fn read_until_quiet(c: &Conn) -> Vec<u8> {
+    let mut s = c.stream().try_clone().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    got
+}
+
+fn abort_after(port: u16, path: &str, wait: Duration, reset: bool) {
+    let c = Conn::connect(port).unwrap();
+    let mut s = c.stream().try_clone().unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .unwrap();
+    thread::sleep(wait);
+    if reset {
+        set_linger_zero(&s);
+    } else {
+        s.shutdown(Shutdown::Write).unwrap();
+    }
+    drop(s);
+    drop(c);
+}
+
+#[test]
+fn client_abort_while_the_upstream_is_slow() {
+    let lab = Lab::start();
+    abort_after(lab.port(), "/slow/3000", Duration::from_millis(400), false);
+    let run = lab.finish(1);
+    assert_eq!(run.access[0].status, "499");
+    run.assert_error_log("client prematurely closed connection");
+    let r = run.only();
+    assert_record(r, "client_abort", None, None, &["aborted"]);
+    assert_eq!(r["origin"], "client");
+    // The record says how long the upstream had been waited for.
+    let waited = r["upstreams"][0]["elapsed_us"].as_u64().unwrap();
+    assert!((350_000..1_500_000).contains(&waited), "{r:#}");
+    assert!(r["hint"].as_str().unwrap().contains("waited"), "{r:#}");
+}
+
+#[test]
+fn client_reset_while_the_upstream_is_slow() {
+    let lab = Lab::start();
+    abort_after(lab.port(), "/slow/3000", Duration::from_millis(400), true);
+    let run = lab.finish(1);
+    assert_eq!(run.access[0].status, "499");
+    let r = run.only();
+    assert_record(r, "client_reset", None, None, &["aborted"]);
+    assert_eq!(r["origin"], "client");
+}
+
+#[test]
+fn proxy_made_errors_have_no_upstream() {
+    let lab = Lab::start();
+    assert_eq!(client::get(lab.port(), "/maintenance").unwrap().status, 503);
+    let mut c = Conn::connect(lab.port()).unwrap();
+    c.send("POST", "/small/upload", &[], &[b'x'; 2048]).unwrap();
+    assert_eq!(c.read_response().unwrap().status, 413);
+    // Close now: nginx logs a 413 only after its lingering close ends.
+    drop(c);
+    let run = lab.finish(2);
+    for r in &run.exchanges {
+        match r["response"]["status"].as_u64() {
+            Some(503) => assert_record(r, "proxy_error", Some(503), Some("proxy"), &[]),
+            Some(413) => assert_record(r, "client_error", Some(413), Some("proxy"), &[]),
+            _ => panic!("{r:#}"),
+        }
+    }
+}
+
+#[test]
+fn retries_list_every_attempt_in_order() {
+    let lab = Lab::start();
+    assert_eq!(
+        client::get(lab.port(), "/retry/status/200").unwrap().status,
+        200
+    );
+    assert_eq!(
+        client::get(lab.port(), "/retry/fault/reset")
+            .unwrap()
+            .status,
+        502
+    );
+    let run = lab.finish(2);
+    for r in &run.exchanges {
+        if r["request"]["target"] == "/retry/status/200" {
+            assert_record(
+                r,
+                "ok",
+                Some(200),
+                Some("upstream"),
+                &["refused", "response"],
+            );
+        } else {
+            assert_record(
+                r,
+                "upstream_reset",
+                Some(502),
+                Some("proxy"),
+                &["refused", "reset"],
+            );
+        }
+    }
+}
+
+#[test]
+fn a_fault_in_the_middle_of_a_kept_alive_client_connection() {
+    let lab = Lab::start();
+    let mut c = Conn::connect(lab.port()).unwrap();
+    let statuses: Vec<u16> = ["/status/200", "/fault/reset", "/status/201"]
+        .iter()
+        .map(|p| c.request("GET", p).unwrap().status)
+        .collect();
+    assert_eq!(statuses, [200, 502, 201]);
+    let run = lab.finish(3);
+    let mut rs = run.exchanges.clone();
+    rs.sort_by(|a, b| a["time"].as_str().cmp(&b["time"].as_str()));
+    assert!(rs
+        .iter()
+        .all(|r| r["client"]["port"] == rs[0]["client"]["port"]));
+    assert_record(&rs[0], "ok", Some(200), Some("upstream"), &["response"]);
+    assert_eq!(rs[1]["verdict"], "upstream_reset", "{:#}", rs[1]);
+    assert_record(&rs[2], "ok", Some(201), Some("upstream"), &["response"]);
+}
+
+#[test]
+fn a_fault_on_a_reused_upstream_connection() {
+    let lab = Lab::start();
+    let mut c = Conn::connect(lab.port()).unwrap();
+    assert_eq!(c.request("GET", "/status/200").unwrap().status, 200);
+    // The upstream connection went back to nginx's pool; the next request reuses it.
+    assert_eq!(c.request("GET", "/fault/reset").unwrap().status, 502);
+    let run = lab.finish(2);
+    let mut rs = run.exchanges.clone();
+    rs.sort_by(|a, b| a["time"].as_str().cmp(&b["time"].as_str()));
+    let pooled_port = rs[0]["upstreams"][0]["local_port"].clone();
+    let r = &rs[1];
+    assert_eq!(r["verdict"], "upstream_reset", "{r:#}");
+    assert!(Run::outcomes(r).iter().all(|o| o == "reset"), "{r:#}");
+    assert_eq!(
+        r["upstreams"][0]["local_port"], pooled_port,
+        "the first attempt reused the pooled connection: {r:#}"
+    );
+    assert!(r["upstreams"][0]["connect_us"].is_null(), "{r:#}");
+    // The upstream saw the reset request on exactly the ports classify names.
+    let ports: Vec<u64> = run
+        .upstream
+        .log()
+        .iter()
+        .filter(|e| e.action == "reset")
+        .map(|e| u64::from(e.peer_port))
+        .collect();
+    let named: Vec<u64> = r["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["local_port"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ports, named, "{r:#}");
+}
+
+/// The verdict a path leads to, given what nginx logged.
+fn expected_verdict(path: &str, logged: &str) -> &'static str {
+    match (path, logged) {
+        (_, "499") => "client_abort",
+        (p, _)
+            if p.starts_with("/status/2")
+                || p.starts_with("/slow/")
+                || p == "/retry/status/200" =>
+        {
+            "ok"
+        }
+        ("/status/404", _) => "client_error",
+        ("/status/503", _) => "upstream_error",
+        ("/fault/reset" | "/retry/fault/reset", _) => "upstream_reset",
+        ("/fault/close", _) => "upstream_closed",
+        ("/fault/badheader" | "/fault/garbage", _) => "upstream_invalid",
+        ("/fault/silent", _) => "upstream_timeout",
+        ("/refused/x", _) => "upstream_refused",
+        ("/blackhole/x", _) => "upstream_connect_timeout",
+        ("/fault/truncate", _) => "upstream_truncated",
+        ("/maintenance", _) => "proxy_error",
+        (p, _) => panic!("no expectation for {p}"),
+    }
+}
+
+#[test]
+fn a_mixed_run_of_200_concurrent_requests_agrees_with_the_logs() {
+    let lab = Lab::start();
+    let paths = [
+        "/status/200",
+        "/status/201",
+        "/status/404",
+        "/status/503",
+        "/slow/50",
+        "/fault/reset",
+        "/fault/close",
+        "/fault/badheader",
+        "/fault/garbage",
+        "/fault/silent",
+        "/refused/x",
+        "/blackhole/x",
+        "/fault/truncate",
+        "/maintenance",
+        "/retry/status/200",
+        "/retry/fault/reset",
+        "abort",
+    ];
+    let n = 200;
+    let port = lab.port();
+    let barrier = Arc::new(Barrier::new(n));
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let b = barrier.clone();
+            let path = paths[i % paths.len()];
+            thread::spawn(move || {
+                b.wait();
+                if path == "abort" {
+                    abort_after(port, "/slow/2000", Duration::from_millis(300), i % 2 == 0);
+                } else if path == "/fault/garbage" || path == "/fault/truncate" {
+                    let mut c = Conn::connect(port).unwrap();
+                    c.send("GET", path, &[], b"").unwrap();
+                    read_until_quiet(&c);
+                } else {
+                    let _ = client::get(port, path);
+                }
+            })
+        })
+        .collect();
+    handles.into_iter().for_each(|h| h.join().unwrap());
+    let run = lab.finish(n);
+    assert_eq!(run.exchanges.len(), n);
+    let by_port: std::collections::HashMap<u16, &AccessEntry> =
+        run.access.iter().map(|a| (a.remote_port(), a)).collect();
+    for r in &run.exchanges {
+        let a = by_port[&(r["client"]["port"].as_u64().unwrap() as u16)];
+        let mut want = expected_verdict(&a.uri, &a.status);
+        if want == "client_abort" && r["verdict"] == "client_reset" {
+            want = "client_reset";
+        }
+        assert_eq!(r["verdict"], want, "{} logged {}: {r:#}", a.uri, a.status);
+        assert_eq!(r["complete"], true, "{r:#}");
+    }
+    // Every attempt classify attributes to the test upstream was seen there, on
+    // that very connection, for that request.
+    let log = run.upstream.log();
+    let up_port = run.upstream.port();
+    for r in &run.exchanges {
+        for u in r["upstreams"].as_array().unwrap() {
+            if u["port"].as_u64() != Some(u64::from(up_port)) {
+                continue;
+            }
+            let local = u["local_port"].as_u64().unwrap() as u16;
+            let target = r["request"]["target"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("/retry");
+            assert!(
+                log.iter()
+                    .any(|e| e.peer_port == local && e.target == target),
+                "upstream never saw {target} from port {local}: {r:#}"
+            );
+        }
+    }
+    assert_eq!(
+        run.stats["engine"]["unattributed_attempts"], 0,
+        "{}",
+        run.stats
+    );
+}
