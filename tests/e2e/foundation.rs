@@ -169,3 +169,82 @@ fn attributes_64_concurrent_identical_requests_exactly() {
         "upstream sockets attributed differently from what the upstream logged"
     );
 }
+
+#[test]
+fn connections_older_than_the_agent_are_picked_up_on_first_use() {
+    require_root();
+    let upstream = Upstream::start();
+    let nginx = Nginx::start(&Config::proxy(&[upstream.addr().to_string()], Some(4), ""));
+    // A kept-alive client connection and a pooled upstream connection, both opened
+    // before classify attaches.
+    let mut old = Conn::connect(nginx.port).expect("connect");
+    assert_eq!(old.request("GET", "/status/200").unwrap().status, 200);
+    let before = upstream.log().len();
+    let running = classify::start(&["--pid", &nginx.master_pid().to_string()]);
+    assert_eq!(old.request("GET", "/status/404").unwrap().status, 404);
+    assert_eq!(old.request("GET", "/status/200").unwrap().status, 200);
+    // HTTP/1.0 on a new connection.
+    let mut c10 = Conn::connect(nginx.port).expect("connect");
+    let mut s = c10.stream().try_clone().unwrap();
+    std::io::Write::write_all(&mut s, b"GET /status/201 HTTP/1.0\r\nHost: t\r\n\r\n").unwrap();
+    assert_eq!(c10.read_response().unwrap().status, 201);
+    let access = nginx.wait_access_log(4, Duration::from_secs(5));
+    thread::sleep(Duration::from_millis(200));
+    let out = running.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_schema(&out.records);
+    let exchanges = out.exchanges();
+    // The request served before classify attached has no record; the others do.
+    assert_matches_access_log(&exchanges, &access[1..]);
+    let old_port = old.local_port();
+    let on_old: Vec<_> = exchanges
+        .iter()
+        .filter(|r| r["client"]["port"] == old_port)
+        .collect();
+    assert_eq!(on_old.len(), 2);
+    for r in on_old {
+        assert_eq!(r["upstreams"][0]["outcome"], "response", "{r}");
+        assert!(
+            r["upstreams"][0]["connect_us"].is_null(),
+            "reused pooled connection: {r}"
+        );
+    }
+    let v10 = exchanges
+        .iter()
+        .find(|r| r["request"]["version"] == "HTTP/1.0")
+        .expect("HTTP/1.0 record");
+    assert_eq!(v10["response"]["status"], 201);
+    // The pooled connection the upstream saw before is the one classify names.
+    let pooled = upstream.log()[before - 1].peer_port;
+    assert!(
+        exchanges
+            .iter()
+            .any(|r| r["upstreams"][0]["local_port"] == pooled),
+        "pooled port {pooled} not named"
+    );
+}
+
+#[test]
+fn ready_within_a_second() {
+    require_root();
+    let upstream = Upstream::start();
+    let nginx = Nginx::start(&Config::proxy(&[upstream.addr().to_string()], None, ""));
+    let started = std::time::Instant::now();
+    let running = classify::start(&["--pid", "nginx"]);
+    let took = started.elapsed();
+    let out = running.stop();
+    let said: u64 = out
+        .stderr
+        .split("ready in ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("ready line");
+    assert!(said < 1000, "classify said it took {said} ms");
+    assert!(
+        took < Duration::from_millis(1500),
+        "ready line after {took:?}"
+    );
+    assert!(out.stderr.contains("watching"), "{}", out.stderr);
+    drop(nginx);
+}

@@ -26,7 +26,7 @@ pub struct Offsets {
 
 impl Offsets {
     pub fn from_btf(path: &Path) -> Result<Self> {
-        let btf = Btf::from_file(path)
+        let btf = Btf::from_file_with_backend(path, btf_rs::Backend::Mmap)
             .with_context(|| format!("reading kernel BTF from {}", path.display()))?;
         let off = |ty: &str, member: &str| -> Result<u32> {
             member_offset(&btf, ty, member)
