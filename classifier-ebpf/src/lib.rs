@@ -17,6 +17,17 @@ pub mod dir {
     pub const SEND: u8 = 2;
 }
 
+/// `Message::flags`.
+pub mod msg {
+    /// Continues the first line of the socket's current message (the previous
+    /// call ended before its `\n`): the agent joins the pieces.
+    pub const CONTINUED: u8 = 1;
+    /// A send that starts a new response in the same direction, found by its
+    /// `HTTP/1.` prefix (pipelined requests, or a final status after `100
+    /// Continue`), not by a change of direction.
+    pub const SNIFFED: u8 = 2;
+}
+
 /// Which side of the proxy a socket is on.
 pub mod side {
     /// Accepted on one of the proxy's listening ports.
@@ -105,7 +116,10 @@ impl TryFrom<u32> for EventKind {
 #[derive(Clone, Copy, Debug)]
 pub struct Header {
     pub kind: u32,
-    pub _pad: u32,
+    /// Evidence gaps on this CPU since its previous event: events lost to a full
+    /// ring and sockets left untracked because the socket map was full. Carried in
+    /// the stream so the agent marks exactly the exchanges in flight at that point.
+    pub gaps: u32,
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
     pub ts_ns: u64,
     /// Current task (`tgid << 32 | tid`). In softirq context this is whichever task
@@ -157,7 +171,8 @@ pub struct Message {
     /// Bytes moved by this call.
     pub ret: i32,
     pub dir: u8,
-    pub _pad: u8,
+    /// Bits of [`msg`].
+    pub flags: u8,
     /// Bytes of `line` that are valid: the first line including its `\n`, or fewer if
     /// the line is longer than the capture or the call moved fewer bytes.
     pub line_len: u16,
@@ -279,7 +294,9 @@ pub struct SockState {
     pub dir: u8,
     /// 1 once the owning thread has closed the socket.
     pub closed: u8,
-    pub _pad: u8,
+    /// While the current message's first line is still open (no `\n` yet), how
+    /// many more calls may continue it; 0 once it is complete.
+    pub line_open: u8,
 }
 
 #[cfg(feature = "user")]
@@ -305,5 +322,5 @@ const _: () = {
     assert!(core::mem::size_of::<Fork>() == 56);
     assert!(core::mem::size_of::<Exit>() == 40);
     assert!(core::mem::size_of::<SockState>() == 40);
-    assert!(LINE_CAP % 8 == 0);
+    assert!(LINE_CAP.is_multiple_of(8));
 };

@@ -66,6 +66,14 @@ pub struct WatchArgs {
     /// Ring buffer size in MiB (a power of two).
     #[arg(long, value_name = "MIB", default_value_t = 8)]
     pub ring_mib: u32,
+    /// Ring buffer size in KiB (a power of two, at least 4); overrides --ring-mib.
+    /// For tests that provoke loss.
+    #[arg(long, value_name = "KIB", hide = true)]
+    pub ring_kib: Option<u32>,
+    /// Most sockets the probes track at once; sockets beyond it are counted as
+    /// untracked and the exchanges they touch are marked incomplete.
+    #[arg(long, value_name = "N", default_value_t = 65_536)]
+    pub max_sockets: u32,
 }
 
 #[derive(Debug, Args, Clone)]

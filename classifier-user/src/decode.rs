@@ -2,7 +2,10 @@
 //! mapped through a checked `TryFrom`; anything malformed is an error the caller
 //! counts, never a panic. First lines are parsed here and dropped: no captured
 //! byte outlives decoding.
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::{
+    collections::{HashMap, VecDeque},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
 
 use classifier_ebpf as wire;
 use wire::EventKind as Kind;
@@ -42,11 +45,30 @@ impl std::fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
-/// Decodes ring-buffer records.
-#[derive(Clone, Copy, Debug, Default)]
+/// Decodes ring-buffer records into events, joining first lines that arrived in
+/// pieces (a client writing its request line a few bytes at a time): a message
+/// whose first line is still open is held until its `\n` arrives in a
+/// continuation, the socket's next other event, or `flush`. Bounded: at most
+/// `MAX_PENDING` messages are held; the oldest is released early when full.
+#[derive(Debug, Default)]
 pub struct Decoder {
     pub query: QueryPolicy,
+    pending: HashMap<SockId, Pending>,
+    order: VecDeque<SockId>,
+    /// Continuations whose message was no longer held.
+    pub orphan_continuations: u64,
+    /// Evidence gaps reported in event headers so far.
+    pub gaps: u64,
 }
+
+#[derive(Debug)]
+struct Pending {
+    event: Event,
+    line: Vec<u8>,
+}
+
+/// Messages held for their first line's continuation, at most.
+pub const MAX_PENDING: usize = 4096;
 
 /// Reads a `T` from the front of `bytes` after checking the length.
 fn read<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
@@ -102,10 +124,116 @@ fn endpoint(a: &wire::Addr) -> Result<Endpoint, DecodeError> {
 
 impl Decoder {
     pub fn new(query: QueryPolicy) -> Self {
-        Self { query }
+        Self {
+            query,
+            ..Self::default()
+        }
     }
 
-    /// Decodes one ring-buffer record.
+    /// Decodes one ring-buffer record; the events it completes go to `out` (none
+    /// while a first line is held, more than one when a held message is released).
+    pub fn push(&mut self, bytes: &[u8], out: &mut Vec<Event>) -> Result<(), DecodeError> {
+        if bytes.len() >= size_of::<wire::Header>() {
+            let h: wire::Header = read(bytes, 0)?;
+            if h.gaps > 0 {
+                // Evidence was lost on this CPU just before this event.
+                self.gaps += u64::from(h.gaps);
+                out.push(Event {
+                    ts: h.ts_ns,
+                    pid: 0,
+                    tid: 0,
+                    kind: EventKind::Lost {
+                        events: u64::from(h.gaps),
+                        sockets: 0,
+                    },
+                });
+            }
+            if h.kind == Kind::Message as u32 {
+                let m: wire::Message = read(bytes, h.kind)?;
+                return self.push_message(&h, &m, out);
+            }
+        }
+        let ev = self.decode(bytes)?;
+        if let Some(sock) = ev.kind.sock() {
+            self.release(sock, out);
+        }
+        out.push(ev);
+        Ok(())
+    }
+
+    fn push_message(
+        &mut self,
+        h: &wire::Header,
+        m: &wire::Message,
+        out: &mut Vec<Event>,
+    ) -> Result<(), DecodeError> {
+        let sock = SockId(h.sock_id);
+        let len = usize::from(m.line_len).min(wire::LINE_CAP);
+        let piece = &m.line[..len];
+        if m.flags & wire::msg::CONTINUED != 0 {
+            let Some(p) = self.pending.get_mut(&sock) else {
+                self.orphan_continuations += 1;
+                return Ok(());
+            };
+            let room = wire::LINE_CAP - p.line.len();
+            p.line.extend_from_slice(&piece[..piece.len().min(room)]);
+            if p.line.ends_with(b"\n") || p.line.len() >= wire::LINE_CAP {
+                self.release(sock, out);
+            }
+            return Ok(());
+        }
+        self.release(sock, out);
+        let event = self.decode_parts(h, m, piece)?;
+        let open = !piece.ends_with(b"\n")
+            && len < wire::LINE_CAP
+            && len > 0
+            && len == m.ret.max(0) as usize;
+        if !open {
+            out.push(event);
+            return Ok(());
+        }
+        if self.pending.len() >= MAX_PENDING {
+            if let Some(oldest) = self.order.pop_front() {
+                self.release(oldest, out);
+            }
+        }
+        self.order.push_back(sock);
+        self.pending.insert(
+            sock,
+            Pending {
+                event,
+                line: piece.to_vec(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Emits the held message of `sock`, if any, with its line as far as it got.
+    fn release(&mut self, sock: SockId, out: &mut Vec<Event>) {
+        let Some(mut p) = self.pending.remove(&sock) else {
+            return;
+        };
+        self.order.retain(|s| *s != sock);
+        if let EventKind::Message { head, .. } = &mut p.event.kind {
+            *head = head::parse(&p.line, self.query);
+        }
+        out.push(p.event);
+    }
+
+    /// Emits held messages older than `before` (or all with `u64::MAX`).
+    pub fn flush(&mut self, before: u64, out: &mut Vec<Event>) {
+        let old: Vec<SockId> = self
+            .order
+            .iter()
+            .copied()
+            .filter(|s| self.pending[s].event.ts < before)
+            .collect();
+        for sock in old {
+            self.release(sock, out);
+        }
+    }
+
+    /// Decodes one record on its own (no joining of split first lines).
     pub fn decode(&self, bytes: &[u8]) -> Result<Event, DecodeError> {
         if bytes.len() < size_of::<wire::Header>() {
             return Err(DecodeError::Short {
@@ -141,15 +269,7 @@ impl Decoder {
             Kind::Message => {
                 let e: wire::Message = read(bytes, k)?;
                 let len = usize::from(e.line_len).min(wire::LINE_CAP);
-                EventKind::Message {
-                    sock: sock(id),
-                    dir: dir(e.dir)?,
-                    bytes: e.ret.max(0) as u32,
-                    head: head::parse(&e.line[..len], self.query),
-                    prev_touch: touch(e.prev_touch),
-                    prev_msg_bytes: e.prev_msg_bytes,
-                    prev_msg_last: e.prev_msg_last_ns,
-                }
+                return self.decode_parts(&h, &e, &e.line[..len]);
             }
             Kind::Io => {
                 let e: wire::Io = read(bytes, k)?;
@@ -236,11 +356,35 @@ impl Decoder {
             kind,
         })
     }
+
+    fn decode_parts(
+        &self,
+        h: &wire::Header,
+        e: &wire::Message,
+        line: &[u8],
+    ) -> Result<Event, DecodeError> {
+        let kind = EventKind::Message {
+            sock: sock(h.sock_id),
+            dir: dir(e.dir)?,
+            bytes: e.ret.max(0) as u32,
+            head: head::parse(line, self.query),
+            prev_touch: touch(e.prev_touch),
+            prev_msg_bytes: e.prev_msg_bytes,
+            prev_msg_last: e.prev_msg_last_ns,
+        };
+        Ok(Event {
+            ts: h.ts_ns,
+            pid: (h.pid_tgid >> 32) as u32,
+            tid: h.pid_tgid as u32,
+            kind,
+        })
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::head::Head;
 
     fn bytes_of<T>(v: &T) -> Vec<u8> {
         // SAFETY: test helper viewing a #[repr(C)] wire struct (no padding holes:
@@ -251,7 +395,7 @@ mod tests {
     fn header(kind: Kind) -> wire::Header {
         wire::Header {
             kind: kind as u32,
-            _pad: 0,
+            gaps: 0,
             ts_ns: 1000,
             pid_tgid: (42 << 32) | 43,
             sock_id: 7,
@@ -270,7 +414,7 @@ mod tests {
             prev_msg_last_ns: 0,
             ret: 512,
             dir: wire::dir::RECV,
-            _pad: 0,
+            flags: 0,
             line_len: text.len() as u16,
             line,
         };
@@ -300,6 +444,103 @@ mod tests {
         );
     }
 
+    fn message(line: &[u8], ret: i32, flags: u8, ts: u64) -> Vec<u8> {
+        let mut buf = [0u8; wire::LINE_CAP];
+        buf[..line.len()].copy_from_slice(line);
+        let mut header = header(Kind::Message);
+        header.ts_ns = ts;
+        bytes_of(&wire::Message {
+            header,
+            prev_touch: 0,
+            prev_msg_bytes: 0,
+            prev_msg_last_ns: 0,
+            ret,
+            dir: wire::dir::RECV,
+            flags,
+            line_len: line.len() as u16,
+            line: buf,
+        })
+    }
+
+    #[test]
+    fn a_first_line_in_pieces_is_joined() {
+        let mut d = Decoder::default();
+        let mut out = Vec::new();
+        d.push(&message(b"GE", 2, 0, 10), &mut out).unwrap();
+        d.push(&message(b"T /sp", 5, wire::msg::CONTINUED, 20), &mut out)
+            .unwrap();
+        assert!(out.is_empty(), "held until the line is complete");
+        d.push(
+            &message(b"lit HTTP/1.1\r\n", 40, wire::msg::CONTINUED, 30),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].ts, 10, "the message starts at its first piece");
+        let EventKind::Message {
+            head: Head::Request(r),
+            ..
+        } = &out[0].kind
+        else {
+            panic!("{:?}", out[0])
+        };
+        assert_eq!((r.method.as_str(), r.target.as_str()), ("GET", "/split"));
+    }
+
+    #[test]
+    fn a_held_line_is_released_by_the_next_event_or_a_flush() {
+        let mut d = Decoder::default();
+        let mut out = Vec::new();
+        d.push(&message(b"GE", 2, 0, 10), &mut out).unwrap();
+        d.push(
+            &bytes_of(&wire::Destroy {
+                header: header(Kind::Destroy),
+                msg_bytes: 2,
+                msg_last_ns: 10,
+                msg_dir: 1,
+                local_close: 0,
+                _pad: [0; 6],
+            }),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out.len(), 2);
+        assert!(matches!(
+            out[0].kind,
+            EventKind::Message {
+                head: Head::Other { len: 2, .. },
+                ..
+            }
+        ));
+        d.push(&message(b"GE", 2, 0, 10), &mut out).unwrap();
+        d.flush(11, &mut out);
+        assert_eq!(out.len(), 3);
+        d.push(&message(b"T", 1, wire::msg::CONTINUED, 12), &mut out)
+            .unwrap();
+        assert_eq!(d.orphan_continuations, 1);
+    }
+
+    #[test]
+    fn gaps_in_a_header_become_a_loss_marker_before_the_event() {
+        let mut h = header(Kind::Exit);
+        h.gaps = 3;
+        let e = wire::Exit {
+            header: h,
+            pid: 1,
+            group_dead: 1,
+            _pad: [0; 3],
+        };
+        let mut d = Decoder::default();
+        let mut out = Vec::new();
+        d.push(&bytes_of(&e), &mut out).unwrap();
+        assert!(
+            matches!(out[0].kind, EventKind::Lost { events: 3, .. }),
+            "{out:?}"
+        );
+        assert!(matches!(out[1].kind, EventKind::Exit { .. }));
+        assert_eq!(d.gaps, 3);
+    }
+
     #[test]
     fn line_len_beyond_capture_is_clamped() {
         let m = wire::Message {
@@ -309,7 +550,7 @@ mod tests {
             prev_msg_last_ns: 0,
             ret: 1,
             dir: wire::dir::SEND,
-            _pad: 0,
+            flags: 0,
             line_len: u16::MAX,
             line: [b'x'; wire::LINE_CAP],
         };

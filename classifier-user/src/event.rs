@@ -208,8 +208,9 @@ pub enum EventKind {
     Fork { child: u32, comm: String },
     /// A watched task exited.
     Exit { task: u32, group_dead: bool },
-    /// The probes lost `events` events (ring full) or could not track `sockets`
-    /// sockets (map full) since the last report: evidence is incomplete.
+    /// Evidence is missing from here on: `events` lost to a full ring or sockets
+    /// left untracked (reported in-stream by the probes), `sockets` untracked
+    /// (reported by the agent): exchanges in flight are marked incomplete.
     Lost { events: u64, sockets: u64 },
     /// Time passes (the agent sends one periodically so quiet exchanges settle).
     Tick,

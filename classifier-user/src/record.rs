@@ -118,6 +118,9 @@ pub struct EngineCounters {
     pub late_events: u64,
     /// Responses with no exchange waiting for them.
     pub orphan_responses: u64,
+    /// Conversations on a watched socket that were not HTTP (no request line, no
+    /// status line either way, e.g. an nginx `stream` proxy): no record.
+    pub non_http_conversations: u64,
     /// Sockets and exchanges evicted because a table was full.
     pub evicted_sockets: u64,
     pub evicted_exchanges: u64,

@@ -66,7 +66,11 @@ impl Lab {
   }}
 "#
         );
-        let nginx = Nginx::start(&Config { workers: 2, http });
+        let nginx = Nginx::start(&Config {
+            workers: 2,
+            http,
+            binary: None,
+        });
         let running = classify::start(&["--pid", &nginx.master_pid().to_string()]);
         Self {
             upstream,

@@ -5,5 +5,6 @@ mod cli;
 mod faults;
 mod fixtures;
 mod foundation;
+mod production;
 mod security;
 mod support;

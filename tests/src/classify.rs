@@ -120,10 +120,43 @@ impl Running {
             .collect()
     }
 
+    /// Whether classify has exited on its own.
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Ids of the BPF programs this classify holds (from its fds' fdinfo).
+    pub fn bpf_prog_ids(&self) -> Vec<u32> {
+        let dir = format!("/proc/{}/fdinfo", self.child.id());
+        let mut ids: Vec<u32> = std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                    .filter_map(|info| {
+                        info.lines().find_map(|l| {
+                            l.strip_prefix("prog_id:")
+                                .and_then(|v| v.trim().parse().ok())
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
     /// SIGINT, then collects everything (bounded wait).
-    pub fn stop(mut self) -> Output {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+    pub fn stop(self) -> Output {
+        self.stop_with(libc::SIGINT)
+    }
+
+    /// Sends `signal` (if classify still runs), then collects everything (bounded wait).
+    pub fn stop_with(mut self, signal: i32) -> Output {
+        if !self.has_exited() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(self.child.id() as i32, signal) };
+        }
         let status = crate::wait_for(Duration::from_secs(15), || {
             self.child.try_wait().ok().flatten()
         })

@@ -59,6 +59,9 @@ pub struct Nginx {
 pub struct Config {
     pub workers: u32,
     pub http: String,
+    /// The nginx binary to run (a copy under another name gives a unique process
+    /// name for `--pid NAME` tests); `nginx` from PATH when `None`.
+    pub binary: Option<PathBuf>,
 }
 
 impl Config {
@@ -74,6 +77,7 @@ impl Config {
             .unwrap_or_default();
         Self {
             workers: 2,
+            binary: None,
             http: format!(
                 "  upstream up {{\n{servers}{keepalive}  }}\n  server {{\n    listen 127.0.0.1:{{port}};\n    location / {{\n      proxy_pass http://up;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n{extra_locations}  }}\n"
             ),
@@ -95,16 +99,21 @@ impl Nginx {
             workers = config.workers
         );
         fs::write(dir.path().join("nginx.conf"), &conf).expect("write nginx.conf");
-        let child = Command::new("nginx")
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-c")
-            .arg(dir.path().join("nginx.conf"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start nginx (is it installed? run `cargo xtask setup`)");
+        let child = Command::new(
+            config
+                .binary
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("nginx")),
+        )
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-c")
+        .arg(dir.path().join("nginx.conf"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start nginx (is it installed? run `cargo xtask setup`)");
         let nginx = Self { child, dir, port };
         let up = wait_for(Duration::from_secs(10), || {
             TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
@@ -122,11 +131,27 @@ impl Nginx {
         nginx
     }
 
+    /// The current master: the one named in the pid file (after a binary upgrade
+    /// that is the new one), else the process this harness started.
     pub fn master_pid(&self) -> u32 {
+        fs::read_to_string(self.dir.path().join("nginx.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| self.child.id())
+    }
+
+    /// The process this harness started (the first master).
+    pub fn first_master_pid(&self) -> u32 {
         self.child.id()
     }
 
-    /// PIDs of the master's children.
+    /// Sends a signal to the current master.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on a pid we own.
+        unsafe { libc::kill(self.master_pid() as i32, sig) };
+    }
+
+    /// PIDs of the current master's children.
     pub fn worker_pids(&self) -> Vec<u32> {
         let master = self.master_pid();
         fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
@@ -171,9 +196,16 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        // SIGQUIT: graceful stop of master and workers.
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGQUIT) };
+        // SIGQUIT: graceful stop of master and workers (and of a master started by a
+        // binary upgrade, which is not our child).
+        let current = self.master_pid();
+        // SAFETY: kill(2) on pids this harness started.
+        unsafe {
+            if current != self.child.id() {
+                libc::kill(current as i32, libc::SIGQUIT);
+            }
+            libc::kill(self.child.id() as i32, libc::SIGQUIT);
+        }
         let stopped = wait_for(Duration::from_secs(5), || {
             self.child.try_wait().ok().flatten()
         });

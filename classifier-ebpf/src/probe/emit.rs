@@ -9,7 +9,7 @@ use classifier_ebpf::{stat, EventKind, Header};
 
 use super::{
     globals::RING_WAKEUP_BYTES,
-    maps::{count, EVENTS},
+    maps::{count, gap, take_gaps, EVENTS},
 };
 
 /// Reserves an event of type `T`, lets `fill` write it, and submits it. `T` must
@@ -18,6 +18,7 @@ use super::{
 pub fn emit<T: 'static>(kind: EventKind, pid_tgid: u64, sock_id: u64, fill: impl FnOnce(*mut T)) {
     let Some(mut entry) = EVENTS.reserve::<T>(0) else {
         count(stat::RING_FULL);
+        gap();
         return;
     };
     let ptr = entry.as_mut_ptr();
@@ -26,7 +27,7 @@ pub fn emit<T: 'static>(kind: EventKind, pid_tgid: u64, sock_id: u64, fill: impl
     unsafe {
         let header = ptr.cast::<Header>();
         (*header).kind = kind as u32;
-        (*header)._pad = 0;
+        (*header).gaps = take_gaps();
         (*header).ts_ns = bpf_ktime_get_ns();
         (*header).pid_tgid = pid_tgid;
         (*header).sock_id = sock_id;

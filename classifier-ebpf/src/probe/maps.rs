@@ -28,9 +28,38 @@ pub static SOCKS: HashMap<u64, SockState> = HashMap::with_max_entries(65536, 0);
 #[map]
 pub static LISTEN_PORTS: HashMap<u16, u32> = HashMap::with_max_entries(1024, 0);
 
+/// Process names to watch from their first instruction (`--pid NAME`): a task
+/// that execs into one of these names is watched at once, before it forks workers
+/// or accepts a connection.
+#[map]
+pub static TARGET_COMMS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(64, 0);
+
 /// Counters, indexed by `classifier_ebpf::stat`.
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
+
+/// Per-CPU evidence gaps not yet reported in an event header (see `Header::gaps`).
+#[map]
+pub static GAPS: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Counts an evidence gap: reported in the next event this CPU submits.
+#[inline(always)]
+pub fn gap() {
+    if let Some(slot) = GAPS.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Takes the gaps counted so far on this CPU.
+#[inline(always)]
+pub fn take_gaps() -> u32 {
+    match GAPS.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        Some(slot) => unsafe { core::mem::replace(&mut *slot, 0) },
+        None => 0,
+    }
+}
 
 /// Per-CPU counter behind socket ids.
 #[map]

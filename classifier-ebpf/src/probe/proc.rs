@@ -10,7 +10,7 @@ use classifier_ebpf::{stat, EventKind, Exit, Fork, ThreadState};
 
 use super::{
     emit::emit,
-    maps::{count, THREADS},
+    maps::{count, TARGET_COMMS, THREADS},
     tp::{exit, field, fork},
 };
 
@@ -57,6 +57,35 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
             (*e).pid = pid as u32;
             (*e).group_dead = group_dead;
             (*e)._pad = [0; 3];
+        }
+    });
+    0
+}
+
+/// A task became a process named like a target (`--pid NAME`): watch it now. The
+/// agent learns of it from the event and names it.
+#[tracepoint]
+pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
+    let Ok(comm) = bpf_get_current_comm() else {
+        return 0;
+    };
+    if TARGET_COMMS.get_ptr(comm).is_none() {
+        return 0;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if THREADS
+        .insert(pid_tgid as u32, ThreadState::default(), 0)
+        .is_err()
+    {
+        count(stat::THREADS_FULL);
+        return 0;
+    }
+    emit::<Fork>(EventKind::Fork, pid_tgid, 0, |e| {
+        // SAFETY: `e` is a reserved Fork; an exec reports the task as its own child.
+        unsafe {
+            (*e).child_pid = pid_tgid as u32;
+            (*e)._pad = 0;
+            (*e).child_comm = comm;
         }
     });
     0

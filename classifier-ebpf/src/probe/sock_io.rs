@@ -15,13 +15,13 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use classifier_ebpf::{
-    dir, how, io, side, stat, EventKind, Io, Message, SockOpen, SockState, LINE_CAP,
+    dir, how, io, msg, side, stat, EventKind, Io, Message, SockOpen, SockState, LINE_CAP,
 };
 
 use super::{
     emit::emit,
     globals::*,
-    maps::{count, next_sock_id, LISTEN_PORTS, SOCKS, THREADS},
+    maps::{count, gap, next_sock_id, LISTEN_PORTS, SOCKS, THREADS},
     sock_state::read_endpoints,
     tp::{field, sock_length},
 };
@@ -31,6 +31,9 @@ const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u16 = 6;
 const EAGAIN: i32 = 11;
 const MSG_PEEK: i32 = 2;
+/// How many calls may continue a first line split across reads (a client that
+/// writes its request line a few bytes at a time).
+const LINE_PARTS: u8 = 16;
 
 #[tracepoint]
 pub fn sock_send_length(ctx: TracePointContext) -> u32 {
@@ -77,17 +80,38 @@ fn on_io(ctx: &TracePointContext, direction: u8) -> Option<()> {
     let now = unsafe { bpf_ktime_get_ns() };
     if ret > 0 {
         // SAFETY: as above.
-        let started = unsafe { (*sock).dir != direction };
-        if started {
+        let (changed, side_, line_open) =
+            unsafe { ((*sock).dir != direction, (*sock).side, (*sock).line_open) };
+        let sniffed = !changed
+            && direction == dir::SEND
+            && side_ == side::CLIENT
+            && starts_a_response(ret as u64);
+        let continued = !changed && !sniffed && line_open != 0;
+        if changed || sniffed || continued {
             // SAFETY: as above.
             let (prev_bytes, prev_last) = unsafe {
                 let prev = ((*sock).msg_bytes, (*sock).msg_last_ns);
                 (*sock).dir = direction;
-                (*sock).msg_bytes = ret as u64;
                 (*sock).msg_last_ns = now;
                 (*sock).emitted_ns = now;
-                prev
+                if continued {
+                    (*sock).msg_bytes += ret as u64;
+                    (*sock).line_open = line_open - 1;
+                    (0, 0)
+                } else {
+                    (*sock).msg_bytes = ret as u64;
+                    (*sock).line_open = LINE_PARTS;
+                    prev
+                }
             };
+            let flags = if continued {
+                msg::CONTINUED
+            } else if sniffed {
+                msg::SNIFFED
+            } else {
+                0
+            };
+            let mut open = false;
             emit::<Message>(EventKind::Message, pid_tgid, id, |e| {
                 // SAFETY: `e` is a reserved Message.
                 unsafe {
@@ -96,10 +120,17 @@ fn on_io(ctx: &TracePointContext, direction: u8) -> Option<()> {
                     (*e).prev_msg_last_ns = prev_last;
                     (*e).ret = ret;
                     (*e).dir = direction;
-                    (*e)._pad = 0;
-                    (*e).line_len = capture_line(e, ret as u64);
+                    (*e).flags = flags;
+                    let (len, found_lf) = capture_line(e, ret as u64);
+                    (*e).line_len = len as u16;
+                    // The call ended before the line did: later calls continue it.
+                    open = !found_lf && len < LINE_CAP as u64 && len == ret as u64;
                 }
             });
+            if !open {
+                // SAFETY: as above.
+                unsafe { (*sock).line_open = 0 };
+            }
         } else {
             // SAFETY: as above.
             let progress = unsafe {
@@ -179,6 +210,7 @@ fn adopt(sk: u64, pid_tgid: u64) -> Option<*mut SockState> {
     };
     if SOCKS.insert(sk, state, 0).is_err() {
         count(stat::SOCKS_FULL);
+        gap();
         return None;
     }
     emit::<SockOpen>(EventKind::SockOpen, pid_tgid, id, |e| {
@@ -202,9 +234,9 @@ fn adopt(sk: u64, pid_tgid: u64) -> Option<*mut SockState> {
 /// are zeroed before the event is submitted, so only the request or status line
 /// ever reaches the agent.
 #[inline(always)]
-unsafe fn capture_line(e: *mut Message, moved: u64) -> u16 {
+unsafe fn capture_line(e: *mut Message, moved: u64) -> (u64, bool) {
     let Some((buf, len)) = syscall_buffer() else {
-        return 0;
+        return (0, true);
     };
     let mut n = if len < moved { len } else { moved };
     if n > LINE_CAP as u64 {
@@ -219,17 +251,42 @@ unsafe fn capture_line(e: *mut Message, moved: u64) -> u16 {
         n = 0;
     }
     // SAFETY: `dst` is LINE_CAP bytes, 8-aligned (the field sits at an 8-aligned offset).
-    unsafe { keep_first_line(dst.cast::<u64>(), n) as u16 }
+    unsafe { keep_first_line(dst.cast::<u64>(), n) }
+}
+
+/// Whether the data of the current send starts with `HTTP/1.` (a status line).
+/// Reads 8 bytes of the caller's buffer, compared in the kernel; nothing is copied
+/// out unless it matches.
+#[inline(always)]
+fn starts_a_response(moved: u64) -> bool {
+    const HTTP1: u64 = u64::from_le_bytes(*b"HTTP/1.\0");
+    const MASK: u64 = 0x00ff_ffff_ffff_ffff;
+    if moved < 8 {
+        return false;
+    }
+    let Some((buf, len)) = syscall_buffer() else {
+        return false;
+    };
+    if len < 8 {
+        return false;
+    }
+    // SAFETY: read of 8 bytes of user memory through the probe helper.
+    let Ok(word) = (unsafe { bpf_probe_read_user(buf as *const u64) }) else {
+        return false;
+    };
+    word & MASK == HTTP1
 }
 
 /// Finds the first `\n` within the first `valid` bytes and zeroes everything after
-/// it (and everything past `valid`). Returns the kept length.
+/// it (and everything past `valid`). Returns the kept length and whether a `\n`
+/// was found.
 #[inline(always)]
-unsafe fn keep_first_line(words: *mut u64, valid: u64) -> u64 {
+unsafe fn keep_first_line(words: *mut u64, valid: u64) -> (u64, bool) {
     const LF: u64 = 0x0a0a_0a0a_0a0a_0a0a;
     const LOW: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let mut keep = valid;
+    let mut found = false;
     let mut i: u64 = 0;
     while i < (LINE_CAP / 8) as u64 {
         let off = i * 8;
@@ -251,6 +308,7 @@ unsafe fn keep_first_line(words: *mut u64, valid: u64) -> u64 {
                 // The lowest flagged byte is exact (borrows only flag higher bytes).
                 let b = first_flagged_byte(t);
                 keep = off + b + 1;
+                found = true;
                 if b < 7 {
                     w &= (1u64 << ((b + 1) * 8)) - 1;
                 }
@@ -260,7 +318,7 @@ unsafe fn keep_first_line(words: *mut u64, valid: u64) -> u64 {
         }
         i += 1;
     }
-    keep
+    (keep, found)
 }
 
 #[inline(always)]

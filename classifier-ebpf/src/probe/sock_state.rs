@@ -18,7 +18,7 @@ use classifier_ebpf::{
 use super::{
     emit::emit,
     globals::*,
-    maps::{count, next_sock_id, LISTEN_PORTS, SOCKS, THREADS},
+    maps::{count, gap, next_sock_id, LISTEN_PORTS, SOCKS, THREADS},
     tp::{array_field, field, send_reset, set_state, tcp_sk},
 };
 
@@ -99,6 +99,7 @@ fn on_connect(ctx: &TracePointContext, sk: u64, pid_tgid: u64) -> Option<()> {
     // starts here.
     if SOCKS.insert(sk, state, 0).is_err() {
         count(stat::SOCKS_FULL);
+        gap();
         return None;
     }
     // SAFETY: `thread` points to a map value valid for this program run.

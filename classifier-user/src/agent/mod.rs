@@ -36,6 +36,8 @@ const PROC: &str = "/proc";
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
 /// How often the engine is told the time (so quiet exchanges settle).
 const TICK_EVERY: Duration = Duration::from_millis(100);
+/// How long a message whose first line is still open is held for the rest of it.
+const HOLD_LINES: Duration = Duration::from_secs(5);
 /// How often /proc is rescanned for new processes and listening ports.
 const RESCAN_EVERY: Duration = Duration::from_secs(1);
 
@@ -90,7 +92,14 @@ pub fn run(args: &WatchArgs) -> Result<()> {
         max_sockets: 65_536,
         max_threads: 16_384,
     };
-    let mut probes = Probes::load(&offsets, &kernel::Syscalls::native(), limits)?;
+    let names: Vec<String> = specs
+        .iter()
+        .filter_map(|s| match s {
+            Spec::Name(n) => Some(n.clone()),
+            Spec::Pid(_) => None,
+        })
+        .collect();
+    let mut probes = Probes::load(&offsets, &kernel::Syscalls::native(), limits, &names)?;
     let mut watched: BTreeMap<u32, String> = BTreeMap::new();
     probes.attach(&tracefs, |p| {
         // Rescan after fork tracking is attached: a process forked in between is
@@ -155,9 +164,9 @@ pub fn run(args: &WatchArgs) -> Result<()> {
         recorder,
         watched,
         out: Vec::with_capacity(64),
+        decoded: Vec::with_capacity(8),
         events: 0,
         undecodable: 0,
-        reported: [0; stat::COUNT as usize],
         started,
         stats_interval: (args.output.stats_interval > 0)
             .then(|| Duration::from_secs(args.output.stats_interval)),
@@ -177,10 +186,9 @@ struct Agent {
     recorder: Option<recording::Writer<BufWriter<std::fs::File>>>,
     watched: BTreeMap<u32, String>,
     out: Vec<Record>,
+    decoded: Vec<Event>,
     events: u64,
     undecodable: u64,
-    /// Kernel counters already reported to the engine as loss.
-    reported: [u64; stat::COUNT as usize],
     started: Instant,
     stats_interval: Option<Duration>,
 }
@@ -222,9 +230,10 @@ impl Agent {
             self.drain(ring.get_mut())?;
             if last_tick.elapsed() >= TICK_EVERY {
                 last_tick = Instant::now();
-                self.report_loss()?;
+                let now = monotonic_ns();
+                self.release_lines(now.saturating_sub(HOLD_LINES.as_nanos() as u64))?;
                 self.feed(Event {
-                    ts: monotonic_ns(),
+                    ts: now,
                     pid: 0,
                     tid: 0,
                     kind: EventKind::Tick,
@@ -248,7 +257,8 @@ impl Agent {
         }
         // Detach first (dropping the links), then drain what is left and flush.
         self.drain(ring.get_mut())?;
-        self.report_loss()?;
+        self.release_lines(u64::MAX)?;
+        self.report_unseen_gaps()?;
         let mut out = std::mem::take(&mut self.out);
         self.engine.flush(&mut out);
         for r in &out {
@@ -266,15 +276,29 @@ impl Agent {
     }
 
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<()> {
+        let mut decoded = std::mem::take(&mut self.decoded);
         while let Some(item) = ring.next() {
-            match self.decoder.decode(&item) {
-                Ok(ev) => {
-                    drop(item);
-                    self.feed(ev)?;
-                }
-                Err(_) => self.undecodable += 1,
+            if self.decoder.push(&item, &mut decoded).is_err() {
+                self.undecodable += 1;
+            }
+            drop(item);
+            for ev in decoded.drain(..) {
+                self.feed(ev)?;
             }
         }
+        self.decoded = decoded;
+        Ok(())
+    }
+
+    /// Releases first lines held for longer than `HOLD_LINES` (a client that
+    /// stopped mid-line), or all of them when stopping.
+    fn release_lines(&mut self, before: u64) -> Result<()> {
+        let mut decoded = std::mem::take(&mut self.decoded);
+        self.decoder.flush(before, &mut decoded);
+        for ev in decoded.drain(..) {
+            self.feed(ev)?;
+        }
+        self.decoded = decoded;
         Ok(())
     }
 
@@ -306,20 +330,20 @@ impl Agent {
         Ok(())
     }
 
-    /// Tells the engine about evidence the kernel could not deliver.
-    fn report_loss(&mut self) -> Result<()> {
-        let now = self.probes.counters();
-        let lost = now[stat::RING_FULL as usize] - self.reported[stat::RING_FULL as usize];
-        let sockets = now[stat::SOCKS_FULL as usize] - self.reported[stat::SOCKS_FULL as usize];
-        if lost > 0 || sockets > 0 {
-            self.reported = now;
+    /// At the end: evidence gaps the kernel counted but never reported in a
+    /// header (a CPU that submitted nothing after its loss) mark what is left.
+    fn report_unseen_gaps(&mut self) -> Result<()> {
+        let k = self.probes.counters();
+        let counted = k[stat::RING_FULL as usize] + k[stat::SOCKS_FULL as usize];
+        let unseen = counted.saturating_sub(self.decoder.gaps);
+        if unseen > 0 {
             self.feed(Event {
                 ts: monotonic_ns(),
                 pid: 0,
                 tid: 0,
                 kind: EventKind::Lost {
-                    events: lost,
-                    sockets,
+                    events: unseen,
+                    sockets: 0,
                 },
             })?;
         }
@@ -330,7 +354,11 @@ impl Agent {
     /// Returns why to stop, if every watched PID is gone.
     fn rescan(&mut self) -> Result<Option<String>> {
         let proc_root = Path::new(PROC);
-        let now = targets::resolve(&self.specs, &targets::scan(proc_root));
+        // Processes already watched stay roots: after a binary upgrade the new master
+        // outlives the old one and is no longer its descendant.
+        let mut roots = self.specs.clone();
+        roots.extend(self.watched.keys().map(|p| Spec::Pid(*p)));
+        let now = targets::resolve(&roots, &targets::scan(proc_root));
         let mut new = Vec::new();
         for (pid, info) in &now {
             // A process not seen before, or one whose main thread the probes do not
@@ -342,16 +370,21 @@ impl Agent {
                 self.engine.set_comm(*pid, &info.comm);
                 new.push(*pid);
             }
-            self.watched.insert(*pid, info.comm.clone());
         }
         if !new.is_empty() {
             self.probes
                 .add_listeners(&targets::listeners(proc_root, new))?;
         }
+        // Forget what exited (threads included: they have no /proc/PID of their own
+        // in the scan).
+        self.watched = now.iter().map(|(p, i)| (*p, i.comm.clone())).collect();
         let only_pids = self.specs.iter().all(|s| matches!(s, Spec::Pid(_)));
-        if only_pids && now.is_empty() {
+        if only_pids && self.watched.is_empty() {
             let pids: Vec<String> = self.specs.iter().map(|s| s.to_string()).collect();
-            return Ok(Some(format!("{} exited; stopping", pids.join(", "))));
+            return Ok(Some(format!(
+                "{} exited (and no descendant is left); stopping",
+                pids.join(", ")
+            )));
         }
         Ok(None)
     }

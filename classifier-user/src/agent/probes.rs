@@ -20,6 +20,7 @@ static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/classif
 const TRACKING: &[(&str, &str, &str)] = &[
     ("sched_process_fork", "sched", "sched_process_fork"),
     ("sched_process_exit", "sched", "sched_process_exit"),
+    ("sched_process_exec", "sched", "sched_process_exec"),
 ];
 
 /// Everything else. (program, category, name)
@@ -56,7 +57,13 @@ pub struct Probes {
 }
 
 impl Probes {
-    pub fn load(offsets: &Offsets, sys: &Syscalls, limits: Limits) -> Result<Self> {
+    /// Loads the probes; `names` are process names to watch from their exec on.
+    pub fn load(
+        offsets: &Offsets,
+        sys: &Syscalls,
+        limits: Limits,
+        names: &[String],
+    ) -> Result<Self> {
         let wakeup = u64::from(limits.ring_bytes / 2);
         let progress_ns: u64 = 200_000_000;
         let mut loader = EbpfLoader::new();
@@ -88,6 +95,17 @@ impl Probes {
         let mut ebpf = loader
             .load(OBJECT)
             .context("loading the probes into the kernel")?;
+        let mut comms: HashMap<MapData, [u8; 16], u8> =
+            HashMap::try_from(ebpf.take_map("TARGET_COMMS").context("map TARGET_COMMS")?)?;
+        for name in names {
+            // The kernel keeps the first 15 bytes of a name, NUL-terminated.
+            let mut key = [0u8; 16];
+            let n = name.len().min(15);
+            key[..n].copy_from_slice(&name.as_bytes()[..n]);
+            comms
+                .insert(key, 1, 0)
+                .context("filling the process-name map (at most 64 names)")?;
+        }
         let threads = HashMap::try_from(ebpf.take_map("THREADS").context("map THREADS")?)?;
         let ports = HashMap::try_from(ebpf.take_map("LISTEN_PORTS").context("map LISTEN_PORTS")?)?;
         let stats = PerCpuArray::try_from(ebpf.take_map("STATS").context("map STATS")?)?;

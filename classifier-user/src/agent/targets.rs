@@ -71,8 +71,15 @@ pub fn parse_stat(text: &str) -> Option<ProcInfo> {
     Some(ProcInfo { pid, ppid, comm })
 }
 
-/// The processes the specs select now: matches and all their descendants.
+/// The processes the specs select now: matches and all their descendants, never
+/// the agent itself (watching its own I/O would feed back into itself).
 pub fn resolve(specs: &[Spec], procs: &[ProcInfo]) -> BTreeMap<u32, ProcInfo> {
+    let mut selected = resolve_all(specs, procs);
+    selected.remove(&std::process::id());
+    selected
+}
+
+fn resolve_all(specs: &[Spec], procs: &[ProcInfo]) -> BTreeMap<u32, ProcInfo> {
     let mut roots: HashSet<u32> = HashSet::new();
     for spec in specs {
         match spec {

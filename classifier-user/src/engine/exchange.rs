@@ -106,7 +106,6 @@ impl Exchange {
 /// what came of it.
 #[derive(Clone, Debug)]
 pub struct Attempt {
-    pub sock: SockId,
     pub peer: Endpoint,
     pub local: Endpoint,
     /// CLOSE → SYN_SENT; `None` on a reused connection.
@@ -136,9 +135,8 @@ pub struct Attempt {
 }
 
 impl Attempt {
-    pub fn new(sock: SockId, peer: Endpoint, local: Endpoint) -> Self {
+    pub fn new(peer: Endpoint, local: Endpoint) -> Self {
         Self {
-            sock,
             peer,
             local,
             connect_start: None,

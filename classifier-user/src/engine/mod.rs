@@ -281,7 +281,7 @@ impl Engine {
         let Some(e) = self.exchanges.get_mut(&ex) else {
             return;
         };
-        let mut a = Attempt::new(sock, s.peer, s.local);
+        let mut a = Attempt::new(s.peer, s.local);
         if connect {
             a.connect_start = Some(ts);
         }
@@ -823,10 +823,23 @@ impl Engine {
             ex.incomplete = true;
             ex.in_flight = true;
         }
-        let client = self.socks.get_any(ex.client).cloned();
         if let Some(s) = self.socks.get_mut(ex.client) {
             s.exchanges.retain(|e| *e != id);
         }
+        let http = ex.request.is_some()
+            || ex.inferred
+            || ex.response.as_ref().is_some_and(|r| r.status.is_some())
+            || ex
+                .attempts
+                .iter()
+                .any(|a| a.status.is_some() || a.upstream_request.is_some());
+        if !http {
+            // Bytes both ways but no HTTP line in either: not an HTTP exchange, no
+            // verdict to give.
+            self.counters.non_http_conversations += 1;
+            return;
+        }
+        let client = self.socks.get_any(ex.client).cloned();
         let comm = self.comms.get(&ex.pid).map_or("?", String::as_str);
         let record: ExchangeRecord = build::build(
             &ex,

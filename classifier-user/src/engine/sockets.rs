@@ -109,16 +109,4 @@ impl Sockets {
         self.dead.insert(id, sock);
         self.dead.get(&id)
     }
-
-    pub fn live(&self) -> impl Iterator<Item = (&SockId, &Sock)> {
-        self.live.iter()
-    }
-
-    pub fn len(&self) -> usize {
-        self.live.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.live.is_empty()
-    }
 }

@@ -56,10 +56,6 @@ impl Sink {
         })
     }
 
-    pub fn format(&self) -> Format {
-        self.format
-    }
-
     pub fn record(&mut self, r: &Record) -> Result<()> {
         if let Record::Exchange(e) = r {
             self.exchanges += 1;
