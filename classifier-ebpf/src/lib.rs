@@ -297,6 +297,10 @@ pub struct SockState {
     /// While the current message's first line is still open (no `\n` yet), how
     /// many more calls may continue it; 0 once it is complete.
     pub line_open: u8,
+    /// 1 once the socket's `SockOpen` event reached the ring; until then (a full
+    /// ring) the probes announce it again at its next use.
+    pub announced: u8,
+    pub _pad: [u8; 7],
 }
 
 #[cfg(feature = "user")]
@@ -321,6 +325,6 @@ const _: () = {
     assert!(core::mem::size_of::<Destroy>() == 56);
     assert!(core::mem::size_of::<Fork>() == 56);
     assert!(core::mem::size_of::<Exit>() == 40);
-    assert!(core::mem::size_of::<SockState>() == 40);
+    assert!(core::mem::size_of::<SockState>() == 48);
     assert!(LINE_CAP.is_multiple_of(8));
 };

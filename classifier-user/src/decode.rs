@@ -145,6 +145,7 @@ impl Decoder {
                     kind: EventKind::Lost {
                         events: u64::from(h.gaps),
                         sockets: 0,
+                        since: None,
                     },
                 });
             }

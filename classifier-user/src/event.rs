@@ -208,10 +208,16 @@ pub enum EventKind {
     Fork { child: u32, comm: String },
     /// A watched task exited.
     Exit { task: u32, group_dead: bool },
-    /// Evidence is missing from here on: `events` lost to a full ring or sockets
-    /// left untracked (reported in-stream by the probes), `sockets` untracked
-    /// (reported by the agent): exchanges in flight are marked incomplete.
-    Lost { events: u64, sockets: u64 },
+    /// Evidence went missing: `events` lost to a full ring or sockets left
+    /// untracked. Exchanges in flight are marked incomplete, and with `since`
+    /// (the loss happened between `since` and this event) so is every exchange
+    /// whose lifetime overlaps that window, including ended ones not yet emitted.
+    Lost {
+        events: u64,
+        sockets: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        since: Option<u64>,
+    },
     /// Time passes (the agent sends one periodically so quiet exchanges settle).
     Tick,
 }

@@ -96,10 +96,12 @@ impl<W: Write> Writer<W> {
 
 /// Reads a recording's header and returns an iterator over its events.
 pub fn read<R: BufRead>(mut input: R) -> Result<(Header, Events<R>), ReadError> {
-    let mut first = String::new();
-    if input.read_line(&mut first).map_err(ReadError::Io)? == 0 {
+    let mut first = Vec::new();
+    if input.read_until(b'\n', &mut first).map_err(ReadError::Io)? == 0 {
         return Err(ReadError::Empty);
     }
+    let first =
+        std::str::from_utf8(&first).map_err(|_| ReadError::BadHeader("not UTF-8".into()))?;
     let header: Header =
         serde_json::from_str(first.trim_end()).map_err(|e| ReadError::BadHeader(e.to_string()))?;
     if header.format != FORMAT {
@@ -119,7 +121,7 @@ pub fn read<R: BufRead>(mut input: R) -> Result<(Header, Events<R>), ReadError> 
         Events {
             input,
             line: 1,
-            buf: String::new(),
+            buf: Vec::new(),
         },
     ))
 }
@@ -127,7 +129,7 @@ pub fn read<R: BufRead>(mut input: R) -> Result<(Header, Events<R>), ReadError> 
 pub struct Events<R> {
     input: R,
     line: usize,
-    buf: String,
+    buf: Vec<u8>,
 }
 
 impl<R: BufRead> Iterator for Events<R> {
@@ -136,22 +138,23 @@ impl<R: BufRead> Iterator for Events<R> {
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             self.buf.clear();
-            match self.input.read_line(&mut self.buf) {
+            match self.input.read_until(b'\n', &mut self.buf) {
                 Ok(0) => return None,
                 Ok(_) => {}
                 Err(e) => return Some(Err(ReadError::Io(e))),
             }
             self.line += 1;
-            let text = self.buf.trim_end();
+            let last = !self.buf.ends_with(b"\n");
+            let line = self.line;
+            let bad = |reason: String| ReadError::BadEvent { line, last, reason };
+            let text = match std::str::from_utf8(&self.buf) {
+                Ok(t) => t.trim_end(),
+                Err(e) => return Some(Err(bad(format!("not UTF-8 ({e})")))),
+            };
             if text.is_empty() {
                 continue;
             }
-            let last = !self.buf.ends_with('\n');
-            return Some(serde_json::from_str(text).map_err(|e| ReadError::BadEvent {
-                line: self.line,
-                last,
-                reason: e.to_string(),
-            }));
+            return Some(serde_json::from_str(text).map_err(|e| bad(e.to_string())));
         }
     }
 }
@@ -179,6 +182,7 @@ mod tests {
             kind: EventKind::Lost {
                 events: 3,
                 sockets: 0,
+                since: None,
             },
         })
         .unwrap();
@@ -200,6 +204,16 @@ mod tests {
         let (_, events) = read(cut).unwrap();
         let err = events.last().unwrap().unwrap_err();
         assert!(err.to_string().contains("truncated"), "{err}");
+
+        let mut binary = recording();
+        binary.extend_from_slice(b"\x00\xff\n");
+        let (_, events) = read(&binary[..]).unwrap();
+        let err = events.last().unwrap().unwrap_err();
+        assert!(err.to_string().contains("corrupt at line 4"), "{err}");
+        assert!(matches!(
+            read(&b"\xff\xfe\n"[..]),
+            Err(ReadError::BadHeader(_))
+        ));
 
         let mut bad = recording();
         bad.extend_from_slice(b"{\"ts\":\"x\"}\n");

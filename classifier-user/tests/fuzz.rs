@@ -238,7 +238,8 @@ fn event() -> impl Strategy<Value = EventKind> {
         Just(EventKind::Tick),
         Just(EventKind::Lost {
             events: 1,
-            sockets: 0
+            sockets: 0,
+            since: Some(1)
         }),
     ]
 }

@@ -70,6 +70,7 @@ impl Lab {
             workers: 2,
             http,
             binary: None,
+            daemon: false,
         });
         let running = classify::start(&["--pid", &nginx.master_pid().to_string()]);
         Self {

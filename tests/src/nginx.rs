@@ -46,6 +46,16 @@ impl AccessEntry {
     }
 }
 
+/// nginx's absolute path, from PATH.
+fn find_nginx() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|d| d.join("nginx"))
+        .find(|p| p.is_file())
+        .expect("nginx is not installed: run `cargo xtask setup`")
+}
+
 const LOG_FORMAT: &str = r#"log_format classify escape=json '{"remote_port":"$remote_port","method":"$request_method","uri":"$request_uri","status":"$status","upstream_addr":"$upstream_addr","upstream_status":"$upstream_status","connection":"$connection","pid":"$pid"}';"#;
 
 pub struct Nginx {
@@ -62,6 +72,9 @@ pub struct Config {
     /// The nginx binary to run (a copy under another name gives a unique process
     /// name for `--pid NAME` tests); `nginx` from PATH when `None`.
     pub binary: Option<PathBuf>,
+    /// Run as a daemon (nginx's default). nginx ignores a binary-upgrade signal
+    /// (USR2) in a master whose parent never changed, so upgrade tests need it.
+    pub daemon: bool,
 }
 
 impl Config {
@@ -78,6 +91,7 @@ impl Config {
         Self {
             workers: 2,
             binary: None,
+            daemon: false,
             http: format!(
                 "  upstream up {{\n{servers}{keepalive}  }}\n  server {{\n    listen 127.0.0.1:{{port}};\n    location / {{\n      proxy_pass http://up;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n{extra_locations}  }}\n"
             ),
@@ -95,26 +109,31 @@ impl Nginx {
         let http = config.http.replace("{port}", &port.to_string());
         let p = dir.path().display();
         let conf = format!(
-            "worker_processes {workers};\nuser root;\ndaemon off;\nmaster_process on;\npid {p}/nginx.pid;\nerror_log {p}/error.log info;\nevents {{ worker_connections 4096; }}\nhttp {{\n  {LOG_FORMAT}\n  access_log {p}/access.log classify;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n  keepalive_timeout 65;\n{http}}}\n",
-            workers = config.workers
+            "worker_processes {workers};\nuser root;\ndaemon {daemon};\nmaster_process on;\npid {p}/nginx.pid;\nerror_log {p}/error.log info;\nevents {{ worker_connections 4096; }}\nhttp {{\n  {LOG_FORMAT}\n  access_log {p}/access.log classify;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n  keepalive_timeout 65;\n{http}}}\n",
+            workers = config.workers,
+            daemon = if config.daemon { "on" } else { "off" },
         );
         fs::write(dir.path().join("nginx.conf"), &conf).expect("write nginx.conf");
-        let child = Command::new(
-            config
-                .binary
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("nginx")),
-        )
-        .arg("-p")
-        .arg(dir.path())
-        .arg("-c")
-        .arg(dir.path().join("nginx.conf"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start nginx (is it installed? run `cargo xtask setup`)");
+        // An absolute path: a binary upgrade (USR2) re-executes argv[0].
+        let binary = config.binary.clone().unwrap_or_else(find_nginx);
+        let child = Command::new(binary)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(dir.path().join("nginx.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start nginx (is it installed? run `cargo xtask setup`)");
         let nginx = Self { child, dir, port };
+        if config.daemon {
+            let pid_file = nginx.dir.path().join("nginx.pid");
+            assert!(
+                wait_for(Duration::from_secs(10), || pid_file.exists().then_some(())).is_some(),
+                "nginx did not write its pid file"
+            );
+        }
         let up = wait_for(Duration::from_secs(10), || {
             TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
         });
@@ -138,11 +157,6 @@ impl Nginx {
             .ok()
             .and_then(|p| p.trim().parse().ok())
             .unwrap_or_else(|| self.child.id())
-    }
-
-    /// The process this harness started (the first master).
-    pub fn first_master_pid(&self) -> u32 {
-        self.child.id()
     }
 
     /// Sends a signal to the current master.
@@ -196,22 +210,30 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        // SIGQUIT: graceful stop of master and workers (and of a master started by a
-        // binary upgrade, which is not our child).
-        let current = self.master_pid();
-        // SAFETY: kill(2) on pids this harness started.
-        unsafe {
-            if current != self.child.id() {
-                libc::kill(current as i32, libc::SIGQUIT);
-            }
-            libc::kill(self.child.id() as i32, libc::SIGQUIT);
+        // SIGQUIT: graceful stop of master and workers, including masters that are
+        // not our child (a daemon, or a binary upgrade's new master).
+        let masters = [self.master_pid(), self.child.id()];
+        for p in masters {
+            // SAFETY: kill(2) on pids this harness started.
+            unsafe { libc::kill(p as i32, libc::SIGQUIT) };
         }
-        let stopped = wait_for(Duration::from_secs(5), || {
+        let _ = wait_for(Duration::from_secs(5), || {
             self.child.try_wait().ok().flatten()
         });
-        if stopped.is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        let alive = |p: u32| {
+            std::fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|s| !s.contains(") Z "))
+        };
+        if wait_for(Duration::from_secs(5), || {
+            masters.iter().all(|p| !alive(*p)).then_some(())
+        })
+        .is_none()
+        {
+            for p in masters {
+                // SAFETY: as above.
+                unsafe { libc::kill(p as i32, libc::SIGKILL) };
+            }
         }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

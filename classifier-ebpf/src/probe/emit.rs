@@ -13,13 +13,19 @@ use super::{
 };
 
 /// Reserves an event of type `T`, lets `fill` write it, and submits it. `T` must
-/// start with a [`Header`]; the header is written here.
+/// start with a [`Header`]; the header is written here. Returns whether the event
+/// reached the ring.
 #[inline(always)]
-pub fn emit<T: 'static>(kind: EventKind, pid_tgid: u64, sock_id: u64, fill: impl FnOnce(*mut T)) {
+pub fn emit<T: 'static>(
+    kind: EventKind,
+    pid_tgid: u64,
+    sock_id: u64,
+    fill: impl FnOnce(*mut T),
+) -> bool {
     let Some(mut entry) = EVENTS.reserve::<T>(0) else {
         count(stat::RING_FULL);
         gap();
-        return;
+        return false;
     };
     let ptr = entry.as_mut_ptr();
     // SAFETY: `ptr` points to reserved ring memory of size_of::<T>() bytes and every
@@ -35,6 +41,7 @@ pub fn emit<T: 'static>(kind: EventKind, pid_tgid: u64, sock_id: u64, fill: impl
     fill(ptr);
     entry.submit(wakeup_flag());
     count(stat::EVENTS);
+    true
 }
 
 #[inline(always)]

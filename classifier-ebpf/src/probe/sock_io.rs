@@ -15,7 +15,7 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use classifier_ebpf::{
-    dir, how, io, msg, side, stat, EventKind, Io, Message, SockOpen, SockState, LINE_CAP,
+    dir, how, io, msg, side, stat, Addr, EventKind, Io, Message, SockOpen, SockState, LINE_CAP,
 };
 
 use super::{
@@ -64,6 +64,12 @@ fn on_io(ctx: &TracePointContext, direction: u8) -> Option<()> {
         Some(sock) => sock,
         None => adopt(sk, pid_tgid)?,
     };
+    // SAFETY: `sock` points to a map value valid for this program run.
+    if unsafe { (*sock).announced } == 0 {
+        // Its start event was lost to a full ring: announce it again, or the agent
+        // could never place this socket's exchanges.
+        announce(sk, sock, pid_tgid);
+    }
     // SAFETY: `thread` and `sock` point into map values that stay valid for this
     // program run; concurrent writers only race on counters, never on validity.
     let (id, prev_touch) = unsafe {
@@ -213,7 +219,32 @@ fn adopt(sk: u64, pid_tgid: u64) -> Option<*mut SockState> {
         gap();
         return None;
     }
-    emit::<SockOpen>(EventKind::SockOpen, pid_tgid, id, |e| {
+    let sock = SOCKS.get_ptr_mut(sk)?;
+    emit_first_use(sock, id, local, peer, sock_side, pid_tgid);
+    Some(sock)
+}
+
+/// Announces a socket whose start event was lost, as first used now.
+#[inline(always)]
+fn announce(sk: u64, sock: *mut SockState, pid_tgid: u64) {
+    let Some((local, peer)) = read_endpoints(sk) else {
+        return;
+    };
+    // SAFETY: `sock` points to a map value valid for this program run.
+    let (id, sock_side) = unsafe { ((*sock).id, (*sock).side) };
+    emit_first_use(sock, id, local, peer, sock_side, pid_tgid);
+}
+
+#[inline(always)]
+fn emit_first_use(
+    sock: *mut SockState,
+    id: u64,
+    local: Addr,
+    peer: Addr,
+    sock_side: u8,
+    pid_tgid: u64,
+) {
+    let sent = emit::<SockOpen>(EventKind::SockOpen, pid_tgid, id, |e| {
         // SAFETY: `e` is a reserved SockOpen.
         unsafe {
             (*e).local = local;
@@ -225,7 +256,8 @@ fn adopt(sk: u64, pid_tgid: u64) -> Option<*mut SockState> {
             (*e)._pad = [0; 2];
         }
     });
-    SOCKS.get_ptr_mut(sk)
+    // SAFETY: `sock` points to a map value valid for this program run.
+    unsafe { (*sock).announced = sent as u8 };
 }
 
 /// Copies the first line of the data the current syscall moved into `e.line`,

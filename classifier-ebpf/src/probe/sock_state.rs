@@ -109,7 +109,7 @@ fn on_connect(ctx: &TracePointContext, sk: u64, pid_tgid: u64) -> Option<()> {
         prev
     };
     let (local, peer) = endpoints_from_record(ctx);
-    emit::<SockOpen>(EventKind::SockOpen, pid_tgid, id, |e| {
+    let sent = emit::<SockOpen>(EventKind::SockOpen, pid_tgid, id, |e| {
         // SAFETY: `e` is a reserved SockOpen.
         unsafe {
             (*e).local = local;
@@ -121,6 +121,12 @@ fn on_connect(ctx: &TracePointContext, sk: u64, pid_tgid: u64) -> Option<()> {
             (*e)._pad = [0; 2];
         }
     });
+    if sent {
+        if let Some(sock) = SOCKS.get_ptr_mut(sk) {
+            // SAFETY: `sock` points to a map value valid for this program run.
+            unsafe { (*sock).announced = 1 };
+        }
+    }
     Some(())
 }
 

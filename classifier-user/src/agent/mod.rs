@@ -84,12 +84,19 @@ pub fn run(args: &WatchArgs) -> Result<()> {
 
     let started = Instant::now();
     let offsets = kernel::Offsets::from_btf(Path::new(kernel::BTF_PATH))?;
-    if !args.ring_mib.is_power_of_two() {
-        bail!("--ring-mib must be a power of two");
+    let ring_bytes = match args.ring_kib {
+        Some(kib) => kib.saturating_mul(1024),
+        None => args.ring_mib.saturating_mul(1 << 20),
+    };
+    if !ring_bytes.is_power_of_two() || ring_bytes < 4096 {
+        bail!("the ring buffer size must be a power of two of at least 4 KiB (e.g. --ring-mib 8)");
+    }
+    if args.max_sockets == 0 {
+        bail!("--max-sockets must be at least 1");
     }
     let limits = Limits {
-        ring_bytes: args.ring_mib << 20,
-        max_sockets: 65_536,
+        ring_bytes,
+        max_sockets: args.max_sockets,
         max_threads: 16_384,
     };
     let names: Vec<String> = specs
@@ -166,6 +173,8 @@ pub fn run(args: &WatchArgs) -> Result<()> {
         out: Vec::with_capacity(64),
         decoded: Vec::with_capacity(8),
         events: 0,
+        loss_seen: 0,
+        loss_checked_at: monotonic_ns(),
         undecodable: 0,
         started,
         stats_interval: (args.output.stats_interval > 0)
@@ -188,6 +197,9 @@ struct Agent {
     out: Vec<Record>,
     decoded: Vec<Event>,
     events: u64,
+    /// Kernel loss counters already reported, and when they were last read.
+    loss_seen: u64,
+    loss_checked_at: u64,
     undecodable: u64,
     started: Instant,
     stats_interval: Option<Duration>,
@@ -230,6 +242,7 @@ impl Agent {
             self.drain(ring.get_mut())?;
             if last_tick.elapsed() >= TICK_EVERY {
                 last_tick = Instant::now();
+                self.check_loss()?;
                 let now = monotonic_ns();
                 self.release_lines(now.saturating_sub(HOLD_LINES.as_nanos() as u64))?;
                 self.feed(Event {
@@ -255,10 +268,11 @@ impl Agent {
             }
             self.sink.flush()?;
         }
-        // Detach first (dropping the links), then drain what is left and flush.
+        // Detach first, then drain what is left and flush.
+        self.probes.detach();
         self.drain(ring.get_mut())?;
         self.release_lines(u64::MAX)?;
-        self.report_unseen_gaps()?;
+        self.check_loss()?;
         let mut out = std::mem::take(&mut self.out);
         self.engine.flush(&mut out);
         for r in &out {
@@ -330,23 +344,28 @@ impl Agent {
         Ok(())
     }
 
-    /// At the end: evidence gaps the kernel counted but never reported in a
-    /// header (a CPU that submitted nothing after its loss) mark what is left.
-    fn report_unseen_gaps(&mut self) -> Result<()> {
+    /// Polls the kernel's loss counters (events lost to a full ring, sockets
+    /// left untracked). A rise means evidence went missing since the last poll:
+    /// the engine marks every exchange that overlaps that window.
+    fn check_loss(&mut self) -> Result<()> {
         let k = self.probes.counters();
-        let counted = k[stat::RING_FULL as usize] + k[stat::SOCKS_FULL as usize];
-        let unseen = counted.saturating_sub(self.decoder.gaps);
-        if unseen > 0 {
+        let total = k[stat::RING_FULL as usize] + k[stat::SOCKS_FULL as usize];
+        let now = monotonic_ns();
+        if total > self.loss_seen {
+            let events = total - self.loss_seen;
+            self.loss_seen = total;
             self.feed(Event {
-                ts: monotonic_ns(),
+                ts: now,
                 pid: 0,
                 tid: 0,
                 kind: EventKind::Lost {
-                    events: unseen,
+                    events,
                     sockets: 0,
+                    since: Some(self.loss_checked_at),
                 },
             })?;
         }
+        self.loss_checked_at = now;
         Ok(())
     }
 

@@ -5,7 +5,10 @@ use anyhow::{Context as _, Result};
 use aya::{
     include_bytes_aligned,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{RawTracePoint, TracePoint},
+    programs::{
+        raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId, RawTracePoint,
+        TracePoint,
+    },
     Ebpf, EbpfLoader,
 };
 use classifier_ebpf::{stat, ThreadState};
@@ -50,10 +53,15 @@ pub struct Probes {
     threads: HashMap<MapData, u32, ThreadState>,
     ports: HashMap<MapData, u16, u32>,
     stats: PerCpuArray<MapData, u64>,
+    /// Held so the map stays alive (programs are loaded after `load`).
+    _comms: HashMap<MapData, [u8; 16], u8>,
     /// Listening sockets already counted in LISTEN_PORTS (by inode).
     counted: BTreeSet<u64>,
     /// Tracepoints that this kernel lacks but that are optional (epoll_pwait2).
     pub missing_optional: Vec<&'static str>,
+    /// Attachments, for `detach`.
+    links: Vec<(String, TracePointLinkId)>,
+    raw_links: Vec<(String, RawTracePointLinkId)>,
 }
 
 impl Probes {
@@ -114,8 +122,11 @@ impl Probes {
             threads,
             ports,
             stats,
+            _comms: comms,
             counted: BTreeSet::new(),
             missing_optional: Vec::new(),
+            links: Vec::new(),
+            raw_links: Vec::new(),
         })
     }
 
@@ -142,9 +153,10 @@ impl Probes {
             program
                 .load()
                 .with_context(|| format!("loading program {prog}"))?;
-            program
+            let link = program
                 .attach(name)
                 .with_context(|| format!("attaching to raw tracepoint {name}"))?;
+            self.raw_links.push(((*prog).to_owned(), link));
         }
         Ok(())
     }
@@ -175,10 +187,37 @@ impl Probes {
                 format!("loading program {prog} (the kernel verifier refused it)")
             })?;
         }
-        program
+        let link = program
             .attach(category, name)
             .with_context(|| format!("attaching to tracepoint {category}/{name}"))?;
+        self.links.push((prog.to_owned(), link));
         Ok(())
+    }
+
+    /// Detaches every program, in parallel: each tracepoint detach waits for an
+    /// RCU grace period (about 75 ms here), which one by one made stopping take a
+    /// second. Events already in the ring stay readable.
+    pub fn detach(&mut self) {
+        let mut jobs: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
+        for (prog, id) in std::mem::take(&mut self.links) {
+            let program: Option<&mut TracePoint> =
+                self.ebpf.program_mut(&prog).and_then(|p| p.try_into().ok());
+            if let Some(link) = program.and_then(|p| p.take_link(id).ok()) {
+                jobs.push(Box::new(move || drop(link)));
+            }
+        }
+        for (prog, id) in std::mem::take(&mut self.raw_links) {
+            let program: Option<&mut RawTracePoint> =
+                self.ebpf.program_mut(&prog).and_then(|p| p.try_into().ok());
+            if let Some(link) = program.and_then(|p| p.take_link(id).ok()) {
+                jobs.push(Box::new(move || drop(link)));
+            }
+        }
+        std::thread::scope(|s| {
+            for job in jobs {
+                s.spawn(job);
+            }
+        });
     }
 
     /// Watches these threads (idempotent).

@@ -44,6 +44,10 @@ pub struct EngineConfig {
     pub max_exchanges: usize,
     /// Destroyed sockets remembered for attribution.
     pub max_dead_sockets: usize,
+    /// Ended exchanges wait this long before their record is written, so that a
+    /// loss detected a little later (the agent polls the kernel's loss counters)
+    /// can still mark them incomplete. 0 writes them at once.
+    pub hold_ns: u64,
 }
 
 impl Default for EngineConfig {
@@ -54,12 +58,26 @@ impl Default for EngineConfig {
             max_sockets: 262_144,
             max_exchanges: 262_144,
             max_dead_sockets: 65_536,
+            hold_ns: 300_000_000,
         }
     }
 }
 
+/// An ended exchange waiting out the hold time.
+struct Held {
+    end: u64,
+    ex: Exchange,
+    client: Option<Sock>,
+    comm: String,
+}
+
+/// Loss windows remembered for exchanges that end later.
+const MAX_LOSS_WINDOWS: usize = 64;
+
 pub struct Engine {
     cfg: EngineConfig,
+    held: std::collections::VecDeque<Held>,
+    loss_windows: std::collections::VecDeque<(u64, u64)>,
     now: u64,
     socks: Sockets,
     exchanges: BTreeMap<ExId, Exchange>,
@@ -73,6 +91,8 @@ impl Engine {
         Self {
             socks: Sockets::new(cfg.max_sockets, cfg.max_dead_sockets),
             cfg,
+            held: std::collections::VecDeque::new(),
+            loss_windows: std::collections::VecDeque::new(),
             now: 0,
             exchanges: BTreeMap::new(),
             next_ex: 1,
@@ -178,21 +198,55 @@ impl Engine {
                 }
             }
             EventKind::Exit { .. } => {}
-            EventKind::Lost { .. } => {
-                // Evidence for everything in flight may be gone.
-                for ex in self.exchanges.values_mut() {
-                    ex.incomplete = true;
-                }
+            EventKind::Lost { since, .. } => self.lost(ts, *since),
+            EventKind::Tick => {
+                self.settle(out);
+                self.release_held(out, false);
             }
-            EventKind::Tick => self.settle(out),
         }
     }
 
-    /// Ends every exchange in flight (the agent is stopping).
+    /// Ends every exchange in flight and writes every held record (the agent is
+    /// stopping).
     pub fn flush(&mut self, out: &mut Vec<Record>) {
         let ids: Vec<ExId> = self.exchanges.keys().copied().collect();
         for id in ids {
             self.finish(id, End::Flushed, out);
+        }
+        self.release_held(out, true);
+    }
+
+    /// Evidence went missing (see `EventKind::Lost`).
+    fn lost(&mut self, ts: u64, since: Option<u64>) {
+        for ex in self.exchanges.values_mut() {
+            ex.incomplete = true;
+        }
+        if let Some(since) = since {
+            for h in self.held.iter_mut().filter(|h| h.end >= since) {
+                h.ex.incomplete = true;
+            }
+            if self.loss_windows.len() >= MAX_LOSS_WINDOWS {
+                self.loss_windows.pop_front();
+            }
+            self.loss_windows.push_back((since, ts));
+        }
+    }
+
+    /// Writes the records of exchanges held long enough (all with `all`).
+    fn release_held(&mut self, out: &mut Vec<Record>, all: bool) {
+        while let Some(h) = self.held.front() {
+            if !all && h.end.saturating_add(self.cfg.hold_ns) > self.now {
+                break;
+            }
+            let h = self.held.pop_front().expect("front exists");
+            let record = build::build(
+                &h.ex,
+                h.client.as_ref(),
+                &h.comm,
+                self.cfg.realtime_offset_ns,
+                h.end,
+            );
+            out.push(Record::Exchange(Box::new(record)));
         }
     }
 
@@ -273,6 +327,21 @@ impl Engine {
         }
     }
 
+    /// Marks incomplete the exchange a socket serves (a client socket's current
+    /// exchange, an upstream socket's attempt's exchange).
+    fn mark_incomplete_via(&mut self, sock: Option<SockId>) {
+        let Some(s) = sock.and_then(|s| self.socks.get_any(s)) else {
+            return;
+        };
+        let ex = match s.side {
+            Side::Client => s.exchanges.back().copied(),
+            Side::Upstream => s.attempt.map(|(e, _)| e),
+        };
+        if let Some(e) = ex.and_then(|e| self.exchanges.get_mut(&e)) {
+            e.incomplete = true;
+        }
+    }
+
     /// Attaches a new attempt on upstream socket `sock` to exchange `ex`.
     fn attach(&mut self, ex: ExId, sock: SockId, ts: u64, connect: bool) {
         let Some(s) = self.socks.get_mut(sock) else {
@@ -348,8 +417,17 @@ impl Engine {
         prev_msg_last: u64,
         out: &mut Vec<Record>,
     ) {
-        let Some(s) = self.socks.get_mut(sock) else {
+        // A socket id the engine never saw started while evidence was lost: whatever
+        // exchange this thread is working for lacks part of its evidence.
+        if self.socks.get_any(sock).is_none() {
             self.counters.unknown_socket_events += 1;
+            self.mark_incomplete_via(prev_touch);
+            return;
+        }
+        if prev_touch.is_some_and(|t| self.socks.get_any(t).is_none()) {
+            self.mark_incomplete_via(Some(sock));
+        }
+        let Some(s) = self.socks.get_mut(sock) else {
             return;
         };
         s.last_activity = ts;
@@ -839,16 +917,37 @@ impl Engine {
             self.counters.non_http_conversations += 1;
             return;
         }
+        let end = self.now;
+        if self
+            .loss_windows
+            .iter()
+            .any(|(since, until)| ex.start <= *until && end >= *since)
+        {
+            ex.incomplete = true;
+        }
         let client = self.socks.get_any(ex.client).cloned();
-        let comm = self.comms.get(&ex.pid).map_or("?", String::as_str);
-        let record: ExchangeRecord = build::build(
-            &ex,
-            client.as_ref(),
-            comm,
-            self.cfg.realtime_offset_ns,
-            self.now,
-        );
-        out.push(Record::Exchange(Box::new(record)));
+        let comm = self
+            .comms
+            .get(&ex.pid)
+            .map_or("?", String::as_str)
+            .to_owned();
+        if self.cfg.hold_ns == 0 {
+            let record: ExchangeRecord = build::build(
+                &ex,
+                client.as_ref(),
+                &comm,
+                self.cfg.realtime_offset_ns,
+                end,
+            );
+            out.push(Record::Exchange(Box::new(record)));
+        } else {
+            self.held.push_back(Held {
+                end,
+                ex,
+                client,
+                comm,
+            });
+        }
     }
 }
 

@@ -50,7 +50,10 @@ struct Script {
 impl Script {
     fn new() -> Self {
         Self {
-            engine: Engine::new(EngineConfig::default()),
+            engine: Engine::new(EngineConfig {
+                hold_ns: 0,
+                ..EngineConfig::default()
+            }),
             t: 1_000 * MS,
             out: Vec::new(),
         }
@@ -466,6 +469,7 @@ fn tables_are_bounded_and_evictions_counted() {
     let mut s = Script {
         engine: Engine::new(EngineConfig {
             max_exchanges: 2,
+            hold_ns: 0,
             ..EngineConfig::default()
         }),
         t: 0,
@@ -480,4 +484,46 @@ fn tables_are_bounded_and_evictions_counted() {
     let rs = s.finish();
     assert_eq!(rs.len(), 5, "evicted exchanges still end in a record");
     assert_eq!(rs.iter().filter(|r| !r.complete).count(), 5);
+}
+
+#[test]
+fn a_loss_found_after_an_exchange_ended_still_marks_it() {
+    let mut s = Script::new();
+    s.engine = Engine::new(EngineConfig {
+        hold_ns: 300 * MS,
+        ..EngineConfig::default()
+    });
+    let before = s.t;
+    s.client(C1, 5000)
+        .proxied(C1, U1, 40000, 200)
+        .recv(C1, get("/next"));
+    assert!(s.out.is_empty(), "held, not written yet");
+    // The agent's poll of the loss counters finds a loss since `before`.
+    s.at(50).ev(EventKind::Lost {
+        events: 2,
+        sockets: 0,
+        since: Some(before),
+    });
+    s.tick_after(400);
+    assert_eq!(s.out.len(), 1, "written after the hold");
+    // In flight when the loss was found: marked too.
+    s.send(C1, status(204), None).destroy(C1, false);
+    // Started after the window: untouched.
+    s.client(C2, 5001)
+        .recv(C2, get("/later"))
+        .send(C2, status(204), None)
+        .destroy(C2, false);
+    let rest = s.finish();
+    let complete: Vec<_> = rest
+        .iter()
+        .map(|r| (r.request.as_ref().unwrap().target.clone(), r.complete))
+        .collect();
+    assert_eq!(
+        complete,
+        [
+            ("/a".into(), false),
+            ("/next".into(), false),
+            ("/later".into(), true)
+        ]
+    );
 }
