@@ -3,11 +3,12 @@
 //! counts, never a panic. First lines are parsed here and dropped: no captured
 //! byte outlives decoding.
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use classifier_ebpf as wire;
+use rustc_hash::FxHashMap as HashMap;
 use wire::EventKind as Kind;
 
 use crate::{

@@ -11,6 +11,11 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
+/// mimalloc: the agent allocates small, short-lived objects per event; glibc's
+/// allocator took a quarter of its CPU under connection churn.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     let result = match cli.command {

@@ -161,3 +161,18 @@ pub fn get(port: u16, path: &str) -> std::io::Result<Response> {
     let mut c = Conn::connect(port)?;
     c.request("GET", path)
 }
+
+/// A short connection: connect from `source` (a loopback address, to spread
+/// ephemeral ports over several addresses), one request with `Connection: close`,
+/// read the response, close. Returns the status.
+pub fn one_shot(source: std::net::Ipv4Addr, port: u16, path: &str) -> std::io::Result<u16> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    socket.bind(&std::net::SocketAddr::from((source, 0)).into())?;
+    socket.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())?;
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut c = Conn { stream, buf: Vec::new() };
+    c.send("GET", path, &[("Connection", "close")], b"")?;
+    Ok(c.read_response()?.status)
+}

@@ -1,6 +1,7 @@
 //! Project tasks: `cargo xtask <setup|build|test|demo|fixtures>`.
 mod demo;
 mod setup;
+mod soak;
 
 use std::{
     path::PathBuf,
@@ -43,6 +44,12 @@ enum Task {
     },
     /// Record the engine's replay fixtures from real nginx into tests/fixtures.
     Fixtures,
+    /// A long run with a fault mix under load (not in CI): no crash, flat memory,
+    /// agreement with the access log.
+    Soak {
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -70,6 +77,11 @@ fn run(cli: Cli) -> Result<()> {
             prepare()?;
             build(false)?;
             demo::run(seconds)
+        }
+        Task::Soak { minutes } => {
+            prepare()?;
+            build(true)?;
+            soak::run(minutes)
         }
         Task::Fixtures => {
             prepare()?;

@@ -161,7 +161,9 @@ fn on_io(ctx: &TracePointContext, direction: u8) -> Option<()> {
                 );
             }
         }
-    } else if ret < 0 || direction == dir::RECV {
+    } else if ret < 0 || (direction == dir::RECV && side_of(sock) == side::UPSTREAM) {
+        // An error, or the upstream's FIN read by the proxy (a client's FIN shows
+        // as CLOSE_WAIT already).
         // SAFETY: as above.
         let msg_bytes = unsafe {
             (*sock).emitted_ns = now;
@@ -171,6 +173,12 @@ fn on_io(ctx: &TracePointContext, direction: u8) -> Option<()> {
         emit_io(pid_tgid, id, prev_touch, msg_bytes, ret, direction, what);
     }
     Some(())
+}
+
+#[inline(always)]
+fn side_of(sock: *mut SockState) -> u8 {
+    // SAFETY: `sock` points to a map value valid for this program run.
+    unsafe { (*sock).side }
 }
 
 #[inline(always)]

@@ -22,9 +22,11 @@ use super::{
     tp::{array_field, field, send_reset, set_state, tcp_sk},
 };
 
+const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_FIN_WAIT1: i32 = 4;
 const TCP_CLOSE: i32 = 7;
+const TCP_CLOSE_WAIT: i32 = 8;
 const TCP_LAST_ACK: i32 = 9;
 const TCP_LISTEN: i32 = 10;
 const AF_INET6: u16 = 10;
@@ -56,6 +58,16 @@ fn on_set_state(ctx: &TracePointContext) -> Option<()> {
     // A watched thread's own close: the first FIN_WAIT1 (close or shutdown) or
     // LAST_ACK (close after the peer's FIN). Only a syscall makes these changes.
     let local_close = (new == TCP_FIN_WAIT1 || new == TCP_LAST_ACK) && touch_close(sock, pid_tgid);
+    // Only changes the engine reads: the connect's result, the peer's FIN, the
+    // owner's close, and an abortive end (RST) of an open connection. The rest of
+    // a close handshake (FIN_WAIT2, LAST_ACK → CLOSE...) says nothing new.
+    let informative = old == TCP_SYN_SENT
+        || new == TCP_CLOSE_WAIT
+        || local_close
+        || (new == TCP_CLOSE && (old == TCP_ESTABLISHED || old == TCP_CLOSE_WAIT));
+    if !informative {
+        return None;
+    }
     let (local, peer) = endpoints_from_record(ctx);
     // SAFETY: `sock` points to a map value valid for this program run.
     let (id, msg_bytes, msg_last_ns, msg_dir) = unsafe {

@@ -286,6 +286,11 @@ impl Agent {
         if let Some(reason) = stop_reason {
             eprintln!("classify: {reason}");
         }
+        // One line for whoever reads stderr (records may have gone to a pipeline).
+        eprintln!(
+            "classify: stopped after {:.1} s: {} exchanges ({} incomplete), {} events, {} lost, {} sockets untracked, {} undecodable",
+            s.uptime_s, s.exchanges, s.incomplete_exchanges, s.events, s.lost_events, s.untracked_sockets, s.undecodable_events
+        );
         Ok(())
     }
 

@@ -19,7 +19,9 @@ mod exchange;
 mod outcome;
 mod sockets;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap as HashMap;
 
 use self::{
     exchange::{Attempt, End, ExId, Exchange, ResponseStart},
@@ -55,9 +57,9 @@ impl Default for EngineConfig {
         Self {
             settle_ns: 1_000_000_000,
             realtime_offset_ns: 0,
-            max_sockets: 262_144,
-            max_exchanges: 262_144,
-            max_dead_sockets: 65_536,
+            max_sockets: 65_536,
+            max_exchanges: 65_536,
+            max_dead_sockets: 8_192,
             hold_ns: 300_000_000,
         }
     }
@@ -96,7 +98,7 @@ impl Engine {
             now: 0,
             exchanges: BTreeMap::new(),
             next_ex: 1,
-            comms: HashMap::new(),
+            comms: HashMap::default(),
             counters: EngineCounters::default(),
         }
     }
@@ -266,7 +268,7 @@ impl Engine {
         out: &mut Vec<Record>,
     ) {
         let sock = Sock::new(side, how, owner, local, peer, ts);
-        if let Some((old_id, old)) = self.socks.insert(id, sock) {
+        for (old_id, old) in self.socks.insert(id, sock) {
             self.counters.evicted_sockets += 1;
             if old.side == Side::Client {
                 for ex in old.exchanges {
