@@ -208,12 +208,13 @@ fn serve(mut conn: TcpStream, log: &Mutex<Vec<LogEntry>>) {
             action: "respond",
         };
         let mut keep = req.keep_alive;
+        let mut delay = Duration::ZERO;
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         let status = match parts.as_slice() {
             ["status", code, ..] => code.parse().ok(),
             ["same", ..] => Some(SAME_STATUSES[fastrand::usize(..SAME_STATUSES.len())]),
             ["slow", ms, ..] => {
-                thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
+                delay = Duration::from_millis(ms.parse().unwrap_or(0));
                 Some(200)
             }
             ["fault", "reset", ..] => {
@@ -243,7 +244,9 @@ fn serve(mut conn: TcpStream, log: &Mutex<Vec<LogEntry>>) {
             _ => Some(200),
         };
         entry.status = status.filter(|_| entry.action == "respond" || entry.action == "truncate");
+        // Logged when the request arrives, before any delay.
         log.lock().expect("log lock").push(entry.clone());
+        thread::sleep(delay);
         let ok = match entry.action {
             "respond" => respond(&mut conn, status.unwrap_or(200), keep).is_ok(),
             "reset" => {
