@@ -92,6 +92,8 @@ pub struct StatsRecord {
     pub last: bool,
     pub watched_processes: u64,
     pub events: u64,
+    /// Bytes of those events as they came through the ring buffer.
+    pub event_bytes: u64,
     pub events_per_s: f64,
     /// Events lost because the ring buffer was full.
     pub lost_events: u64,

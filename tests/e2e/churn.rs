@@ -27,17 +27,29 @@ const RSS_BOUND_KIB: u64 = 64 * 1024;
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        })
         .unwrap_or(0)
 }
 
 #[test]
 fn a_million_short_connections_keep_memory_bounded() {
     require_root();
-    let total: usize = std::env::var("CLASSIFY_CHURN").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let total: usize = std::env::var("CLASSIFY_CHURN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
     let upstream = Upstream::start();
     let nginx = Nginx::start(&Config::proxy(&[upstream.addr().to_string()], Some(32), ""));
-    let running = classify::start(&["--pid", &nginx.master_pid().to_string(), "--output", "/dev/null"]);
+    let running = classify::start(&[
+        "--pid",
+        &nginx.master_pid().to_string(),
+        "--output",
+        "/dev/null",
+    ]);
     let pid = running.pid();
     let done = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
@@ -91,7 +103,12 @@ fn a_million_short_connections_keep_memory_bounded() {
     let (peak, samples) = sampler.join().unwrap();
     let out = running.stop();
     assert!(out.status.success(), "{}", out.stderr);
-    let summary = out.stderr.lines().find(|l| l.contains("stopped after")).expect("final line").to_owned();
+    let summary = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("stopped after"))
+        .expect("final line")
+        .to_owned();
     eprintln!(
         "{total} connections in {took:.1?} ({:.0}/s); classify RSS peak {peak} KiB; samples {samples:?}; {summary}",
         total as f64 / took.as_secs_f64()
@@ -99,17 +116,34 @@ fn a_million_short_connections_keep_memory_bounded() {
     let sent = (total / workers) * workers;
     let failed = failed.load(Ordering::Relaxed);
     assert!(failed * 1000 <= sent, "{failed} of {sent} requests failed");
-    assert!(peak < RSS_BOUND_KIB, "classify's RSS peaked at {peak} KiB (bound {RSS_BOUND_KIB} KiB)");
+    assert!(
+        peak < RSS_BOUND_KIB,
+        "classify's RSS peaked at {peak} KiB (bound {RSS_BOUND_KIB} KiB)"
+    );
     // Flat: the last sample within 8 MiB of the one at a fifth of the run.
     if samples.len() >= 9 {
         let (early, late) = (samples[1].1, samples[samples.len() - 1].1);
-        assert!(late <= early + 8 * 1024, "RSS grew from {early} to {late} KiB: {samples:?}");
+        assert!(
+            late <= early + 8 * 1024,
+            "RSS grew from {early} to {late} KiB: {samples:?}"
+        );
     }
     let number = |key: &str| -> usize {
-        summary.split(key).next().and_then(|s| s.rsplit(' ').nth(1)).and_then(|n| n.trim_start_matches('(').parse().ok()).unwrap_or(usize::MAX)
+        summary
+            .split(key)
+            .next()
+            .and_then(|s| s.rsplit(' ').nth(1))
+            .and_then(|n| n.trim_start_matches('(').parse().ok())
+            .unwrap_or(usize::MAX)
     };
     let _ = number;
-    let exchanges: usize = summary.split("after").nth(1).and_then(|s| s.split(": ").nth(1)).and_then(|s| s.split(' ').next()).and_then(|n| n.parse().ok()).expect("exchange count");
+    let exchanges: usize = summary
+        .split("after")
+        .nth(1)
+        .and_then(|s| s.split(": ").nth(1))
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("exchange count");
     assert!(summary.contains(" 0 lost"), "{summary}");
     assert_eq!(exchanges, sent - failed, "{summary}");
 }

@@ -172,7 +172,10 @@ pub fn one_shot(source: std::net::Ipv4Addr, port: u16, path: &str) -> std::io::R
     socket.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())?;
     let stream: TcpStream = socket.into();
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut c = Conn { stream, buf: Vec::new() };
+    let mut c = Conn {
+        stream,
+        buf: Vec::new(),
+    };
     c.send("GET", path, &[("Connection", "close")], b"")?;
     Ok(c.read_response()?.status)
 }

@@ -1,4 +1,5 @@
 //! Project tasks: `cargo xtask <setup|build|test|demo|fixtures>`.
+mod bench;
 mod demo;
 mod setup;
 mod soak;
@@ -44,6 +45,28 @@ enum Task {
     },
     /// Record the engine's replay fixtures from real nginx into tests/fixtures.
     Fixtures,
+    /// Measure what watching nginx costs (docs/benchmarks.md, target/bench/results.json).
+    Bench {
+        /// Paired rounds at the fixed rate.
+        #[arg(long, default_value_t = 10)]
+        rounds: usize,
+        /// Paired rounds at saturation.
+        #[arg(long, default_value_t = 9)]
+        sat_rounds: usize,
+        /// Seconds per run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Fixed rate, requests per second (kept-alive mode; a quarter of it with a
+        /// new connection per request).
+        #[arg(long, default_value_t = 4800)]
+        rate: u32,
+        /// nginx worker counts to measure.
+        #[arg(long, value_delimiter = ',', default_value = "1,2")]
+        workers: Vec<u32>,
+        /// 3 rounds of 3 s: a smoke test.
+        #[arg(long)]
+        quick: bool,
+    },
     /// A long run with a fault mix under load (not in CI): no crash, flat memory,
     /// agreement with the access log.
     Soak {
@@ -51,6 +74,28 @@ enum Task {
         minutes: u64,
     },
 }
+
+/// Counts allocations (the engine benchmark reports allocations per event).
+struct CountingAlloc;
+
+pub static ALLOCATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+// SAFETY: forwards to the system allocator, only counting calls.
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
@@ -77,6 +122,35 @@ fn run(cli: Cli) -> Result<()> {
             prepare()?;
             build(false)?;
             demo::run(seconds)
+        }
+        Task::Bench {
+            rounds,
+            sat_rounds,
+            seconds,
+            rate,
+            workers,
+            quick,
+        } => {
+            prepare()?;
+            build(true)?;
+            let opts = if quick {
+                bench::Options {
+                    rounds: 3,
+                    sat_rounds: 3,
+                    seconds: 3,
+                    workers,
+                    rate,
+                }
+            } else {
+                bench::Options {
+                    rounds,
+                    sat_rounds,
+                    seconds,
+                    workers,
+                    rate,
+                }
+            };
+            bench::run(&opts)
         }
         Task::Soak { minutes } => {
             prepare()?;

@@ -26,14 +26,30 @@ use classify_tests::{
 };
 
 const PATHS: [&str; 14] = [
-    "/status/200", "/status/200", "/status/200", "/status/404", "/status/503", "/slow/80", "/fault/reset",
-    "/fault/close", "/fault/badheader", "/fault/silent", "/refused/x", "/blackhole/x", "/fault/truncate", "abort",
+    "/status/200",
+    "/status/200",
+    "/status/200",
+    "/status/404",
+    "/status/503",
+    "/slow/80",
+    "/fault/reset",
+    "/fault/close",
+    "/fault/badheader",
+    "/fault/silent",
+    "/refused/x",
+    "/blackhole/x",
+    "/fault/truncate",
+    "abort",
 ];
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -57,12 +73,23 @@ pub fn run(minutes: u64) -> Result<()> {
   }}
 "#
     );
-    let nginx = Nginx::start(&Config { workers: 2, http, binary: None, daemon: false });
+    let nginx = Nginx::start(&Config {
+        workers: 2,
+        http,
+        binary: None,
+        daemon: false,
+    });
     let dir = tempfile::tempdir()?;
     let records = dir.path().join("records.jsonl");
     let bin = crate::workspace_root().join("target/release/classify");
     let mut child = Command::new(&bin)
-        .args(["--pid", &nginx.master_pid().to_string(), "--format", "json", "--output"])
+        .args([
+            "--pid",
+            &nginx.master_pid().to_string(),
+            "--format",
+            "json",
+            "--output",
+        ])
         .arg(&records)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -75,7 +102,9 @@ pub fn run(minutes: u64) -> Result<()> {
             let _ = tx.send(line);
         }
     });
-    let ready = rx.recv_timeout(Duration::from_secs(15)).context("classify did not start")?;
+    let ready = rx
+        .recv_timeout(Duration::from_secs(15))
+        .context("classify did not start")?;
     eprintln!("soak: {ready}");
     let pid = child.id();
 
@@ -126,7 +155,12 @@ pub fn run(minutes: u64) -> Result<()> {
         }
         let rss = rss_kib(pid);
         samples.push((started.elapsed().as_secs(), rss));
-        eprintln!("soak: {:>4} s  {} requests  classify RSS {} KiB", started.elapsed().as_secs(), sent.load(Ordering::Relaxed), rss);
+        eprintln!(
+            "soak: {:>4} s  {} requests  classify RSS {} KiB",
+            started.elapsed().as_secs(),
+            sent.load(Ordering::Relaxed),
+            rss
+        );
     }
     stop.store(true, Ordering::Relaxed);
     clients.into_iter().for_each(|h| {
@@ -151,12 +185,20 @@ pub fn run(minutes: u64) -> Result<()> {
     }
 
     // Agreement: every access-log line has its record and vice versa.
-    let key = |port: &str, method: &str, uri: &str, status: &str| format!("{port} {method} {uri} {status}");
+    let key = |port: &str, method: &str, uri: &str, status: &str| {
+        format!("{port} {method} {uri} {status}")
+    };
     let mut want: HashMap<String, i64> = HashMap::new();
     let access = nginx.access_log();
     for a in &access {
-        let status = if a.status == "499" || a.status == "009" { "-" } else { a.status.as_str() };
-        *want.entry(key(&a.remote_port, &a.method, &a.uri, status)).or_default() += 1;
+        let status = if a.status == "499" || a.status == "009" {
+            "-"
+        } else {
+            a.status.as_str()
+        };
+        *want
+            .entry(key(&a.remote_port, &a.method, &a.uri, status))
+            .or_default() += 1;
     }
     let mut exchanges = 0u64;
     let mut incomplete = 0u64;
@@ -169,7 +211,9 @@ pub fn run(minutes: u64) -> Result<()> {
         if r["complete"] == false {
             incomplete += 1;
         }
-        let status = r["response"]["status"].as_u64().map_or("-".to_owned(), |s| s.to_string());
+        let status = r["response"]["status"]
+            .as_u64()
+            .map_or("-".to_owned(), |s| s.to_string());
         let k = key(
             &r["client"]["port"].to_string(),
             r["request"]["method"].as_str().unwrap_or("-"),

@@ -173,6 +173,7 @@ pub fn run(args: &WatchArgs) -> Result<()> {
         out: Vec::with_capacity(64),
         decoded: Vec::with_capacity(8),
         events: 0,
+        event_bytes: 0,
         loss_seen: 0,
         loss_checked_at: monotonic_ns(),
         undecodable: 0,
@@ -197,6 +198,7 @@ struct Agent {
     out: Vec<Record>,
     decoded: Vec<Event>,
     events: u64,
+    event_bytes: u64,
     /// Kernel loss counters already reported, and when they were last read.
     loss_seen: u64,
     loss_checked_at: u64,
@@ -288,8 +290,8 @@ impl Agent {
         }
         // One line for whoever reads stderr (records may have gone to a pipeline).
         eprintln!(
-            "classify: stopped after {:.1} s: {} exchanges ({} incomplete), {} events, {} lost, {} sockets untracked, {} undecodable",
-            s.uptime_s, s.exchanges, s.incomplete_exchanges, s.events, s.lost_events, s.untracked_sockets, s.undecodable_events
+            "classify: stopped after {:.1} s: {} exchanges ({} incomplete), {} events ({} bytes), {} lost, {} sockets untracked, {} undecodable",
+            s.uptime_s, s.exchanges, s.incomplete_exchanges, s.events, s.event_bytes, s.lost_events, s.untracked_sockets, s.undecodable_events
         );
         Ok(())
     }
@@ -297,6 +299,7 @@ impl Agent {
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<()> {
         let mut decoded = std::mem::take(&mut self.decoded);
         while let Some(item) = ring.next() {
+            self.event_bytes += item.len() as u64;
             if self.decoder.push(&item, &mut decoded).is_err() {
                 self.undecodable += 1;
             }
@@ -425,6 +428,7 @@ impl Agent {
             last,
             watched_processes: self.watched.len() as u64,
             events: self.events,
+            event_bytes: self.event_bytes,
             events_per_s: if uptime > 0.0 {
                 (self.events as f64 / uptime).round()
             } else {

@@ -75,7 +75,11 @@ impl Sockets {
     pub fn insert(&mut self, id: SockId, sock: Sock) -> Vec<(SockId, Sock)> {
         let mut evicted = Vec::new();
         if self.live.len() >= self.max_live && !self.live.contains_key(&id) {
-            let mut ages: Vec<(u64, SockId)> = self.live.iter().map(|(id, s)| (s.last_activity, *id)).collect();
+            let mut ages: Vec<(u64, SockId)> = self
+                .live
+                .iter()
+                .map(|(id, s)| (s.last_activity, *id))
+                .collect();
             let n = (self.max_live / 10).max(1).min(ages.len());
             ages.select_nth_unstable(n - 1);
             for (_, victim) in &ages[..n] {
