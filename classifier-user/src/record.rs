@@ -1,6 +1,6 @@
 //! The output contract (v1): one JSON object per line. `docs/schema/records.schema.json`
 //! describes it and the tests validate every emitted record against it.
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
@@ -38,12 +38,12 @@ pub struct ExchangeRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Proxy {
     pub pid: u32,
-    pub comm: String,
+    pub comm: Arc<str>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Address {
-    pub address: String,
+    pub address: Arc<str>,
     pub port: u16,
 }
 
@@ -63,9 +63,9 @@ pub struct Response {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Upstream {
-    pub address: String,
+    pub address: Arc<str>,
     pub port: u16,
-    pub local_address: String,
+    pub local_address: Arc<str>,
     pub local_port: u16,
     pub outcome: Outcome,
     /// Status line the upstream sent, if any.

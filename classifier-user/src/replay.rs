@@ -27,7 +27,7 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
         let ev = ev.with_context(|| format!("{}", args.file.display()))?;
         first_ts.get_or_insert(ev.ts);
         count += 1;
-        engine.ingest(&ev, &mut out);
+        engine.ingest(ev, &mut out);
         for r in out.drain(..) {
             sink.record(&r)?;
         }

@@ -87,7 +87,7 @@ proptest! {
         let mut ts = 1_000_000;
         for kind in events {
             ts += 250_000_000;
-            engine.ingest(&Event { ts, pid: 7, tid: 7, kind }, &mut out);
+            engine.ingest(Event { ts, pid: 7, tid: 7, kind }, &mut out);
         }
         engine.flush(&mut out);
         for r in &out {

@@ -29,7 +29,7 @@ fn replay(events: &Path) -> Vec<Value> {
     }
     let mut out = Vec::new();
     for ev in stream {
-        engine.ingest(&ev.expect("event"), &mut out);
+        engine.ingest(ev.expect("event"), &mut out);
     }
     engine.flush(&mut out);
     out.iter()

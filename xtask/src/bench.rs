@@ -664,10 +664,12 @@ fn engine_replay(env: &Env, opts: &Options, dir: &Path) -> Result<Value> {
             ..Default::default()
         });
         let mut out = Vec::with_capacity(1024);
+        // Ingest consumes events: copy them before the clock starts.
+        let batch = events.clone();
         let a0 = crate::ALLOCATIONS.load(Ordering::Relaxed);
         let t = Instant::now();
         records = 0;
-        for ev in &events {
+        for ev in batch {
             engine.ingest(ev, &mut out);
             records += out.len();
             out.clear();

@@ -145,6 +145,15 @@ pub fn run(minutes: u64) -> Result<()> {
         })
         .collect();
 
+    // Steady load beside the fault mix: h2load at 1,000 req/s on kept-alive
+    // connections for the whole run.
+    let mut load = Command::new("h2load")
+        .args(["--h1", "-c", "10", "--rps", "100", "-D", &(minutes * 60).to_string()])
+        .arg(format!("http://127.0.0.1:{port}/status/200"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting h2load (cargo xtask setup installs nghttp2-client)")?;
     let started = Instant::now();
     let end = started + Duration::from_secs(minutes * 60);
     let mut samples = Vec::new();
@@ -163,6 +172,7 @@ pub fn run(minutes: u64) -> Result<()> {
         );
     }
     stop.store(true, Ordering::Relaxed);
+    let _ = load.wait();
     clients.into_iter().for_each(|h| {
         let _ = h.join();
     });

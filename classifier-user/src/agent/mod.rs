@@ -345,7 +345,7 @@ impl Agent {
             }
             _ => {}
         }
-        self.engine.ingest(&ev, &mut self.out);
+        self.engine.ingest(ev, &mut self.out);
         for r in self.out.drain(..) {
             self.sink.record(&r)?;
         }

@@ -1,10 +1,9 @@
 //! An ended exchange → its output record.
-use std::time::{Duration, UNIX_EPOCH};
+use std::{fmt::Write as _, net::IpAddr, sync::Arc};
 
 use super::{
     exchange::{Attempt, Exchange},
     outcome::{exchange_verdict, outcomes},
-    sockets::Sock,
 };
 use crate::{
     event::Endpoint,
@@ -13,11 +12,32 @@ use crate::{
     verdict::{Outcome, Verdict},
 };
 
-/// RFC 3339 UTC with microseconds for a CLOCK_MONOTONIC timestamp.
+/// RFC 3339 UTC with microseconds for a CLOCK_MONOTONIC timestamp
+/// ("2026-11-23T10:00:00.123456Z").
 pub fn wall_time(mono_ns: u64, realtime_offset_ns: i64) -> String {
-    let unix_ns = (mono_ns as i128 + realtime_offset_ns as i128).max(0) as u128;
-    let t = UNIX_EPOCH + Duration::from_nanos(unix_ns.min(u64::MAX as u128) as u64);
-    humantime::format_rfc3339_micros(t).to_string()
+    let unix_ns = (mono_ns as i128 + realtime_offset_ns as i128).max(0) as u64;
+    let secs = unix_ns / 1_000_000_000;
+    let micros = (unix_ns % 1_000_000_000) / 1000;
+    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    let mut s = String::with_capacity(27);
+    let _ = write!(s, "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z", rem / 3600, rem / 60 % 60, rem % 60);
+    s
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (Howard
+/// Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
 }
 
 /// Microseconds between two monotonic timestamps (0 if reversed).
@@ -25,22 +45,45 @@ pub fn us(from: u64, to: u64) -> u64 {
     to.saturating_sub(from) / 1000
 }
 
-fn address(e: &Endpoint) -> Address {
-    Address {
-        address: e.addr.to_string(),
-        port: e.port,
+/// Text of addresses, formatted once each (records name the same few upstreams
+/// and local addresses over and over). Bounded: cleared when full.
+#[derive(Default)]
+pub struct AddressText {
+    cache: rustc_hash::FxHashMap<IpAddr, Arc<str>>,
+}
+
+impl AddressText {
+    const MAX: usize = 4096;
+
+    pub fn get(&mut self, addr: IpAddr) -> Arc<str> {
+        if let Some(t) = self.cache.get(&addr) {
+            return t.clone();
+        }
+        if self.cache.len() >= Self::MAX {
+            self.cache.clear();
+        }
+        let t: Arc<str> = addr.to_string().into();
+        self.cache.insert(addr, t.clone());
+        t
+    }
+
+    fn address(&mut self, e: &Endpoint) -> Address {
+        Address { address: self.get(e.addr), port: e.port }
     }
 }
 
+/// Builds the record of an ended exchange. `conn`: the client connection's local
+/// and peer endpoints, if known.
 pub fn build(
-    ex: &Exchange,
-    client: Option<&Sock>,
-    comm: &str,
+    ex: Exchange,
+    conn: Option<(Endpoint, Endpoint)>,
+    comm: Arc<str>,
+    text: &mut AddressText,
     realtime_offset_ns: i64,
     now: u64,
 ) -> ExchangeRecord {
-    let outcomes: Vec<Outcome> = outcomes(ex);
-    let (verdict, origin, from) = exchange_verdict(ex, &outcomes);
+    let outcomes: Vec<Outcome> = outcomes(&ex);
+    let (verdict, origin, from) = exchange_verdict(&ex, &outcomes);
     let end = match &ex.response {
         Some(_) => ex.last_send,
         None => ex.client_left().unwrap_or(ex.last_activity),
@@ -53,55 +96,49 @@ pub fn build(
         .iter()
         .zip(&outcomes)
         .map(|(a, o)| Upstream {
-            address: a.peer.addr.to_string(),
+            address: text.get(a.peer.addr),
             port: a.peer.port,
-            local_address: a.local.addr.to_string(),
+            local_address: text.get(a.local.addr),
             local_port: a.local.port,
             outcome: *o,
             status: a.status,
             connect_us: a.connect_start.zip(a.established).map(|(s, e)| us(s, e)),
             first_byte_us: a.request_sent.zip(a.first_byte).map(|(s, f)| us(s, f)),
-            elapsed_us: a
-                .started()
-                .zip(attempt_end(a, *o, ex))
-                .map(|(s, e)| us(s, e)),
+            elapsed_us: a.started().zip(attempt_end(a, *o, &ex)).map(|(s, e)| us(s, e)),
         })
         .collect();
     let status = ex.response.as_ref().and_then(|r| r.status);
-    let facts = hint_facts(ex, &outcomes, status, duration_us, verdict);
-    let (client_addr, server_addr) = match client {
-        Some(s) => (address(&s.peer), address(&s.local)),
-        None => (address(&Endpoint::default()), address(&Endpoint::default())),
+    let hint = if ex.in_flight {
+        Some(in_flight_hint(&ex, duration_us))
+    } else {
+        hint(verdict, &hint_facts(&ex, &outcomes, status, duration_us, verdict))
     };
+    let (client, server) = match conn {
+        Some((local, peer)) => (text.address(&peer), text.address(&local)),
+        None => (text.address(&Endpoint::default()), text.address(&Endpoint::default())),
+    };
+    let complete = !ex.incomplete && !ex.inferred && conn.is_some();
+    let time = wall_time(ex.start, realtime_offset_ns);
+    let pid = ex.pid;
+    let mut ex = ex;
     let request = ex
         .request
-        .as_ref()
-        .or_else(|| ex.attempts.iter().find_map(|a| a.upstream_request.as_ref()))
-        .map(|r| Request {
-            method: r.method.clone(),
-            target: r.target.clone(),
-            version: r.version.clone(),
-        });
+        .take()
+        .or_else(|| ex.attempts.iter_mut().find_map(|a| a.upstream_request.take()))
+        .map(|r| Request { method: r.method, target: r.target, version: r.version });
     ExchangeRecord {
-        time: wall_time(ex.start, realtime_offset_ns),
-        proxy: Proxy {
-            pid: ex.pid,
-            comm: comm.to_owned(),
-        },
-        client: client_addr,
-        server: server_addr,
+        time,
+        proxy: Proxy { pid, comm },
+        client,
+        server,
         request,
         response: Response { status, from },
         verdict,
         origin,
         upstreams,
         duration_us,
-        hint: if ex.in_flight {
-            Some(in_flight_hint(ex, duration_us))
-        } else {
-            hint(verdict, &facts)
-        },
-        complete: !ex.incomplete && !ex.inferred && client.is_some(),
+        hint,
+        complete,
     }
 }
 
@@ -166,5 +203,19 @@ fn hint_facts(
         waited_us,
         duration_us,
         errno: last.and_then(|a| a.error.map(|(e, _)| e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wall_time_is_rfc3339_utc_with_micros() {
+        assert_eq!(wall_time(0, 0), "1970-01-01T00:00:00.000000Z");
+        // 2000-02-29T23:59:59.999999Z
+        assert_eq!(wall_time(951_868_799_999_999_000, 0), "2000-02-29T23:59:59.999999Z");
+        // The monotonic clock plus the offset the agent measured.
+        assert_eq!(wall_time(1_000, 1_795_445_845_916_317_000), "2026-11-23T14:57:25.916318Z");
     }
 }

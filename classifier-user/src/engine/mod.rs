@@ -19,7 +19,7 @@ mod exchange;
 mod outcome;
 mod sockets;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use rustc_hash::FxHashMap as HashMap;
 
@@ -28,9 +28,9 @@ use self::{
     sockets::{Sock, Sockets},
 };
 use crate::{
-    event::{Dir, Event, EventKind, MsgCursor, Opened, ResetDir, Side, SockId, TcpState},
+    event::{Dir, Endpoint, Event, EventKind, MsgCursor, Opened, ResetDir, Side, SockId, TcpState},
     head::{Head, RequestLine},
-    record::{EngineCounters, ExchangeRecord, Record},
+    record::{EngineCounters, Record},
 };
 pub use build::wall_time;
 
@@ -69,8 +69,8 @@ impl Default for EngineConfig {
 struct Held {
     end: u64,
     ex: Exchange,
-    client: Option<Sock>,
-    comm: String,
+    conn: Option<(Endpoint, Endpoint)>,
+    comm: Arc<str>,
 }
 
 /// Loss windows remembered for exchanges that end later.
@@ -84,7 +84,8 @@ pub struct Engine {
     socks: Sockets,
     exchanges: BTreeMap<ExId, Exchange>,
     next_ex: u64,
-    comms: HashMap<u32, String>,
+    comms: HashMap<u32, Arc<str>>,
+    text: build::AddressText,
     counters: EngineCounters,
 }
 
@@ -99,6 +100,7 @@ impl Engine {
             exchanges: BTreeMap::new(),
             next_ex: 1,
             comms: HashMap::default(),
+            text: build::AddressText::default(),
             counters: EngineCounters::default(),
         }
     }
@@ -123,13 +125,18 @@ impl Engine {
 
     /// Names a process (the agent does this for processes it found at start).
     pub fn set_comm(&mut self, pid: u32, comm: &str) {
-        self.comms.insert(pid, comm.to_owned());
+        self.comms.insert(pid, comm.into());
     }
 
     /// Feeds one event; ended exchanges are appended to `out`.
-    pub fn ingest(&mut self, ev: &Event, out: &mut Vec<Record>) {
+    pub fn ingest(&mut self, ev: Event, out: &mut Vec<Record>) {
         self.now = self.now.max(ev.ts);
         let ts = ev.ts;
+        if let EventKind::Message { sock, dir, bytes, head, prev_touch, prev_msg_bytes, prev_msg_last } = ev.kind {
+            // By value: the request line moves into the exchange, no copy.
+            self.message(ts, sock, dir, bytes, head, prev_touch, prev_msg_bytes, prev_msg_last, out);
+            return;
+        }
         match &ev.kind {
             EventKind::SockOpen {
                 sock,
@@ -150,25 +157,7 @@ impl Engine {
                 *prev_touch,
                 out,
             ),
-            EventKind::Message {
-                sock,
-                dir,
-                bytes,
-                head,
-                prev_touch,
-                prev_msg_bytes,
-                prev_msg_last,
-            } => self.message(
-                ts,
-                *sock,
-                *dir,
-                *bytes,
-                head,
-                *prev_touch,
-                *prev_msg_bytes,
-                *prev_msg_last,
-                out,
-            ),
+            EventKind::Message { .. } => unreachable!("handled above"),
             EventKind::Progress {
                 sock,
                 dir,
@@ -196,7 +185,11 @@ impl Engine {
             } => self.destroy(ts, *sock, *local_close, *msg, out),
             EventKind::Fork { child, comm } => {
                 if self.comms.len() < 65_536 {
-                    self.comms.insert(*child, comm.clone());
+                    let name: Arc<str> = match self.comms.get(child) {
+                        Some(n) if **n == **comm => n.clone(),
+                        _ => comm.as_str().into(),
+                    };
+                    self.comms.insert(*child, name);
                 }
             }
             EventKind::Exit { .. } => {}
@@ -241,13 +234,7 @@ impl Engine {
                 break;
             }
             let h = self.held.pop_front().expect("front exists");
-            let record = build::build(
-                &h.ex,
-                h.client.as_ref(),
-                &h.comm,
-                self.cfg.realtime_offset_ns,
-                h.end,
-            );
+            let record = build::build(h.ex, h.conn, h.comm, &mut self.text, self.cfg.realtime_offset_ns, h.end);
             out.push(Record::Exchange(Box::new(record)));
         }
     }
@@ -413,7 +400,7 @@ impl Engine {
         sock: SockId,
         dir: Dir,
         bytes: u32,
-        head: &Head,
+        head: Head,
         prev_touch: Option<SockId>,
         _prev_msg_bytes: u64,
         prev_msg_last: u64,
@@ -436,9 +423,9 @@ impl Engine {
         let side = s.side;
         match (side, dir) {
             (Side::Client, Dir::Recv) => self.client_request(ts, sock, head, prev_msg_last, out),
-            (Side::Client, Dir::Send) => self.client_response(ts, sock, head, bytes),
+            (Side::Client, Dir::Send) => self.client_response(ts, sock, &head, bytes),
             (Side::Upstream, Dir::Send) => self.upstream_request(ts, sock, head, prev_touch, out),
-            (Side::Upstream, Dir::Recv) => self.upstream_response(ts, sock, head),
+            (Side::Upstream, Dir::Recv) => self.upstream_response(ts, sock, &head),
         }
     }
 
@@ -446,7 +433,7 @@ impl Engine {
         &mut self,
         ts: u64,
         sock: SockId,
-        head: &Head,
+        head: Head,
         prev_msg_last: u64,
         out: &mut Vec<Record>,
     ) {
@@ -475,7 +462,7 @@ impl Engine {
                 for ex in done {
                     self.finish(ex, End::NextRequest, out);
                 }
-                self.open_exchange(sock, owner, ts, Some(r.clone()), out);
+                self.open_exchange(sock, owner, ts, Some(r), out);
             }
             _ => {
                 // A request body (after 100-continue, or late after an early
@@ -523,12 +510,12 @@ impl Engine {
         &mut self,
         ts: u64,
         sock: SockId,
-        head: &Head,
+        head: Head,
         prev_touch: Option<SockId>,
         out: &mut Vec<Record>,
     ) {
         let request = match head {
-            Head::Request(r) => Some(r.clone()),
+            Head::Request(r) => Some(r),
             _ => None,
         };
         // The request of an attempt already attached (a fresh connect)?
@@ -927,28 +914,13 @@ impl Engine {
         {
             ex.incomplete = true;
         }
-        let client = self.socks.get_any(ex.client).cloned();
-        let comm = self
-            .comms
-            .get(&ex.pid)
-            .map_or("?", String::as_str)
-            .to_owned();
+        let conn = self.socks.get_any(ex.client).map(|s| (s.local, s.peer));
+        let comm = self.comms.get(&ex.pid).cloned().unwrap_or_else(|| "?".into());
         if self.cfg.hold_ns == 0 {
-            let record: ExchangeRecord = build::build(
-                &ex,
-                client.as_ref(),
-                &comm,
-                self.cfg.realtime_offset_ns,
-                end,
-            );
+            let record = build::build(ex, conn, comm, &mut self.text, self.cfg.realtime_offset_ns, end);
             out.push(Record::Exchange(Box::new(record)));
         } else {
-            self.held.push_back(Held {
-                end,
-                ex,
-                client,
-                comm,
-            });
+            self.held.push_back(Held { end, ex, conn, comm });
         }
     }
 }

@@ -75,7 +75,7 @@ impl Script {
             tid: 100,
             kind,
         };
-        self.engine.ingest(&ev, &mut self.out);
+        self.engine.ingest(ev, &mut self.out);
         self
     }
 
