@@ -5,13 +5,19 @@ use std::{fs::File, io::BufReader, time::Instant};
 use classifier::{recording, Engine, EngineConfig, Event};
 
 fn main() {
-    let path = std::env::args().nth(1).expect("usage: engine_bench RECORDING");
-    let (header, events) = recording::read(BufReader::new(File::open(&path).expect("open"))).expect("recording");
+    let path = std::env::args()
+        .nth(1)
+        .expect("usage: engine_bench RECORDING");
+    let (header, events) =
+        recording::read(BufReader::new(File::open(&path).expect("open"))).expect("recording");
     let events: Vec<Event> = events.collect::<Result<_, _>>().expect("events");
     let mut best = f64::MAX;
     let mut records = 0;
     for _ in 0..5 {
-        let mut engine = Engine::new(EngineConfig { realtime_offset_ns: header.realtime_offset_ns, ..EngineConfig::default() });
+        let mut engine = Engine::new(EngineConfig {
+            realtime_offset_ns: header.realtime_offset_ns,
+            ..EngineConfig::default()
+        });
         let mut out = Vec::with_capacity(1024);
         records = 0;
         let batch = events.clone();
@@ -25,5 +31,10 @@ fn main() {
         records += out.len();
         best = best.min(t.elapsed().as_secs_f64());
     }
-    println!("{} events, {records} records: {:.0} events/s, {:.0} records/s", events.len(), events.len() as f64 / best, records as f64 / best);
+    println!(
+        "{} events, {records} records: {:.0} events/s, {:.0} records/s",
+        events.len(),
+        events.len() as f64 / best,
+        records as f64 / best
+    );
 }

@@ -148,7 +148,15 @@ pub fn run(minutes: u64) -> Result<()> {
     // Steady load beside the fault mix: h2load at 1,000 req/s on kept-alive
     // connections for the whole run.
     let mut load = Command::new("h2load")
-        .args(["--h1", "-c", "10", "--rps", "100", "-D", &(minutes * 60).to_string()])
+        .args([
+            "--h1",
+            "-c",
+            "10",
+            "--rps",
+            "100",
+            "-D",
+            &(minutes * 60).to_string(),
+        ])
         .arg(format!("http://127.0.0.1:{port}/status/200"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -243,6 +251,9 @@ pub fn run(minutes: u64) -> Result<()> {
         println!("soak: {l}");
     }
     if missing > 0 || extra > 0 {
+        for (k, n) in want.iter().filter(|(_, n)| **n != 0).take(20) {
+            println!("soak: {} {k}", if *n > 0 { "missing" } else { "extra" });
+        }
         bail!("records disagree with the access log");
     }
     if lastrss > first + 8 * 1024 {

@@ -7,9 +7,8 @@
 //! updates counters in `SOCKS` (and a throttled progress event).
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
-        generated::bpf_probe_read_user as raw_probe_read_user,
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_user,
+        bpf_task_pt_regs, generated::bpf_probe_read_user as raw_probe_read_user,
     },
     macros::tracepoint,
     programs::TracePointContext,
@@ -382,13 +381,15 @@ fn syscall_buffer() -> Option<(u64, u64)> {
     if regs == 0 {
         return None;
     }
-    // SAFETY: reads of kernel memory through the probe helper.
-    let nr = unsafe {
-        bpf_probe_read_kernel((regs + OFF_REGS_ORIG_AX.load() as u64) as *const u64).ok()?
-    } as u32;
-    // SAFETY: as above.
-    let arg1 =
-        unsafe { bpf_probe_read_kernel((regs + OFF_REGS_SI.load() as u64) as *const u64).ok()? };
+    // `regs` is a BTF pointer to struct pt_regs: direct loads at field offsets are
+    // checked by the verifier (and guarded at run time), no helper call needed.
+    // SAFETY: in-bounds loads of pt_regs fields (offsets from BTF).
+    let (nr, arg1) = unsafe {
+        (
+            core::ptr::read_volatile((regs + OFF_REGS_ORIG_AX.load() as u64) as *const u64) as u32,
+            core::ptr::read_volatile((regs + OFF_REGS_SI.load() as u64) as *const u64),
+        )
+    };
     if nr == SYS_READ.load()
         || nr == SYS_WRITE.load()
         || nr == SYS_RECVFROM.load()
@@ -405,10 +406,8 @@ fn syscall_buffer() -> Option<(u64, u64)> {
     } else {
         return None;
     };
-    // struct iovec { void *iov_base; size_t iov_len; } (UAPI layout).
-    // SAFETY: reads of user memory through the probe helper.
-    let base = unsafe { bpf_probe_read_user(iov as *const u64).ok()? };
-    // SAFETY: as above.
-    let len = unsafe { bpf_probe_read_user((iov + 8) as *const u64).ok()? };
+    // struct iovec { void *iov_base; size_t iov_len; } (UAPI layout), in one read.
+    // SAFETY: read of user memory through the probe helper.
+    let [base, len] = unsafe { bpf_probe_read_user(iov as *const [u64; 2]).ok()? };
     Some((base, len))
 }

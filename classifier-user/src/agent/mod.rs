@@ -1,5 +1,6 @@
 //! The live agent: preflight, targets, probes, the ring-buffer drain loop.
 pub mod kernel;
+pub mod listeners;
 pub mod preflight;
 pub mod probes;
 pub mod targets;
@@ -116,7 +117,7 @@ pub fn run(args: &WatchArgs) -> Result<()> {
             p.watch_threads(targets::threads(proc_root, *pid))?;
             watched.insert(*pid, info.comm.clone());
         }
-        p.add_listeners(&targets::listeners(proc_root, now.keys().copied()))
+        p.add_listeners(&listeners::listeners(proc_root, now.keys().copied()))
     })?;
     let ring = probes.ring()?;
 
@@ -400,7 +401,7 @@ impl Agent {
         }
         if !new.is_empty() {
             self.probes
-                .add_listeners(&targets::listeners(proc_root, new))?;
+                .add_listeners(&listeners::listeners(proc_root, new))?;
         }
         // Forget what exited (threads included: they have no /proc/PID of their own
         // in the scan).

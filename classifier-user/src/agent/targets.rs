@@ -114,46 +114,6 @@ pub fn threads(proc_root: &Path, pid: u32) -> Vec<u32> {
         .collect()
 }
 
-/// The processes' listening TCP sockets (inode → port), from their own network
-/// namespace's view. Reading /proc/PID/net/tcp walks every socket of the
-/// namespace, so this runs once per newly watched process, never on a timer (the
-/// probes follow later `listen()` calls themselves).
-pub fn listeners(proc_root: &Path, pids: impl IntoIterator<Item = u32>) -> BTreeMap<u64, u16> {
-    let mut found = BTreeMap::new();
-    for pid in pids {
-        let base = proc_root.join(pid.to_string());
-        let mut listening: BTreeMap<u64, u16> = BTreeMap::new();
-        for table in ["net/tcp", "net/tcp6"] {
-            if let Ok(text) = fs::read_to_string(base.join(table)) {
-                listening.extend(parse_listeners(&text));
-            }
-        }
-        if listening.is_empty() {
-            continue;
-        }
-        let Ok(fds) = fs::read_dir(base.join("fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            let Ok(link) = fs::read_link(fd.path()) else {
-                continue;
-            };
-            let Some(inode) = link
-                .to_str()
-                .and_then(|l| l.strip_prefix("socket:["))
-                .and_then(|l| l.strip_suffix(']'))
-                .and_then(|l| l.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            if let Some(port) = listening.get(&inode) {
-                found.insert(inode, *port);
-            }
-        }
-    }
-    found
-}
-
 /// (inode, local port) of each LISTEN socket in a /proc/net/tcp{,6} table.
 pub fn parse_listeners(text: &str) -> Vec<(u64, u16)> {
     text.lines()

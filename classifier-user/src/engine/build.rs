@@ -21,7 +21,13 @@ pub fn wall_time(mono_ns: u64, realtime_offset_ns: i64) -> String {
     let (y, m, d) = civil_from_days((secs / 86_400) as i64);
     let rem = secs % 86_400;
     let mut s = String::with_capacity(27);
-    let _ = write!(s, "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z", rem / 3600, rem / 60 % 60, rem % 60);
+    let _ = write!(
+        s,
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{micros:06}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    );
     s
 }
 
@@ -68,7 +74,10 @@ impl AddressText {
     }
 
     fn address(&mut self, e: &Endpoint) -> Address {
-        Address { address: self.get(e.addr), port: e.port }
+        Address {
+            address: self.get(e.addr),
+            port: e.port,
+        }
     }
 }
 
@@ -104,18 +113,27 @@ pub fn build(
             status: a.status,
             connect_us: a.connect_start.zip(a.established).map(|(s, e)| us(s, e)),
             first_byte_us: a.request_sent.zip(a.first_byte).map(|(s, f)| us(s, f)),
-            elapsed_us: a.started().zip(attempt_end(a, *o, &ex)).map(|(s, e)| us(s, e)),
+            elapsed_us: a
+                .started()
+                .zip(attempt_end(a, *o, &ex))
+                .map(|(s, e)| us(s, e)),
         })
         .collect();
     let status = ex.response.as_ref().and_then(|r| r.status);
     let hint = if ex.in_flight {
         Some(in_flight_hint(&ex, duration_us))
     } else {
-        hint(verdict, &hint_facts(&ex, &outcomes, status, duration_us, verdict))
+        hint(
+            verdict,
+            &hint_facts(&ex, &outcomes, status, duration_us, verdict),
+        )
     };
     let (client, server) = match conn {
         Some((local, peer)) => (text.address(&peer), text.address(&local)),
-        None => (text.address(&Endpoint::default()), text.address(&Endpoint::default())),
+        None => (
+            text.address(&Endpoint::default()),
+            text.address(&Endpoint::default()),
+        ),
     };
     let complete = !ex.incomplete && !ex.inferred && conn.is_some();
     let time = wall_time(ex.start, realtime_offset_ns);
@@ -124,8 +142,16 @@ pub fn build(
     let request = ex
         .request
         .take()
-        .or_else(|| ex.attempts.iter_mut().find_map(|a| a.upstream_request.take()))
-        .map(|r| Request { method: r.method, target: r.target, version: r.version });
+        .or_else(|| {
+            ex.attempts
+                .iter_mut()
+                .find_map(|a| a.upstream_request.take())
+        })
+        .map(|r| Request {
+            method: r.method,
+            target: r.target,
+            version: r.version,
+        });
     ExchangeRecord {
         time,
         proxy: Proxy { pid, comm },
@@ -214,8 +240,14 @@ mod tests {
     fn wall_time_is_rfc3339_utc_with_micros() {
         assert_eq!(wall_time(0, 0), "1970-01-01T00:00:00.000000Z");
         // 2000-02-29T23:59:59.999999Z
-        assert_eq!(wall_time(951_868_799_999_999_000, 0), "2000-02-29T23:59:59.999999Z");
+        assert_eq!(
+            wall_time(951_868_799_999_999_000, 0),
+            "2000-02-29T23:59:59.999999Z"
+        );
         // The monotonic clock plus the offset the agent measured.
-        assert_eq!(wall_time(1_000, 1_795_445_845_916_317_000), "2026-11-23T14:57:25.916318Z");
+        assert_eq!(
+            wall_time(1_000, 1_795_445_845_916_317_000),
+            "2026-11-23T14:57:25.916318Z"
+        );
     }
 }

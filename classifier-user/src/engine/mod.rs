@@ -132,9 +132,28 @@ impl Engine {
     pub fn ingest(&mut self, ev: Event, out: &mut Vec<Record>) {
         self.now = self.now.max(ev.ts);
         let ts = ev.ts;
-        if let EventKind::Message { sock, dir, bytes, head, prev_touch, prev_msg_bytes, prev_msg_last } = ev.kind {
+        if let EventKind::Message {
+            sock,
+            dir,
+            bytes,
+            head,
+            prev_touch,
+            prev_msg_bytes,
+            prev_msg_last,
+        } = ev.kind
+        {
             // By value: the request line moves into the exchange, no copy.
-            self.message(ts, sock, dir, bytes, head, prev_touch, prev_msg_bytes, prev_msg_last, out);
+            self.message(
+                ts,
+                sock,
+                dir,
+                bytes,
+                head,
+                prev_touch,
+                prev_msg_bytes,
+                prev_msg_last,
+                out,
+            );
             return;
         }
         match &ev.kind {
@@ -234,7 +253,14 @@ impl Engine {
                 break;
             }
             let h = self.held.pop_front().expect("front exists");
-            let record = build::build(h.ex, h.conn, h.comm, &mut self.text, self.cfg.realtime_offset_ns, h.end);
+            let record = build::build(
+                h.ex,
+                h.conn,
+                h.comm,
+                &mut self.text,
+                self.cfg.realtime_offset_ns,
+                h.end,
+            );
             out.push(Record::Exchange(Box::new(record)));
         }
     }
@@ -915,12 +941,28 @@ impl Engine {
             ex.incomplete = true;
         }
         let conn = self.socks.get_any(ex.client).map(|s| (s.local, s.peer));
-        let comm = self.comms.get(&ex.pid).cloned().unwrap_or_else(|| "?".into());
+        let comm = self
+            .comms
+            .get(&ex.pid)
+            .cloned()
+            .unwrap_or_else(|| "?".into());
         if self.cfg.hold_ns == 0 {
-            let record = build::build(ex, conn, comm, &mut self.text, self.cfg.realtime_offset_ns, end);
+            let record = build::build(
+                ex,
+                conn,
+                comm,
+                &mut self.text,
+                self.cfg.realtime_offset_ns,
+                end,
+            );
             out.push(Record::Exchange(Box::new(record)));
         } else {
-            self.held.push_back(Held { end, ex, conn, comm });
+            self.held.push_back(Held {
+                end,
+                ex,
+                conn,
+                comm,
+            });
         }
     }
 }
