@@ -159,6 +159,7 @@ impl Decoder {
         if let Some(sock) = ev.kind.sock() {
             self.release(sock, out);
         }
+        self.release_thread(ev.tid, None, out);
         out.push(ev);
         Ok(())
     }
@@ -185,6 +186,9 @@ impl Decoder {
             return Ok(());
         }
         self.release(sock, out);
+        // The same thread moving on to another socket means it is done waiting for
+        // this line (or the kernel stopped continuing it): release what it holds.
+        self.release_thread(h.pid_tgid as u32, Some(sock), out);
         let event = self.decode_parts(h, m, piece)?;
         let open = !piece.ends_with(b"\n")
             && len < wire::LINE_CAP
@@ -220,6 +224,24 @@ impl Decoder {
             *head = head::parse(&p.line, self.query);
         }
         out.push(p.event);
+    }
+
+    /// Emits the messages held for thread `tid` (but `except`'s).
+    fn release_thread(&mut self, tid: u32, except: Option<SockId>, out: &mut Vec<Event>) {
+        if self.pending.is_empty() || tid == 0 {
+            return;
+        }
+        let held: Vec<SockId> = self
+            .order
+            .iter()
+            .copied()
+            .filter(|s| {
+                Some(*s) != except && self.pending.get(s).is_some_and(|p| p.event.tid == tid)
+            })
+            .collect();
+        for sock in held {
+            self.release(sock, out);
+        }
     }
 
     /// Emits held messages older than `before` (or all with `u64::MAX`).
@@ -520,6 +542,24 @@ mod tests {
         d.push(&message(b"T", 1, wire::msg::CONTINUED, 12), &mut out)
             .unwrap();
         assert_eq!(d.orphan_continuations, 1);
+    }
+
+    #[test]
+    fn a_held_line_is_released_when_its_thread_moves_on() {
+        let mut d = Decoder::default();
+        let mut out = Vec::new();
+        d.push(&message(b"GE", 2, 0, 10), &mut out).unwrap();
+        assert!(out.is_empty());
+        // The same thread (tid 43) does something else: the line is released first.
+        let e = wire::Exit {
+            header: header(Kind::Exit),
+            pid: 1,
+            group_dead: 0,
+            _pad: [0; 3],
+        };
+        d.push(&bytes_of(&e), &mut out).unwrap();
+        assert_eq!(out.len(), 2);
+        assert!(matches!(out[0].kind, EventKind::Message { .. }));
     }
 
     #[test]

@@ -71,6 +71,7 @@ impl Lab {
             http,
             binary: None,
             daemon: false,
+            main: String::new(),
         });
         let running = classify::start(&["--pid", &nginx.master_pid().to_string()]);
         Self {

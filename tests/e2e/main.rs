@@ -1,6 +1,7 @@
 //! End-to-end tests: real nginx, real kernel probes, a fault-injecting upstream,
 //! and nginx's own access log as ground truth. They need root (CI runs as root);
 //! `cargo xtask test` builds everything first.
+mod bad_input;
 mod churn;
 mod cli;
 mod faults;

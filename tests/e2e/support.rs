@@ -72,11 +72,21 @@ pub fn access_key(a: &AccessEntry) -> Key {
         499 | 9 => 0,
         s => s,
     };
+    let uri = if a.uri.is_empty() {
+        "-"
+    } else {
+        a.uri.as_str()
+    };
     Key {
         client_port: a.remote_port(),
-        method: a.method.clone(),
-        uri: a.uri.split('?').next().unwrap_or("").to_owned()
-            + if a.uri.contains('?') { "?…" } else { "" },
+        // nginx logs an empty method and URI for bytes that were no request line.
+        method: if a.method.is_empty() {
+            "-".to_owned()
+        } else {
+            a.method.clone()
+        },
+        uri: uri.split('?').next().unwrap_or("").to_owned()
+            + if uri.contains('?') { "?…" } else { "" },
         status,
         upstreams: a.upstreams(),
     }

@@ -62,6 +62,8 @@ pub struct Nginx {
     child: Child,
     dir: tempfile::TempDir,
     pub port: u16,
+    /// The `{port2}` of `Config::main`.
+    pub port2: u16,
 }
 
 /// What goes inside `http { }` besides the log format: upstream blocks and a server
@@ -75,6 +77,9 @@ pub struct Config {
     /// Run as a daemon (nginx's default). nginx ignores a binary-upgrade signal
     /// (USR2) in a master whose parent never changed, so upgrade tests need it.
     pub daemon: bool,
+    /// Main-context directives before `http { }` (`load_module`, `stream { }`);
+    /// `{port2}` is replaced with a second free port.
+    pub main: String,
 }
 
 impl Config {
@@ -92,6 +97,7 @@ impl Config {
             workers: 2,
             binary: None,
             daemon: false,
+            main: String::new(),
             http: format!(
                 "  upstream up {{\n{servers}{keepalive}  }}\n  server {{\n    listen 127.0.0.1:{{port}};\n    location / {{\n      proxy_pass http://up;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n{extra_locations}  }}\n"
             ),
@@ -106,10 +112,12 @@ impl Nginx {
             .tempdir()
             .expect("temp dir");
         let port = free_port();
+        let port2 = free_port();
         let http = config.http.replace("{port}", &port.to_string());
+        let main = config.main.replace("{port2}", &port2.to_string());
         let p = dir.path().display();
         let conf = format!(
-            "worker_processes {workers};\nuser root;\ndaemon {daemon};\nmaster_process on;\npid {p}/nginx.pid;\nerror_log {p}/error.log info;\nevents {{ worker_connections 4096; }}\nhttp {{\n  {LOG_FORMAT}\n  access_log {p}/access.log classify;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n  keepalive_timeout 65;\n{http}}}\n",
+            "{main}\nworker_processes {workers};\nuser root;\ndaemon {daemon};\nmaster_process on;\npid {p}/nginx.pid;\nerror_log {p}/error.log info;\nevents {{ worker_connections 4096; }}\nhttp {{\n  {LOG_FORMAT}\n  access_log {p}/access.log classify;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n  keepalive_timeout 65;\n{http}}}\n",
             workers = config.workers,
             daemon = if config.daemon { "on" } else { "off" },
         );
@@ -126,7 +134,12 @@ impl Nginx {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start nginx (is it installed? run `cargo xtask setup`)");
-        let nginx = Self { child, dir, port };
+        let nginx = Self {
+            child,
+            dir,
+            port,
+            port2,
+        };
         if config.daemon {
             let pid_file = nginx.dir.path().join("nginx.pid");
             assert!(

@@ -78,6 +78,7 @@ pub fn run(minutes: u64) -> Result<()> {
         http,
         binary: None,
         daemon: false,
+        main: String::new(),
     });
     let dir = tempfile::tempdir()?;
     let records = dir.path().join("records.jsonl");

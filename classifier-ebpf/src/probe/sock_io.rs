@@ -32,7 +32,7 @@ const EAGAIN: i32 = 11;
 const MSG_PEEK: i32 = 2;
 /// How many calls may continue a first line split across reads (a client that
 /// writes its request line a few bytes at a time).
-const LINE_PARTS: u8 = 16;
+const LINE_PARTS: u8 = 32;
 
 #[tracepoint]
 pub fn sock_send_length(ctx: TracePointContext) -> u32 {

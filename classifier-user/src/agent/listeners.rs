@@ -40,7 +40,13 @@ fn own_namespace() -> std::io::Result<BTreeMap<u64, u16>> {
     let mut found = BTreeMap::new();
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
         // SAFETY: socket(2) with constant arguments; the fd is owned below.
-        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, NETLINK_SOCK_DIAG) };
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+                NETLINK_SOCK_DIAG,
+            )
+        };
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -60,7 +66,14 @@ fn own_namespace() -> std::io::Result<BTreeMap<u64, u16>> {
             id: [0; 48],
         };
         // SAFETY: sending the bytes of a #[repr(C)] request we own.
-        let sent = unsafe { libc::send(fd.as_raw_fd(), (&req as *const DiagRequest).cast(), size_of::<DiagRequest>(), 0) };
+        let sent = unsafe {
+            libc::send(
+                fd.as_raw_fd(),
+                (&req as *const DiagRequest).cast(),
+                size_of::<DiagRequest>(),
+                0,
+            )
+        };
         if sent < 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -101,8 +114,16 @@ fn parse(mut buf: &[u8], found: &mut BTreeMap<u64, u16>) -> Parsed {
         match kind {
             NLMSG_DONE => return Parsed::Done,
             NLMSG_ERROR => {
-                let errno = if len >= 20 { -(u32_at(buf, 16) as i32) } else { libc::EINVAL };
-                return if errno == 0 { Parsed::Done } else { Parsed::Error(errno) };
+                let errno = if len >= 20 {
+                    -(u32_at(buf, 16) as i32)
+                } else {
+                    libc::EINVAL
+                };
+                return if errno == 0 {
+                    Parsed::Done
+                } else {
+                    Parsed::Error(errno)
+                };
             }
             SOCK_DIAG_BY_FAMILY if len >= 16 + 72 => {
                 let msg = &buf[16..len];
@@ -125,7 +146,9 @@ fn parse(mut buf: &[u8], found: &mut BTreeMap<u64, u16>) -> Parsed {
 
 fn netns(proc_root: &Path, pid: u32) -> Option<u64> {
     use std::os::unix::fs::MetadataExt as _;
-    fs::metadata(proc_root.join(pid.to_string()).join("ns/net")).ok().map(|m| m.ino())
+    fs::metadata(proc_root.join(pid.to_string()).join("ns/net"))
+        .ok()
+        .map(|m| m.ino())
 }
 
 /// Listening sockets (inode → port) from /proc/PID/net/tcp{,6}.
@@ -142,11 +165,17 @@ fn from_proc(proc_root: &Path, pid: u32) -> BTreeMap<u64, u16> {
 
 /// Socket inodes a process holds open.
 fn socket_inodes(proc_root: &Path, pid: u32) -> Vec<u64> {
-    let Ok(fds) = fs::read_dir(proc_root.join(pid.to_string()).join("fd")) else { return Vec::new() };
+    let Ok(fds) = fs::read_dir(proc_root.join(pid.to_string()).join("fd")) else {
+        return Vec::new();
+    };
     fds.flatten()
         .filter_map(|fd| {
             let link = fs::read_link(fd.path()).ok()?;
-            link.to_str()?.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+            link.to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
         })
         .collect()
 }

@@ -1,0 +1,230 @@
+//! Input that is not what it should be never crashes the agent and never yields a
+//! wrong confident verdict: binary garbage, first lines split over many reads,
+//! 64 KiB headers, pipelined requests, and a protocol that is not HTTP at all on a
+//! watched socket (nginx's `stream` proxy).
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpListener,
+    thread,
+    time::Duration,
+};
+
+use classify_tests::{
+    classify,
+    client::Conn,
+    nginx::{Config, Nginx},
+    upstream::Upstream,
+};
+
+use super::support::{assert_matches_access_log, assert_schema, require_root};
+
+fn lab(extra_http: &str) -> (Upstream, Nginx, classify::Running) {
+    require_root();
+    let upstream = Upstream::start();
+    let nginx = Nginx::start(&Config::proxy(
+        &[upstream.addr().to_string()],
+        Some(8),
+        extra_http,
+    ));
+    let running = classify::start(&["--pid", &nginx.master_pid().to_string()]);
+    (upstream, nginx, running)
+}
+
+fn read_all(c: &Conn) -> Vec<u8> {
+    let mut s = c.stream().try_clone().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    got
+}
+
+#[test]
+fn binary_garbage_from_a_client_is_nginx_s_400() {
+    let (_up, nginx, running) = lab("");
+    let c = Conn::connect(nginx.port).unwrap();
+    let mut s = c.stream().try_clone().unwrap();
+    let garbage: Vec<u8> = (0..300u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    s.write_all(&garbage).unwrap();
+    s.write_all(b"\r\n\r\n").unwrap();
+    let got = read_all(&c);
+    assert!(
+        got.starts_with(b"HTTP/1.1 400"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    let access = nginx.wait_access_log(1, Duration::from_secs(5));
+    thread::sleep(Duration::from_millis(300));
+    let out = running.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_schema(&out.records);
+    assert_matches_access_log(&out.exchanges(), &access);
+    let r = out.exchanges()[0];
+    assert_eq!(r["verdict"], "client_error");
+    assert_eq!(r["response"]["from"], "proxy");
+    assert!(r["request"].is_null(), "{r}");
+}
+
+#[test]
+fn a_request_line_split_over_many_reads_is_joined() {
+    let (_up, nginx, running) = lab("");
+    let c = Conn::connect(nginx.port).unwrap();
+    let mut s = c.stream().try_clone().unwrap();
+    s.set_nodelay(true).unwrap();
+    for b in b"GET /status/201 HTTP/1.1\r\n" {
+        s.write_all(&[*b]).unwrap();
+        thread::sleep(Duration::from_millis(3));
+    }
+    s.write_all(b"Host: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let got = read_all(&c);
+    assert!(
+        got.starts_with(b"HTTP/1.1 201"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    let access = nginx.wait_access_log(1, Duration::from_secs(5));
+    thread::sleep(Duration::from_millis(300));
+    let out = running.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_matches_access_log(&out.exchanges(), &access);
+    assert_eq!(out.exchanges()[0]["request"]["target"], "/status/201");
+    assert_eq!(out.exchanges()[0]["complete"], true);
+}
+
+#[test]
+fn sixty_four_kib_headers_are_refused_or_proxied_as_configured() {
+    // Default header buffers refuse them (400); a location with big buffers proxies.
+    let (_up, nginx, running) = lab("");
+    let big = "x".repeat(64 * 1024);
+    let mut c = Conn::connect(nginx.port).unwrap();
+    c.send(
+        "GET",
+        "/status/200",
+        &[("X-Big", &big), ("Connection", "close")],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(c.read_response().unwrap().status, 400);
+    let access = nginx.wait_access_log(1, Duration::from_secs(5));
+    thread::sleep(Duration::from_millis(300));
+    let out = running.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_matches_access_log(&out.exchanges(), &access);
+    assert_eq!(out.exchanges()[0]["verdict"], "client_error");
+
+    require_root();
+    let upstream = Upstream::start();
+    let mut config = Config::proxy(&[upstream.addr().to_string()], Some(8), "");
+    config.http = config.http.replace(
+        "  server {",
+        "  large_client_header_buffers 4 128k;\n  server {",
+    );
+    let nginx = Nginx::start(&config);
+    let running = classify::start(&["--pid", &nginx.master_pid().to_string()]);
+    let mut c = Conn::connect(nginx.port).unwrap();
+    c.send(
+        "GET",
+        "/status/200",
+        &[("X-Big", &big), ("Connection", "close")],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(c.read_response().unwrap().status, 200);
+    let access = nginx.wait_access_log(1, Duration::from_secs(5));
+    thread::sleep(Duration::from_millis(300));
+    let out = running.stop();
+    assert_matches_access_log(&out.exchanges(), &access);
+    assert_eq!(out.exchanges()[0]["verdict"], "ok");
+    assert!(
+        !out.records
+            .iter()
+            .any(|r| r.to_string().contains("xxxxxxxx")),
+        "header bytes reached the output"
+    );
+}
+
+#[test]
+fn pipelined_requests_each_get_their_record() {
+    let (_up, nginx, running) = lab("");
+    let mut c = Conn::connect(nginx.port).unwrap();
+    let mut s = c.stream().try_clone().unwrap();
+    // Three requests in one write: nginx reads them in one receive.
+    s.write_all(b"GET /status/200 HTTP/1.1\r\nHost: t\r\n\r\nGET /status/404 HTTP/1.1\r\nHost: t\r\n\r\nGET /status/503 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let statuses: Vec<u16> = (0..3).map(|_| c.read_response().unwrap().status).collect();
+    assert_eq!(statuses, [200, 404, 503]);
+    drop(c);
+    let access = nginx.wait_access_log(3, Duration::from_secs(5));
+    thread::sleep(Duration::from_millis(300));
+    let out = running.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_schema(&out.records);
+    assert_matches_access_log(&out.exchanges(), &access);
+    // The first request line was on the wire; the others came in the same receive,
+    // so their lines come from nginx's requests to the upstream: not complete.
+    let complete: Vec<bool> = out
+        .exchanges()
+        .iter()
+        .map(|r| r["complete"] == true)
+        .collect();
+    assert_eq!(
+        complete.iter().filter(|c| **c).count(),
+        1,
+        "{:?}",
+        out.exchanges()
+    );
+}
+
+#[test]
+fn a_protocol_that_is_not_http_gets_no_verdict() {
+    require_root();
+    // A TCP echo service behind nginx's stream proxy.
+    let echo = TcpListener::bind("127.0.0.1:0").unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    thread::spawn(move || {
+        for conn in echo.incoming().flatten() {
+            thread::spawn(move || {
+                let mut conn = conn;
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = conn.read(&mut buf) {
+                    if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let upstream = Upstream::start();
+    let mut config = Config::proxy(&[upstream.addr().to_string()], None, "");
+    config.main = format!(
+        "load_module /usr/lib/nginx/modules/ngx_stream_module.so;\nstream {{ server {{ listen 127.0.0.1:{{port2}}; proxy_pass {echo_addr}; }} }}"
+    );
+    let nginx = Nginx::start(&config);
+    let running = classify::start(&["--pid", &nginx.master_pid().to_string()]);
+    for i in 0..5u8 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", nginx.port2)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let msg = [0x16, 0x03, 0x01, i, 0xff, 0x00, 0x42];
+        s.write_all(&msg).unwrap();
+        let mut back = [0u8; 7];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(back, msg);
+    }
+    // And HTTP on the same nginx still works.
+    let mut c = Conn::connect(nginx.port).unwrap();
+    assert_eq!(c.request("GET", "/status/200").unwrap().status, 200);
+    drop(c);
+    let access = nginx.wait_access_log(1, Duration::from_secs(5));
+    thread::sleep(Duration::from_millis(500));
+    let out = running.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_schema(&out.records);
+    assert_matches_access_log(&out.exchanges(), &access);
+    let stats = out.final_stats().unwrap();
+    assert!(
+        stats["engine"]["non_http_conversations"].as_u64().unwrap() >= 5,
+        "{stats}"
+    );
+}
