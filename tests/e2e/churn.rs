@@ -24,17 +24,6 @@ use super::support::require_root;
 /// connections it has seen.
 const RSS_BOUND_KIB: u64 = 64 * 1024;
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 #[test]
 fn a_million_short_connections_keep_memory_bounded() {
     require_root();
@@ -62,7 +51,7 @@ fn a_million_short_connections_keep_memory_bounded() {
             let mut peak = 0;
             let mut next = total / 10;
             while !stop.load(Ordering::Relaxed) {
-                let rss = rss_kib(pid);
+                let rss = classify_tests::rss_kib(pid);
                 peak = peak.max(rss);
                 if done.load(Ordering::Relaxed) >= next {
                     samples.push((next, rss));

@@ -48,31 +48,7 @@ impl Lab {
         let closed = free_port();
         let blackhole = free_port();
         let drop = DropPort::new(blackhole);
-        let http = format!(
-            r#"  upstream up {{ server {up}; keepalive 16; }}
-  upstream refused {{ server 127.0.0.1:{closed}; }}
-  upstream refused_first {{ server 127.0.0.1:{closed} weight=1000 max_fails=0; server {up} max_fails=0; }}
-  server {{
-    listen 127.0.0.1:{{port}};
-    proxy_http_version 1.1;
-    proxy_set_header Connection "";
-    location / {{ proxy_pass http://up; }}
-    location /fault/silent {{ proxy_pass http://up; proxy_read_timeout 1s; }}
-    location /refused/ {{ proxy_pass http://refused/; }}
-    location /retry/ {{ proxy_pass http://refused_first/; }}
-    location /blackhole/ {{ proxy_pass http://127.0.0.1:{blackhole}/; proxy_connect_timeout 1s; }}
-    location /small/ {{ client_max_body_size 1k; proxy_pass http://up/; }}
-    location = /maintenance {{ return 503; }}
-  }}
-"#
-        );
-        let nginx = Nginx::start(&Config {
-            workers: 2,
-            http,
-            binary: None,
-            daemon: false,
-            main: String::new(),
-        });
+        let nginx = Nginx::start(&Config::fault_lab(up, closed, blackhole));
         let running = classify::start(&["--pid", &nginx.master_pid().to_string()]);
         Self {
             upstream,

@@ -83,6 +83,40 @@ pub struct Config {
 }
 
 impl Config {
+    /// nginx in front of the test upstream with a location per fault: `/` proxies
+    /// (kept-alive pool), `/fault/silent` times out after 1 s, `/refused/` goes to a
+    /// port nobody listens on, `/retry/` tries that port first and then the
+    /// upstream, `/blackhole/` connects where SYNs are dropped (1 s connect
+    /// timeout), `/small/` limits bodies to 1 KiB, `/maintenance` returns 503.
+    pub fn fault_lab(upstream: std::net::SocketAddr, closed: u16, blackhole: u16) -> Self {
+        let up = upstream;
+        let http = format!(
+            r#"  upstream up {{ server {up}; keepalive 16; }}
+  upstream refused {{ server 127.0.0.1:{closed}; }}
+  upstream refused_first {{ server 127.0.0.1:{closed} weight=1000 max_fails=0; server {up} max_fails=0; }}
+  server {{
+    listen 127.0.0.1:{{port}};
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    location / {{ proxy_pass http://up; }}
+    location /fault/silent {{ proxy_pass http://up; proxy_read_timeout 1s; }}
+    location /refused/ {{ proxy_pass http://refused/; }}
+    location /retry/ {{ proxy_pass http://refused_first/; }}
+    location /blackhole/ {{ proxy_pass http://127.0.0.1:{blackhole}/; proxy_connect_timeout 1s; }}
+    location /small/ {{ client_max_body_size 1k; proxy_pass http://up/; }}
+    location = /maintenance {{ return 503; }}
+  }}
+"#
+        );
+        Self {
+            workers: 2,
+            http,
+            binary: None,
+            daemon: false,
+            main: String::new(),
+        }
+    }
+
     /// One upstream group `up` with `servers`, a keep-alive pool, and `location /`
     /// proxying to it, plus whatever `extra_locations` holds.
     pub fn proxy(servers: &[String], keepalive: Option<u32>, extra_locations: &str) -> Self {

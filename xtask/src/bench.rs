@@ -13,6 +13,7 @@
 //! - where the time goes: run time per program (`kernel.bpf_stats_enabled` on only
 //!   for that run);
 //! - the engine alone, replaying a recorded stream on one core.
+//!
 //! Results go to `target/bench/results.json` and `docs/benchmarks.md`.
 use std::{
     fs,
@@ -190,10 +191,7 @@ impl Agent {
         let num = |after: &str| -> u64 {
             line.split(after)
                 .next()
-                .and_then(|s| {
-                    s.rsplit(|c: char| c == ' ' || c == '(')
-                        .find(|t| !t.is_empty())
-                })
+                .and_then(|s| s.rsplit([' ', '(']).find(|t| !t.is_empty()))
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(0)
         };

@@ -68,7 +68,7 @@ pub fn run(seconds: u64) -> Result<()> {
             _ => "/status/502".to_owned(),
         };
         let _ = client::get(port, &path);
-        if round % 7 == 0 {
+        if round.is_multiple_of(7) {
             // A kept-alive client with a few requests.
             if let Ok(mut c) = Conn::connect(port) {
                 for _ in 0..3 {

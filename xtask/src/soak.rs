@@ -42,44 +42,13 @@ const PATHS: [&str; 14] = [
     "abort",
 ];
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 pub fn run(minutes: u64) -> Result<()> {
     let upstream = Upstream::start();
     let up = upstream.addr();
     let closed = free_port();
     let blackhole = free_port();
     let _drop = DropPort::new(blackhole);
-    let http = format!(
-        r#"  upstream up {{ server {up}; keepalive 32; }}
-  upstream refused {{ server 127.0.0.1:{closed}; }}
-  server {{
-    listen 127.0.0.1:{{port}};
-    proxy_http_version 1.1;
-    proxy_set_header Connection "";
-    location / {{ proxy_pass http://up; }}
-    location /fault/silent {{ proxy_pass http://up; proxy_read_timeout 1s; }}
-    location /refused/ {{ proxy_pass http://refused/; }}
-    location /blackhole/ {{ proxy_pass http://127.0.0.1:{blackhole}/; proxy_connect_timeout 1s; }}
-  }}
-"#
-    );
-    let nginx = Nginx::start(&Config {
-        workers: 2,
-        http,
-        binary: None,
-        daemon: false,
-        main: String::new(),
-    });
+    let nginx = Nginx::start(&Config::fault_lab(up, closed, blackhole));
     let dir = tempfile::tempdir()?;
     let records = dir.path().join("records.jsonl");
     let bin = crate::workspace_root().join("target/release/classify");
@@ -171,7 +140,7 @@ pub fn run(minutes: u64) -> Result<()> {
         if let Ok(Some(status)) = child.try_wait() {
             bail!("classify exited during the soak: {status}");
         }
-        let rss = rss_kib(pid);
+        let rss = classify_tests::rss_kib(pid);
         samples.push((started.elapsed().as_secs(), rss));
         eprintln!(
             "soak: {:>4} s  {} requests  classify RSS {} KiB",

@@ -7,9 +7,7 @@ pub mod targets;
 
 use std::{
     collections::BTreeMap,
-    fs::OpenOptions,
     io::BufWriter,
-    os::unix::fs::OpenOptionsExt as _,
     path::Path,
     time::{Duration, Instant},
 };
@@ -132,13 +130,7 @@ pub fn run(args: &WatchArgs) -> Result<()> {
     }
     let recorder = match &args.record {
         Some(path) => {
-            let file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(path)
-                .with_context(|| format!("creating recording {}", path.display()))?;
+            let file = crate::sink::create_private(path).context("creating the recording")?;
             let header = recording::Header::new(
                 realtime_offset_ns,
                 args.keep_query,
@@ -333,10 +325,8 @@ impl Agent {
             rec.write(&ev)?;
         }
         match &ev.kind {
-            EventKind::Fork { child, comm } => {
-                if self.watched.len() < 65_536 {
-                    self.watched.entry(*child).or_insert_with(|| comm.clone());
-                }
+            EventKind::Fork { child, comm } if self.watched.len() < 65_536 => {
+                self.watched.entry(*child).or_insert_with(|| comm.clone());
             }
             EventKind::Exit {
                 task,

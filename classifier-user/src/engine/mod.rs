@@ -328,9 +328,7 @@ impl Engine {
                 if waiting.is_some() {
                     return waiting;
                 }
-                if self.socks.get(touched).is_none() {
-                    return None;
-                }
+                self.socks.get(touched)?;
                 // Pipelined: the request arrived in an earlier receive.
                 let owner = sock.owner;
                 let ex = self.open_exchange(touched, owner, ts, None, out);

@@ -424,7 +424,8 @@ fn ticks_anywhere_before_the_settle_time_change_nothing() {
     // The same transcript with a Tick after every event must give the same records.
     fn run(with_ticks: bool) -> Vec<ExchangeRecord> {
         let mut s = Script::new();
-        let steps: Vec<Box<dyn Fn(&mut Script)>> = vec![
+        type Step = Box<dyn Fn(&mut Script)>;
+        let steps: Vec<Step> = vec![
             Box::new(|s| {
                 s.client(C1, 5000);
             }),

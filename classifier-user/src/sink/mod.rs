@@ -16,6 +16,18 @@ use classifier::{
 
 use crate::cli::{Format, OutputArgs};
 
+/// Creates (or truncates) a file only its owner can read: records and
+/// recordings name the proxy's clients.
+pub fn create_private(path: &std::path::Path) -> Result<std::fs::File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))
+}
+
 pub struct Sink {
     format: Format,
     out: Box<dyn Write>,
@@ -29,13 +41,7 @@ impl Sink {
     pub fn open(args: &OutputArgs) -> Result<Self> {
         let (out, terminal): (Box<dyn Write>, bool) = match &args.output {
             Some(path) => {
-                let file = OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(path)
-                    .with_context(|| format!("creating {}", path.display()))?;
+                let file = create_private(path)?;
                 (Box::new(BufWriter::new(file)), false)
             }
             None => (
