@@ -96,6 +96,8 @@ impl Config {
   upstream refused_first {{ server 127.0.0.1:{closed} weight=1000 max_fails=0; server {up} max_fails=0; }}
   server {{
     listen 127.0.0.1:{{port}};
+    # Load generators that do not reconnect (h2load --rps) keep their connections.
+    keepalive_requests 1000000;
     proxy_http_version 1.1;
     proxy_set_header Connection "";
     location / {{ proxy_pass http://up; }}
