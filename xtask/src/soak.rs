@@ -61,6 +61,8 @@ pub fn run(minutes: u64) -> Result<()> {
             "--output",
         ])
         .arg(&records)
+        // CLASSIFY_SOAK_RECORD=FILE keeps the event stream, to study a disagreement.
+        .args(std::env::var("CLASSIFY_SOAK_RECORD").map(|f| vec!["--record".to_owned(), f]).unwrap_or_default())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -192,6 +194,9 @@ pub fn run(minutes: u64) -> Result<()> {
     let mut incomplete = 0u64;
     for line in BufReader::new(std::fs::File::open(&records)?).lines() {
         let r: serde_json::Value = serde_json::from_str(&line?)?;
+        if r["kind"] == "stats" && r["final"] == true {
+            println!("soak: engine counters {}", r["engine"]);
+        }
         if r["kind"] != "exchange" {
             continue;
         }
