@@ -1,5 +1,6 @@
 //! The engine alone on a recording: `cargo run --release --example engine_bench -- FILE`.
-//! Events are parsed first; only `Engine::ingest` is timed (best of three).
+//! Events are parsed first; `Engine::ingest` is timed (best of five), then ingest
+//! plus JSON serialization of every record (what the agent does per event).
 use std::{fs::File, io::BufReader, time::Instant};
 
 use classifier::{recording, Engine, EngineConfig, Event};
@@ -11,30 +12,44 @@ fn main() {
     let (header, events) =
         recording::read(BufReader::new(File::open(&path).expect("open"))).expect("recording");
     let events: Vec<Event> = events.collect::<Result<_, _>>().expect("events");
-    let mut best = f64::MAX;
-    let mut records = 0;
-    for _ in 0..5 {
-        let mut engine = Engine::new(EngineConfig {
-            realtime_offset_ns: header.realtime_offset_ns,
-            ..EngineConfig::default()
-        });
-        let mut out = Vec::with_capacity(1024);
-        records = 0;
-        let batch = events.clone();
-        let t = Instant::now();
-        for ev in batch {
-            engine.ingest(ev, &mut out);
+    for serialize in [false, true] {
+        let mut best = f64::MAX;
+        let mut records = 0;
+        let mut bytes = 0;
+        for _ in 0..5 {
+            let mut engine = Engine::new(EngineConfig {
+                realtime_offset_ns: header.realtime_offset_ns,
+                ..EngineConfig::default()
+            });
+            let mut out = Vec::with_capacity(1024);
+            let mut json = Vec::with_capacity(1 << 16);
+            records = 0;
+            bytes = 0;
+            let batch = events.clone();
+            let t = Instant::now();
+            for ev in batch {
+                engine.ingest(ev, &mut out);
+                records += out.len();
+                if serialize {
+                    for r in &out {
+                        serde_json::to_writer(&mut json, r).expect("serialize");
+                        json.push(b'\n');
+                    }
+                    bytes += json.len();
+                    json.clear();
+                }
+                out.clear();
+            }
+            engine.flush(&mut out);
             records += out.len();
-            out.clear();
+            best = best.min(t.elapsed().as_secs_f64());
         }
-        engine.flush(&mut out);
-        records += out.len();
-        best = best.min(t.elapsed().as_secs_f64());
+        println!(
+            "{}: {} events, {records} records ({bytes} JSON bytes): {:.0} events/s, {:.0} records/s",
+            if serialize { "ingest + JSON" } else { "ingest" },
+            events.len(),
+            events.len() as f64 / best,
+            records as f64 / best
+        );
     }
-    println!(
-        "{} events, {records} records: {:.0} events/s, {:.0} records/s",
-        events.len(),
-        events.len() as f64 / best,
-        records as f64 / best
-    );
 }

@@ -49,7 +49,7 @@ pub fn run(args: &ReplayArgs) -> Result<()> {
         },
         exchanges: sink.exchanges,
         incomplete_exchanges: sink.incomplete,
-        verdicts: sink.verdicts.clone(),
+        verdicts: sink.verdicts(),
         engine: engine.counters().clone(),
         ..StatsRecord::default()
     };

@@ -1,16 +1,30 @@
 //! The summary table: exchanges grouped by verdict and upstream, with counts and
 //! latency percentiles, so the worst upstream stands out.
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, fmt, sync::Arc};
 
 use hdrhistogram::Histogram;
 
 use crate::{record::ExchangeRecord, verdict::Verdict};
 
-/// One row: a verdict and the upstream that decided it ("-" when none).
+/// One row: a verdict and the upstream that decided it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Key {
     pub verdict: Verdict,
-    pub upstream: String,
+    /// Address and port of the last upstream tried; none when no upstream was.
+    /// Kept as the record's shared text, so adding a record allocates nothing.
+    pub upstream: Option<(Arc<str>, u16)>,
+}
+
+/// The upstream column: `address:port`, or `-`.
+struct UpstreamText<'a>(&'a Option<(Arc<str>, u16)>);
+
+impl fmt::Display for UpstreamText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some((addr, port)) => f.pad(&format!("{addr}:{port}")),
+            None => f.pad("-"),
+        }
+    }
 }
 
 pub struct Row {
@@ -26,13 +40,9 @@ pub struct Summary {
 
 impl Summary {
     pub fn add(&mut self, r: &ExchangeRecord) {
-        let upstream = r
-            .upstreams
-            .last()
-            .map_or_else(|| "-".to_owned(), |u| format!("{}:{}", u.address, u.port));
         let key = Key {
             verdict: r.verdict,
-            upstream,
+            upstream: r.upstreams.last().map(|u| (u.address.clone(), u.port)),
         };
         let row = self.rows.entry(key).or_insert_with(|| Row {
             count: 0,
@@ -76,7 +86,7 @@ impl Summary {
                 s,
                 "{:<26} {:<24} {:>8} {:>6.1}% {:>10} {:>10} {:>10} {:>10}",
                 k.verdict.as_str(),
-                k.upstream,
+                UpstreamText(&k.upstream),
                 r.count,
                 share,
                 crate::hint::ms(h.value_at_quantile(0.5)),

@@ -120,3 +120,17 @@ pub enum ResponseFrom {
     Proxy,
     Upstream,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Verdict;
+
+    /// Counters index by `verdict as usize`: `ALL` must list every verdict in
+    /// declaration order.
+    #[test]
+    fn all_is_in_discriminant_order() {
+        for (i, v) in Verdict::ALL.iter().enumerate() {
+            assert_eq!(*v as usize, i, "{v:?}");
+        }
+    }
+}

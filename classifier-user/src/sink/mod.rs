@@ -12,6 +12,7 @@ use anyhow::{Context as _, Result};
 use classifier::{
     record::{Record, StatsRecord},
     summary::Summary,
+    verdict::Verdict,
 };
 
 use crate::cli::{Format, OutputArgs};
@@ -31,11 +32,18 @@ pub fn create_private(path: &std::path::Path) -> Result<std::fs::File> {
 pub struct Sink {
     format: Format,
     out: Box<dyn Write>,
+    /// Records serialized since the last write to `out`: one write per batch, not
+    /// one per JSON token.
+    buf: Vec<u8>,
     summary: Summary,
     pub exchanges: u64,
     pub incomplete: u64,
-    pub verdicts: BTreeMap<String, u64>,
+    /// Exchanges per verdict, indexed like `Verdict::ALL`.
+    by_verdict: [u64; Verdict::ALL.len()],
 }
+
+/// Bytes of serialized records gathered before they are written out.
+const BATCH_BYTES: usize = 64 * 1024;
 
 impl Sink {
     pub fn open(args: &OutputArgs) -> Result<Self> {
@@ -55,10 +63,11 @@ impl Sink {
         Ok(Self {
             format,
             out,
+            buf: Vec::with_capacity(BATCH_BYTES + 4096),
             summary: Summary::default(),
             exchanges: 0,
             incomplete: 0,
-            verdicts: BTreeMap::new(),
+            by_verdict: [0; Verdict::ALL.len()],
         })
     }
 
@@ -68,16 +77,16 @@ impl Sink {
             if !e.complete {
                 self.incomplete += 1;
             }
-            *self
-                .verdicts
-                .entry(e.verdict.as_str().to_owned())
-                .or_default() += 1;
+            self.by_verdict[e.verdict as usize] += 1;
             self.summary.add(e);
         }
         match self.format {
             Format::Json => {
-                serde_json::to_writer(&mut self.out, r)?;
-                self.out.write_all(b"\n")?;
+                serde_json::to_writer(&mut self.buf, r)?;
+                self.buf.push(b'\n');
+                if self.buf.len() >= BATCH_BYTES {
+                    self.write_batch()?;
+                }
             }
             Format::Text => {
                 if let Record::Exchange(e) = r {
@@ -106,7 +115,26 @@ impl Sink {
     }
 
     pub fn flush(&mut self) -> Result<()> {
+        self.write_batch()?;
         self.out.flush()?;
         Ok(())
+    }
+
+    fn write_batch(&mut self) -> Result<()> {
+        if !self.buf.is_empty() {
+            self.out.write_all(&self.buf)?;
+            self.buf.clear();
+        }
+        Ok(())
+    }
+
+    /// Exchanges per verdict so far (verdicts seen at least once).
+    pub fn verdicts(&self) -> BTreeMap<String, u64> {
+        Verdict::ALL
+            .iter()
+            .zip(self.by_verdict)
+            .filter(|(_, n)| *n > 0)
+            .map(|(v, n)| (v.as_str().to_owned(), n))
+            .collect()
     }
 }
