@@ -75,7 +75,10 @@ pub mod stat {
     pub const LINE_UNREAD: u32 = 4;
     /// Forced wakeups of the agent (ring more than half full).
     pub const WAKEUPS: u32 = 5;
-    pub const COUNT: u32 = 6;
+    /// Socket entries found still present when their `struct sock` address was
+    /// born again (its destroy was never seen): ended then, and counted.
+    pub const STALE_SOCKS: u32 = 6;
+    pub const COUNT: u32 = 7;
 }
 
 /// Event kinds on the wire.

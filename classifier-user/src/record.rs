@@ -99,6 +99,10 @@ pub struct StatsRecord {
     pub lost_events: u64,
     /// Sockets not tracked because the kernel map was full.
     pub untracked_sockets: u64,
+    /// Probe runs the kernel skipped (a tracepoint fired on a CPU where a BPF
+    /// program or map syscall was already active): events that were never made.
+    #[serde(default)]
+    pub skipped_probe_runs: u64,
     /// Records that could not be decoded.
     pub undecodable_events: u64,
     pub exchanges: u64,

@@ -22,6 +22,20 @@ pub fn emit<T: 'static>(
     sock_id: u64,
     fill: impl FnOnce(*mut T),
 ) -> bool {
+    // SAFETY: helper without arguments.
+    emit_at(kind, unsafe { bpf_ktime_get_ns() }, pid_tgid, sock_id, fill)
+}
+
+/// [`emit`] with a timestamp the caller already read (one clock read per run on
+/// the hot path).
+#[inline(always)]
+pub fn emit_at<T: 'static>(
+    kind: EventKind,
+    ts_ns: u64,
+    pid_tgid: u64,
+    sock_id: u64,
+    fill: impl FnOnce(*mut T),
+) -> bool {
     let Some(mut entry) = EVENTS.reserve::<T>(0) else {
         count(stat::RING_FULL);
         gap();
@@ -34,7 +48,7 @@ pub fn emit<T: 'static>(
         let header = ptr.cast::<Header>();
         (*header).kind = kind as u32;
         (*header).gaps = take_gaps();
-        (*header).ts_ns = bpf_ktime_get_ns();
+        (*header).ts_ns = ts_ns;
         (*header).pid_tgid = pid_tgid;
         (*header).sock_id = sock_id;
     }

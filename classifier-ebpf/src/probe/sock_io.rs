@@ -18,7 +18,7 @@ use classifier_ebpf::{
 };
 
 use super::{
-    emit::emit,
+    emit::{emit, emit_at},
     globals::*,
     maps::{count, gap, next_sock_id, LISTEN_PORTS, SOCKS, THREADS},
     sock_state::read_endpoints,
@@ -117,7 +117,7 @@ fn on_io(ctx: &TracePointContext, direction: u8) -> Option<()> {
                 0
             };
             let mut open = false;
-            emit::<Message>(EventKind::Message, pid_tgid, id, |e| {
+            emit_at::<Message>(EventKind::Message, now, pid_tgid, id, |e| {
                 // SAFETY: `e` is a reserved Message.
                 unsafe {
                     (*e).prev_touch = prev_touch;
@@ -150,6 +150,7 @@ fn on_io(ctx: &TracePointContext, direction: u8) -> Option<()> {
             };
             if let Some(msg_bytes) = progress {
                 emit_io(
+                    now,
                     pid_tgid,
                     id,
                     prev_touch,
@@ -169,7 +170,7 @@ fn on_io(ctx: &TracePointContext, direction: u8) -> Option<()> {
             (*sock).msg_bytes
         };
         let what = if ret == 0 { io::EOF } else { io::ERROR };
-        emit_io(pid_tgid, id, prev_touch, msg_bytes, ret, direction, what);
+        emit_io(now, pid_tgid, id, prev_touch, msg_bytes, ret, direction, what);
     }
     Some(())
 }
@@ -182,6 +183,7 @@ fn side_of(sock: *mut SockState) -> u8 {
 
 #[inline(always)]
 fn emit_io(
+    now: u64,
     pid_tgid: u64,
     id: u64,
     prev_touch: u64,
@@ -190,7 +192,7 @@ fn emit_io(
     direction: u8,
     what: u8,
 ) {
-    emit::<Io>(EventKind::Io, pid_tgid, id, |e| {
+    emit_at::<Io>(EventKind::Io, now, pid_tgid, id, |e| {
         // SAFETY: `e` is a reserved Io.
         unsafe {
             (*e).prev_touch = prev_touch;

@@ -24,6 +24,7 @@ use super::{
 
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
 const TCP_FIN_WAIT1: i32 = 4;
 const TCP_CLOSE: i32 = 7;
 const TCP_CLOSE_WAIT: i32 = 8;
@@ -51,7 +52,13 @@ fn on_set_state(ctx: &TracePointContext) -> Option<()> {
     if old == TCP_CLOSE && new == TCP_SYN_SENT {
         return on_connect(ctx, sk, pid_tgid);
     }
-    if new == TCP_LISTEN || old == TCP_LISTEN {
+    if old == TCP_LISTEN && new == TCP_SYN_RECV {
+        // An accepted connection is born (the listener's clone). A known socket at
+        // this address is a stale entry whose destroy we missed.
+        end_stale(sk, pid_tgid);
+        return None;
+    }
+    if new == TCP_LISTEN || (old == TCP_LISTEN && new == TCP_CLOSE) {
         return on_listen(ctx, new == TCP_LISTEN, pid_tgid);
     }
     let sock = SOCKS.get_ptr_mut(sk)?;
@@ -100,6 +107,7 @@ fn on_set_state(ctx: &TracePointContext) -> Option<()> {
 #[inline(always)]
 fn on_connect(ctx: &TracePointContext, sk: u64, pid_tgid: u64) -> Option<()> {
     let thread = THREADS.get_ptr_mut(pid_tgid as u32)?;
+    end_stale(sk, pid_tgid);
     let id = next_sock_id();
     let state = SockState {
         id,
@@ -140,6 +148,29 @@ fn on_connect(ctx: &TracePointContext, sk: u64, pid_tgid: u64) -> Option<()> {
         }
     }
     Some(())
+}
+
+/// A socket is born at `sk`: an entry still there belongs to a socket whose
+/// destroy never reached us (the kernel skips a tracepoint's program while another
+/// BPF program or map syscall is active on that CPU). Ends it now, so the agent
+/// closes the old identity and the new socket is never mistaken for it.
+#[inline(always)]
+fn end_stale(sk: u64, pid_tgid: u64) {
+    let Some(sock) = SOCKS.get_ptr_mut(sk) else {
+        return;
+    };
+    count(stat::STALE_SOCKS);
+    // SAFETY: `sock` points to a map value valid for this program run.
+    let (id, msg_bytes, msg_last_ns, msg_dir) = unsafe {
+        (
+            (*sock).id,
+            (*sock).msg_bytes,
+            (*sock).msg_last_ns,
+            (*sock).dir,
+        )
+    };
+    emit_destroy(id, pid_tgid, msg_bytes, msg_last_ns, msg_dir, false);
+    let _ = SOCKS.remove(sk);
 }
 
 /// `listen()` or the close of a listening socket in a watched thread: keeps the
@@ -274,6 +305,20 @@ fn on_destroy(ctx: &TracePointContext) -> Option<()> {
             (*sock).dir,
         )
     };
+    emit_destroy(id, pid_tgid, msg_bytes, msg_last_ns, msg_dir, local_close);
+    let _ = SOCKS.remove(sk);
+    Some(())
+}
+
+#[inline(always)]
+fn emit_destroy(
+    id: u64,
+    pid_tgid: u64,
+    msg_bytes: u64,
+    msg_last_ns: u64,
+    msg_dir: u8,
+    local_close: bool,
+) {
     emit::<Destroy>(EventKind::Destroy, pid_tgid, id, |e| {
         // SAFETY: `e` is a reserved Destroy.
         unsafe {
@@ -284,8 +329,6 @@ fn on_destroy(ctx: &TracePointContext) -> Option<()> {
             (*e)._pad = [0; 6];
         }
     });
-    let _ = SOCKS.remove(sk);
-    Some(())
 }
 
 #[tracepoint]

@@ -38,6 +38,10 @@ const PROC: &str = "/proc";
 const DRAIN_EVERY: Duration = Duration::from_millis(50);
 /// How often the engine is told the time (so quiet exchanges settle).
 const TICK_EVERY: Duration = Duration::from_millis(100);
+/// How often the kernel's loss counters are polled. Events carry their CPU's
+/// gaps themselves; the poll catches losses no later event reported, and each
+/// poll is a few map syscalls that blind the probes on that CPU meanwhile.
+const LOSS_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How long a message whose first line is still open is held for the rest of it.
 const HOLD_LINES: Duration = Duration::from_secs(5);
 /// How often /proc is rescanned for new processes and listening ports. The probes
@@ -227,6 +231,7 @@ impl Agent {
         drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let deadline = duration.map(|d| tokio::time::Instant::now() + d);
         let mut last_tick = Instant::now();
+        let mut last_loss_check = Instant::now();
         let mut last_rescan = Instant::now();
         let mut last_stats = Instant::now();
         let stop_reason;
@@ -244,9 +249,12 @@ impl Agent {
                 }
             }
             self.drain(ring.get_mut())?;
+            if last_loss_check.elapsed() >= LOSS_CHECK_EVERY {
+                last_loss_check = Instant::now();
+                self.check_loss()?;
+            }
             if last_tick.elapsed() >= TICK_EVERY {
                 last_tick = Instant::now();
-                self.check_loss()?;
                 let now = monotonic_ns();
                 self.release_lines(now.saturating_sub(HOLD_LINES.as_nanos() as u64))?;
                 self.feed(Event {
@@ -293,8 +301,8 @@ impl Agent {
         }
         // One line for whoever reads stderr (records may have gone to a pipeline).
         eprintln!(
-            "classify: stopped after {:.1} s: {} exchanges ({} incomplete), {} events ({} bytes), {} lost, {} sockets untracked, {} undecodable",
-            s.uptime_s, s.exchanges, s.incomplete_exchanges, s.events, s.event_bytes, s.lost_events, s.untracked_sockets, s.undecodable_events
+            "classify: stopped after {:.1} s: {} exchanges ({} incomplete), {} events ({} bytes), {} lost, {} sockets untracked, {} probe runs skipped, {} undecodable",
+            s.uptime_s, s.exchanges, s.incomplete_exchanges, s.events, s.event_bytes, s.lost_events, s.untracked_sockets, s.skipped_probe_runs, s.undecodable_events
         );
         Ok(())
     }
@@ -359,8 +367,9 @@ impl Agent {
     /// left untracked). A rise means evidence went missing since the last poll:
     /// the engine marks every exchange that overlaps that window.
     fn check_loss(&mut self) -> Result<()> {
-        let k = self.probes.counters();
-        let total = k[stat::RING_FULL as usize] + k[stat::SOCKS_FULL as usize];
+        let total = self.probes.counter(stat::RING_FULL)
+            + self.probes.counter(stat::SOCKS_FULL)
+            + self.probes.skipped_runs();
         let now = monotonic_ns();
         if total > self.loss_seen {
             let events = total - self.loss_seen;
@@ -420,7 +429,6 @@ impl Agent {
     }
 
     fn stats(&self, last: bool) -> StatsRecord {
-        let k = self.probes.counters();
         let uptime = self.started.elapsed().as_secs_f64();
         StatsRecord {
             time: classifier::engine::wall_time(
@@ -437,8 +445,9 @@ impl Agent {
             } else {
                 0.0
             },
-            lost_events: k[stat::RING_FULL as usize],
-            untracked_sockets: k[stat::SOCKS_FULL as usize],
+            lost_events: self.probes.counter(stat::RING_FULL),
+            untracked_sockets: self.probes.counter(stat::SOCKS_FULL),
+            skipped_probe_runs: self.probes.skipped_runs(),
             undecodable_events: self.undecodable,
             exchanges: self.sink.exchanges,
             incomplete_exchanges: self.sink.incomplete,

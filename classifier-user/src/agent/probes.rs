@@ -1,5 +1,8 @@
 //! Loading and attaching the probes, and the agent's side of their maps.
-use std::collections::BTreeSet;
+use std::{
+    collections::BTreeSet,
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd},
+};
 
 use anyhow::{Context as _, Result};
 use aya::{
@@ -11,7 +14,7 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use classifier_ebpf::{stat, ThreadState};
+use classifier_ebpf::ThreadState;
 
 use super::kernel::{Offsets, Syscalls};
 
@@ -263,14 +266,48 @@ impl Probes {
         Ok(RingBuf::try_from(map)?)
     }
 
-    /// Kernel counters summed over CPUs, indexed by `classifier_ebpf::stat`.
-    pub fn counters(&self) -> [u64; stat::COUNT as usize] {
-        let mut out = [0u64; stat::COUNT as usize];
-        for (i, slot) in out.iter_mut().enumerate() {
-            if let Ok(values) = self.stats.get(&(i as u32), 0) {
-                *slot = values.iter().sum();
-            }
-        }
-        out
+    /// Program runs the kernel skipped, summed over our programs: a tracepoint
+    /// does not run its program while another BPF program (or a BPF map syscall)
+    /// is active on the same CPU, e.g. when a softirq ends a TCP connection
+    /// inside it. Each skip is an event that never reached the ring.
+    pub fn skipped_runs(&self) -> u64 {
+        self.ebpf
+            .programs()
+            .filter_map(|(_, p)| p.fd().ok())
+            .filter_map(|fd| recursion_misses(fd.as_fd()))
+            .sum()
     }
+
+    /// A kernel counter (`classifier_ebpf::stat`) summed over CPUs. Each read is a
+    /// map syscall, during which this CPU runs no BPF program (the kernel skips
+    /// tracepoints then): read only what is needed, rarely.
+    pub fn counter(&self, index: u32) -> u64 {
+        self.stats
+            .get(&index, 0)
+            .map_or(0, |values| values.iter().sum())
+    }
+}
+
+/// `recursion_misses` of a loaded program (`BPF_OBJ_GET_INFO_BY_FD`; aya's
+/// `ProgramInfo` does not expose it). None on kernels that do not report it.
+fn recursion_misses(fd: BorrowedFd<'_>) -> Option<u64> {
+    use aya_obj::generated::{bpf_attr, bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, bpf_prog_info};
+    // SAFETY: both are plain C structs for which all-zero bytes are valid.
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
+    attr.info.bpf_fd = fd.as_raw_fd() as u32;
+    attr.info.info_len = std::mem::size_of::<bpf_prog_info>() as u32;
+    attr.info.info = std::ptr::addr_of_mut!(info) as u64;
+    // SAFETY: bpf(2) writes at most `info_len` bytes into `info`, which we own and
+    // which outlives the call; `attr` is a valid, fully initialized bpf_attr.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD as libc::c_long,
+            std::ptr::addr_of_mut!(attr),
+            std::mem::size_of::<bpf_attr>(),
+        )
+    };
+    (rc == 0).then_some(info.recursion_misses)
 }

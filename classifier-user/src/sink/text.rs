@@ -50,11 +50,11 @@ pub fn write_summary(out: &mut dyn Write, summary: &Summary, s: &StatsRecord) ->
     writeln!(out)?;
     writeln!(out, "── summary ({:.1} s) ──", s.uptime_s)?;
     out.write_all(summary.render().as_bytes())?;
-    let lost = s.lost_events + s.untracked_sockets + s.undecodable_events;
+    let lost = s.lost_events + s.untracked_sockets + s.skipped_probe_runs + s.undecodable_events;
     writeln!(
         out,
-        "{} events ({:.0}/s), {} lost, {} sockets untracked, {} undecodable; {} incomplete exchanges",
-        s.events, s.events_per_s, s.lost_events, s.untracked_sockets, s.undecodable_events, s.incomplete_exchanges
+        "{} events ({:.0}/s), {} lost, {} sockets untracked, {} probe runs skipped, {} undecodable; {} incomplete exchanges",
+        s.events, s.events_per_s, s.lost_events, s.untracked_sockets, s.skipped_probe_runs, s.undecodable_events, s.incomplete_exchanges
     )?;
     if lost > 0 {
         writeln!(
