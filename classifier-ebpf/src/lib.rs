@@ -273,13 +273,36 @@ pub struct Exit {
     pub _pad: [u8; 3],
 }
 
-/// Per-thread probe state (map `THREADS`, key: tid). A thread is watched exactly
-/// when it has an entry.
+/// Per-thread probe state. A thread is watched exactly when it is in `THREADS`
+/// (key: tid); its state lives in its `THREAD_SLOTS` slot when it owns it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ThreadState {
     /// Socket id touched last in the current event-loop iteration, 0 after `epoll_wait`.
     pub last_touch: u64,
+}
+
+/// Entries of `THREAD_SLOTS`, an array indexed by `tid % THREAD_SLOTS`. Every
+/// socket call on the host asks "is this thread watched?": an array slot answers
+/// with one inlined load, where a hash lookup cost ~130 ns a run here.
+pub const THREAD_SLOTS: u32 = 65_536;
+
+/// One slot: the watched thread that owns it (0: free), whether a watched thread
+/// with this index was ever recorded (1: a miss must ask `THREADS`), and the
+/// owner's state.
+///
+/// `THREADS` holds every watched thread; the slot is a lock-free fast path (this
+/// BPF target has no compare-and-swap): a writer records the thread in `THREADS`,
+/// sets `overflow` (sticky, every writer writes 1), then takes the slot if it is
+/// free. Two threads racing for one slot both stay findable, in the slot or in
+/// `THREADS`; an unwatched thread pays the hash lookup only on an index that a
+/// watched thread once used.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ThreadSlot {
+    pub tid: u32,
+    pub overflow: u32,
+    pub state: ThreadState,
 }
 
 /// Per-socket probe state (map `SOCKS`, key: `struct sock` address).
@@ -311,6 +334,8 @@ mod user {
     // SAFETY: plain #[repr(C)] integers with explicit padding fields: every bit
     // pattern is valid and there are no implicit padding bytes.
     unsafe impl aya::Pod for super::ThreadState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::ThreadSlot {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::SockState {}
 }

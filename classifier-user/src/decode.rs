@@ -508,7 +508,7 @@ mod tests {
         else {
             panic!("{:?}", out[0])
         };
-        assert_eq!((r.method.as_str(), r.target.as_str()), ("GET", "/split"));
+        assert_eq!((&*r.method, r.target.as_str()), ("GET", "/split"));
     }
 
     #[test]

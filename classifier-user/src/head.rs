@@ -2,6 +2,8 @@
 //! of a message (`LINE_CAP` bytes, cut at the first `\n`); this module turns it
 //! into a request line, a status line, or "something else", and keeps nothing else:
 //! no raw bytes survive decoding.
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 
 /// The first line of a message, parsed.
@@ -23,12 +25,13 @@ pub enum Head {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestLine {
-    pub method: String,
+    /// Static text for the common methods (no allocation per request).
+    pub method: Cow<'static, str>,
     /// Request target as sent, with the query string replaced by `?…` unless the
     /// decoder was told to keep it.
     pub target: String,
     /// `HTTP/1.0`, `HTTP/1.1`, or `HTTP/0.9` for a request line without a version.
-    pub version: String,
+    pub version: Cow<'static, str>,
     /// The line was longer than the capture: `target` is cut.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
@@ -36,7 +39,7 @@ pub struct RequestLine {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusLine {
-    pub version: String,
+    pub version: Cow<'static, str>,
     pub code: u16,
 }
 
@@ -82,7 +85,11 @@ fn parse_status(line: &[u8]) -> Head {
     let _ = response.parse(line);
     match (response.version, response.code) {
         (Some(minor), Some(code)) => Head::Status(StatusLine {
-            version: format!("HTTP/1.{minor}"),
+            version: match minor {
+                0 => Cow::Borrowed("HTTP/1.0"),
+                1 => Cow::Borrowed("HTTP/1.1"),
+                _ => Cow::Owned(format!("HTTP/1.{minor}")),
+            },
             code,
         }),
         _ => other(line),
@@ -115,13 +122,8 @@ fn parse_request(line: &[u8], query: QueryPolicy) -> Option<Head> {
         Some(b"HTTP/1.0") => "HTTP/1.0",
         Some(v) if v.starts_with(b"HTTP/") && v.len() == 8 => {
             // HTTP/2.0 or 3.0 on an HTTP/1 connection: keep it as sent.
-            return Some(request(
-                method,
-                target,
-                std::str::from_utf8(v).ok()?,
-                false,
-                query,
-            ));
+            let version = Cow::Owned(std::str::from_utf8(v).ok()?.to_owned());
+            return Some(request(method, target, version, false, query));
         }
         Some(_) if !complete => {
             // The version was cut by the capture: the target is whole.
@@ -138,7 +140,7 @@ fn parse_request(line: &[u8], query: QueryPolicy) -> Option<Head> {
 fn request(
     method: &[u8],
     target: &[u8],
-    version: &str,
+    version: impl Into<Cow<'static, str>>,
     truncated: bool,
     query: QueryPolicy,
 ) -> Head {
@@ -153,11 +155,22 @@ fn request(
         target.push_str(ELIDED);
     }
     Head::Request(RequestLine {
-        method: String::from_utf8_lossy(method).into_owned(),
+        method: method_text(method),
         target,
-        version: version.to_owned(),
+        version: version.into(),
         truncated,
     })
+}
+
+/// The method as text: static for the registered methods, owned otherwise.
+fn method_text(method: &[u8]) -> Cow<'static, str> {
+    const KNOWN: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+    ];
+    match KNOWN.iter().find(|m| m.as_bytes() == method) {
+        Some(m) => Cow::Borrowed(m),
+        None => Cow::Owned(String::from_utf8_lossy(method).into_owned()),
+    }
 }
 
 fn is_token(b: u8) -> bool {
@@ -168,7 +181,7 @@ fn is_token(b: u8) -> bool {
 mod tests {
     use super::*;
 
-    fn req(m: &str, t: &str, v: &str) -> Head {
+    fn req(m: &'static str, t: &str, v: &'static str) -> Head {
         Head::Request(RequestLine {
             method: m.into(),
             target: t.into(),

@@ -1,6 +1,6 @@
 //! The output contract (v1): one JSON object per line. `docs/schema/records.schema.json`
 //! describes it and the tests validate every emitted record against it.
-use std::{collections::BTreeMap, sync::Arc};
+use std::{borrow::Cow, collections::BTreeMap, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
@@ -49,9 +49,9 @@ pub struct Address {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
-    pub method: String,
+    pub method: Cow<'static, str>,
     pub target: String,
-    pub version: String,
+    pub version: Cow<'static, str>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

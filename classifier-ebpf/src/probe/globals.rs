@@ -23,8 +23,9 @@ global! {
     OFF_SKC_STATE: u32 = 18;
     OFF_SKC_V6_DADDR: u32 = 56;
     OFF_SKC_V6_RCV_SADDR: u32 = 72;
-    // struct sock.sk_err.
+    // struct sock.sk_err, struct sock.sk_protocol (u16).
     OFF_SK_ERR: u32 = 0;
+    OFF_SK_PROTOCOL: u32 = 0;
     // struct pt_regs members (user registers saved at syscall entry).
     OFF_REGS_SI: u32 = 104;
     OFF_REGS_ORIG_AX: u32 = 120;

@@ -2,18 +2,93 @@
 //! `STATS`, never silent.
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, PerCpuArray, RingBuf},
 };
-use classifier_ebpf::{stat, SockState, ThreadState};
+use classifier_ebpf::{stat, SockState, ThreadSlot, ThreadState};
 
 /// The event stream to the agent. The agent resizes it at load time.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
 
+/// Fast path of the watched-thread filter, by `tid % THREAD_SLOTS` (see
+/// `classifier_ebpf::ThreadSlot`).
+#[map]
+pub static THREAD_SLOTS: Array<ThreadSlot> =
+    Array::with_max_entries(classifier_ebpf::THREAD_SLOTS, 0);
+
 /// Watched threads (key: tid). The agent fills it from /proc; `sched_process_fork`
-/// adds children of watched threads and `sched_process_exit` removes them.
+/// adds children of watched threads, `sched_process_exec` tasks that become a
+/// target name, and `sched_process_exit` removes them.
 #[map]
 pub static THREADS: HashMap<u32, ThreadState> = HashMap::with_max_entries(16384, 0);
+
+#[inline(always)]
+fn slot_of(tid: u32) -> Option<*mut ThreadSlot> {
+    THREAD_SLOTS.get_ptr_mut(tid % classifier_ebpf::THREAD_SLOTS)
+}
+
+/// The state of a watched thread, or None: the filter every probe starts with.
+#[inline(always)]
+pub fn thread_state(tid: u32) -> Option<*mut ThreadState> {
+    if tid == 0 {
+        // The idle task: never watched (and 0 marks a free slot).
+        return None;
+    }
+    let slot = slot_of(tid)?;
+    // SAFETY: `slot` points to an array element valid for this program run.
+    unsafe {
+        if (*slot).tid == tid {
+            return Some(core::ptr::addr_of_mut!((*slot).state));
+        }
+        if (*slot).overflow == 0 {
+            return None;
+        }
+    }
+    THREADS.get_ptr_mut(tid)
+}
+
+/// Starts watching a thread (from its fork or exec). Returns false when it could
+/// not be recorded (`THREADS` full; counted).
+#[inline(always)]
+pub fn watch_thread(tid: u32) -> bool {
+    if tid == 0 {
+        return false;
+    }
+    let Some(slot) = slot_of(tid) else {
+        return false;
+    };
+    if THREADS.insert(tid, ThreadState::default(), 0).is_err() {
+        count(stat::THREADS_FULL);
+        return false;
+    }
+    // SAFETY: `slot` points to an array element valid for this program run. A new
+    // thread cannot run before its fork returns, so nobody reads its state yet.
+    unsafe {
+        (*slot).overflow = 1;
+        if (*slot).tid == 0 {
+            (*slot).state = ThreadState::default();
+            (*slot).tid = tid;
+        }
+    }
+    true
+}
+
+/// Stops watching a thread (its exit). Returns whether it was watched.
+#[inline(always)]
+pub fn unwatch_thread(tid: u32) -> bool {
+    if tid == 0 || THREADS.remove(tid).is_err() {
+        return false;
+    }
+    if let Some(slot) = slot_of(tid) {
+        // SAFETY: `slot` points to an array element valid for this program run.
+        unsafe {
+            if (*slot).tid == tid {
+                (*slot).tid = 0;
+            }
+        }
+    }
+    true
+}
 
 /// Sockets of watched processes (key: `struct sock` address). Entries live from the
 /// socket's start (connect or first use) to `tcp_destroy_sock`.

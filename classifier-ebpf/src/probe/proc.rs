@@ -6,11 +6,11 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use classifier_ebpf::{stat, EventKind, Exit, Fork, ThreadState};
+use classifier_ebpf::{EventKind, Exit, Fork};
 
 use super::{
     emit::emit,
-    maps::{count, TARGET_COMMS, THREADS},
+    maps::{thread_state, unwatch_thread, watch_thread, TARGET_COMMS},
     tp::{exit, field, fork},
 };
 
@@ -19,16 +19,12 @@ use super::{
 #[tracepoint]
 pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if THREADS.get_ptr(pid_tgid as u32).is_none() {
+    if thread_state(pid_tgid as u32).is_none() {
         return 0;
     }
     let child: i32 = field(&ctx, fork::CHILD_PID);
-    if THREADS
-        .insert(child as u32, ThreadState::default(), 0)
-        .is_err()
-    {
-        count(stat::THREADS_FULL);
-    }
+    // Not recorded (full): counted; the agent still learns of the child below.
+    let _ = watch_thread(child as u32);
     // The child starts with the parent's name.
     let comm = bpf_get_current_comm().unwrap_or([0; 16]);
     emit::<Fork>(EventKind::Fork, pid_tgid, 0, |e| {
@@ -46,7 +42,7 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
-    if THREADS.remove(tid).is_err() {
+    if !unwatch_thread(tid) {
         return 0;
     }
     let group_dead: u8 = field(&ctx, exit::GROUP_DEAD);
@@ -73,11 +69,7 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
         return 0;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
-    if THREADS
-        .insert(pid_tgid as u32, ThreadState::default(), 0)
-        .is_err()
-    {
-        count(stat::THREADS_FULL);
+    if !watch_thread(pid_tgid as u32) {
         return 0;
     }
     emit::<Fork>(EventKind::Fork, pid_tgid, 0, |e| {
@@ -95,7 +87,7 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sys_enter_epoll_wait(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
-    if let Some(thread) = THREADS.get_ptr_mut(pid_tgid as u32) {
+    if let Some(thread) = thread_state(pid_tgid as u32) {
         // SAFETY: `thread` points to a map value valid for this program run.
         unsafe { (*thread).last_touch = 0 };
     }

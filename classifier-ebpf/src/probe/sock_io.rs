@@ -10,8 +10,8 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_probe_read_user,
         bpf_task_pt_regs, generated::bpf_probe_read_user as raw_probe_read_user,
     },
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
 };
 use classifier_ebpf::{
     dir, how, io, msg, side, stat, Addr, EventKind, Io, Message, SockOpen, SockState, LINE_CAP,
@@ -20,44 +20,40 @@ use classifier_ebpf::{
 use super::{
     emit::{emit, emit_at},
     globals::*,
-    maps::{count, gap, next_sock_id, LISTEN_PORTS, SOCKS, THREADS},
-    sock_state::read_endpoints,
-    tp::{field, sock_length},
+    maps::{count, gap, next_sock_id, thread_state, LISTEN_PORTS, SOCKS},
+    sock_state::{is_inet_tcp, read_endpoints},
 };
 
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
-const IPPROTO_TCP: u16 = 6;
 const EAGAIN: i32 = 11;
 const MSG_PEEK: i32 = 2;
 /// How many calls may continue a first line split across reads (a client that
 /// writes its request line a few bytes at a time).
 const LINE_PARTS: u8 = 32;
 
-#[tracepoint]
-pub fn sock_send_length(ctx: TracePointContext) -> u32 {
+// Raw tracepoints: no record is built for the millions of socket calls that
+// are not ours, and the kernel's recursion guard is per program (a classic
+// tracepoint's program is skipped whenever any BPF program or BPF map syscall is
+// active on the CPU).
+#[raw_tracepoint(tracepoint = "sock_send_length")]
+pub fn sock_send_length(ctx: RawTracePointContext) -> i32 {
     on_io(&ctx, dir::SEND);
     0
 }
 
-#[tracepoint]
-pub fn sock_recv_length(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "sock_recv_length")]
+pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
     on_io(&ctx, dir::RECV);
     0
 }
 
 #[inline(always)]
-fn on_io(ctx: &TracePointContext, direction: u8) -> Option<()> {
+fn on_io(ctx: &RawTracePointContext, direction: u8) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let thread = THREADS.get_ptr_mut(pid_tgid as u32)?;
-    let family: u16 = field(ctx, sock_length::FAMILY);
-    let protocol: u16 = field(ctx, sock_length::PROTOCOL);
-    if (family != AF_INET && family != AF_INET6) || protocol != IPPROTO_TCP {
-        return None;
-    }
-    let sk: u64 = field(ctx, sock_length::SK);
-    let ret: i32 = field(ctx, sock_length::RET);
-    let flags: i32 = field(ctx, sock_length::FLAGS);
+    let thread = thread_state(pid_tgid as u32)?;
+    // TP_PROTO(struct sock *sk, int ret, int flags)
+    let sk: u64 = ctx.arg(0);
+    let ret = ctx.arg::<u64>(1) as i32;
+    let flags = ctx.arg::<u64>(2) as i32;
 
     let sock = match SOCKS.get_ptr_mut(sk) {
         Some(sock) => sock,
@@ -209,6 +205,11 @@ fn emit_io(
 /// existed before the agent attached. Its side comes from its local port.
 #[inline(always)]
 fn adopt(sk: u64, pid_tgid: u64) -> Option<*mut SockState> {
+    // Only TCP over IPv4 or IPv6 (the thread's unix and UDP sockets pass here too,
+    // and stop here, every time: they never enter SOCKS).
+    if !is_inet_tcp(sk) {
+        return None;
+    }
     let (local, peer) = read_endpoints(sk)?;
     let is_client = LISTEN_PORTS.get_ptr(local.port).is_some();
     let sock_side = if is_client {

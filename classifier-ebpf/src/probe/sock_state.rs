@@ -8,8 +8,8 @@
 //! inside `connect()` in the connecting thread: that is where upstream sockets start.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
-    macros::{raw_tracepoint, tracepoint},
-    programs::{RawTracePointContext, TracePointContext},
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
 };
 use classifier_ebpf::{
     how, reset, side, stat, Addr, Destroy, EventKind, Reset, SockError, SockOpen, SockState, State,
@@ -18,8 +18,7 @@ use classifier_ebpf::{
 use super::{
     emit::emit,
     globals::*,
-    maps::{count, gap, next_sock_id, LISTEN_PORTS, SOCKS, THREADS},
-    tp::{array_field, field, send_reset, set_state, tcp_sk},
+    maps::{count, gap, next_sock_id, thread_state, LISTEN_PORTS, SOCKS},
 };
 
 const TCP_ESTABLISHED: i32 = 1;
@@ -30,27 +29,25 @@ const TCP_CLOSE: i32 = 7;
 const TCP_CLOSE_WAIT: i32 = 8;
 const TCP_LAST_ACK: i32 = 9;
 const TCP_LISTEN: i32 = 10;
+const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u16 = 6;
 
-#[tracepoint]
-pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
     on_set_state(&ctx);
     0
 }
 
 #[inline(always)]
-fn on_set_state(ctx: &TracePointContext) -> Option<()> {
-    let protocol: u16 = field(ctx, set_state::PROTOCOL);
-    if protocol != IPPROTO_TCP {
-        return None;
-    }
-    let sk: u64 = field(ctx, set_state::SKADDR);
-    let old: i32 = field(ctx, set_state::OLDSTATE);
-    let new: i32 = field(ctx, set_state::NEWSTATE);
+fn on_set_state(ctx: &RawTracePointContext) -> Option<()> {
+    // TP_PROTO(const struct sock *sk, const int oldstate, const int newstate)
+    let sk: u64 = ctx.arg(0);
+    let old = ctx.arg::<u64>(1) as i32;
+    let new = ctx.arg::<u64>(2) as i32;
     let pid_tgid = bpf_get_current_pid_tgid();
     if old == TCP_CLOSE && new == TCP_SYN_SENT {
-        return on_connect(ctx, sk, pid_tgid);
+        return on_connect(sk, pid_tgid);
     }
     if old == TCP_LISTEN && new == TCP_SYN_RECV {
         // An accepted connection is born (the listener's clone). A known socket at
@@ -59,7 +56,7 @@ fn on_set_state(ctx: &TracePointContext) -> Option<()> {
         return None;
     }
     if new == TCP_LISTEN || (old == TCP_LISTEN && new == TCP_CLOSE) {
-        return on_listen(ctx, new == TCP_LISTEN, pid_tgid);
+        return on_listen(sk, new == TCP_LISTEN, pid_tgid);
     }
     let sock = SOCKS.get_ptr_mut(sk)?;
     // A watched thread's own close: the first FIN_WAIT1 (close or shutdown) or
@@ -75,7 +72,7 @@ fn on_set_state(ctx: &TracePointContext) -> Option<()> {
     if !informative {
         return None;
     }
-    let (local, peer) = endpoints_from_record(ctx);
+    let (local, peer) = read_endpoints(sk)?;
     // SAFETY: `sock` points to a map value valid for this program run.
     let (id, msg_bytes, msg_last_ns, msg_dir) = unsafe {
         (
@@ -105,8 +102,11 @@ fn on_set_state(ctx: &TracePointContext) -> Option<()> {
 /// CLOSE → SYN_SENT in a watched thread: the proxy connects somewhere. The local
 /// port is not chosen yet (it shows at the next state change).
 #[inline(always)]
-fn on_connect(ctx: &TracePointContext, sk: u64, pid_tgid: u64) -> Option<()> {
-    let thread = THREADS.get_ptr_mut(pid_tgid as u32)?;
+fn on_connect(sk: u64, pid_tgid: u64) -> Option<()> {
+    let thread = thread_state(pid_tgid as u32)?;
+    if !is_inet_tcp(sk) {
+        return None;
+    }
     end_stale(sk, pid_tgid);
     let id = next_sock_id();
     let state = SockState {
@@ -128,7 +128,7 @@ fn on_connect(ctx: &TracePointContext, sk: u64, pid_tgid: u64) -> Option<()> {
         (*thread).last_touch = id;
         prev
     };
-    let (local, peer) = endpoints_from_record(ctx);
+    let (local, peer) = read_endpoints(sk).unwrap_or_default();
     let sent = emit::<SockOpen>(EventKind::SockOpen, pid_tgid, id, |e| {
         // SAFETY: `e` is a reserved SockOpen.
         unsafe {
@@ -176,9 +176,14 @@ fn end_stale(sk: u64, pid_tgid: u64) {
 /// `listen()` or the close of a listening socket in a watched thread: keeps the
 /// count of the proxy's listening sockets per port.
 #[inline(always)]
-fn on_listen(ctx: &TracePointContext, opened: bool, pid_tgid: u64) -> Option<()> {
-    THREADS.get_ptr(pid_tgid as u32)?;
-    let port: u16 = field(ctx, set_state::SPORT);
+fn on_listen(sk: u64, opened: bool, pid_tgid: u64) -> Option<()> {
+    thread_state(pid_tgid as u32)?;
+    if !is_inet_tcp(sk) {
+        return None;
+    }
+    // SAFETY: read of kernel memory through the probe helper, at a BTF offset.
+    let port: u16 =
+        unsafe { bpf_probe_read_kernel((sk + OFF_SKC_NUM.load() as u64) as *const u16) }.ok()?;
     match LISTEN_PORTS.get_ptr_mut(port) {
         // SAFETY: `n` points to a map value valid for this program run.
         Some(n) => unsafe {
@@ -202,7 +207,7 @@ fn on_listen(ctx: &TracePointContext, opened: bool, pid_tgid: u64) -> Option<()>
 /// thread's touch. Returns whether this call was that close.
 #[inline(always)]
 fn touch_close(sock: *mut SockState, pid_tgid: u64) -> bool {
-    let Some(thread) = THREADS.get_ptr_mut(pid_tgid as u32) else {
+    let Some(thread) = thread_state(pid_tgid as u32) else {
         return false;
     };
     // SAFETY: both pointers point to map values valid for this program run.
@@ -216,29 +221,17 @@ fn touch_close(sock: *mut SockState, pid_tgid: u64) -> bool {
     true
 }
 
+/// Whether `sk` is a TCP socket over IPv4 or IPv6 (`sk_family`, `sk_protocol`).
 #[inline(always)]
-fn endpoints_from_record(ctx: &TracePointContext) -> (Addr, Addr) {
-    let family: u16 = field(ctx, set_state::FAMILY);
-    let mut local = Addr {
-        family,
-        port: field(ctx, set_state::SPORT),
-        ..Addr::default()
+pub fn is_inet_tcp(sk: u64) -> bool {
+    // SAFETY: reads of kernel memory through the probe helper, at BTF offsets.
+    let (family, protocol) = unsafe {
+        (
+            bpf_probe_read_kernel((sk + OFF_SKC_FAMILY.load() as u64) as *const u16),
+            bpf_probe_read_kernel((sk + OFF_SK_PROTOCOL.load() as u64) as *const u16),
+        )
     };
-    let mut peer = Addr {
-        family,
-        port: field(ctx, set_state::DPORT),
-        ..Addr::default()
-    };
-    if family == AF_INET6 {
-        local.addr = array_field(ctx, set_state::SADDR_V6);
-        peer.addr = array_field(ctx, set_state::DADDR_V6);
-    } else {
-        let s: [u8; 4] = array_field(ctx, set_state::SADDR);
-        let d: [u8; 4] = array_field(ctx, set_state::DADDR);
-        local.addr[..4].copy_from_slice(&s);
-        peer.addr[..4].copy_from_slice(&d);
-    }
-    (local, peer)
+    matches!(family, Ok(AF_INET) | Ok(AF_INET6)) && protocol == Ok(IPPROTO_TCP)
 }
 
 /// Local and peer endpoints read from `struct sock_common`.
@@ -282,15 +275,15 @@ pub fn read_endpoints(sk: u64) -> Option<(Addr, Addr)> {
     }
 }
 
-#[tracepoint]
-pub fn tcp_destroy_sock(ctx: TracePointContext) -> u32 {
-    on_destroy(&ctx);
+#[raw_tracepoint(tracepoint = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock(ctx: RawTracePointContext) -> i32 {
+    // TP_PROTO(struct sock *sk)
+    on_destroy(ctx.arg(0));
     0
 }
 
 #[inline(always)]
-fn on_destroy(ctx: &TracePointContext) -> Option<()> {
-    let sk: u64 = field(ctx, tcp_sk::SKADDR);
+fn on_destroy(sk: u64) -> Option<()> {
     let sock = SOCKS.get_ptr_mut(sk)?;
     let pid_tgid = bpf_get_current_pid_tgid();
     // A socket not yet closed by its thread is destroyed inside that thread's
@@ -331,28 +324,38 @@ fn emit_destroy(
     });
 }
 
-#[tracepoint]
-pub fn tcp_receive_reset(ctx: TracePointContext) -> u32 {
-    let sk: u64 = field(&ctx, tcp_sk::SKADDR);
-    emit_reset(sk, reset::RECEIVED, 0);
+#[raw_tracepoint(tracepoint = "tcp_receive_reset")]
+pub fn tcp_receive_reset(ctx: RawTracePointContext) -> i32 {
+    // TP_PROTO(struct sock *sk)
+    emit_reset(ctx.arg(0), reset::RECEIVED);
     0
 }
 
-#[tracepoint]
-pub fn tcp_send_reset(ctx: TracePointContext) -> u32 {
-    let sk: u64 = field(&ctx, send_reset::SKADDR);
-    let state: i32 = field(&ctx, send_reset::STATE);
+#[raw_tracepoint(tracepoint = "tcp_send_reset")]
+pub fn tcp_send_reset(ctx: RawTracePointContext) -> i32 {
+    // TP_PROTO(const struct sock *sk, const struct sk_buff *skb[, reason]): sk is
+    // NULL for a reset answering a packet no socket owns.
+    let sk: u64 = ctx.arg(0);
     if sk != 0 {
-        emit_reset(sk, reset::SENT, state as u8);
+        emit_reset(sk, reset::SENT);
     }
     0
 }
 
 #[inline(always)]
-fn emit_reset(sk: u64, direction: u8, state: u8) -> Option<()> {
+fn emit_reset(sk: u64, direction: u8) -> Option<()> {
     let sock = SOCKS.get_ptr(sk)?;
-    // SAFETY: `sock` points to a map value valid for this program run.
-    let id = unsafe { (*sock).id };
+    // SAFETY: `sock` points to a map value valid for this program run; the state is
+    // read through the probe helper at a BTF offset (the socket's state when the
+    // reset was sent; the engine reads it for sent resets only).
+    let (id, state) = unsafe {
+        let state = if direction == reset::SENT {
+            bpf_probe_read_kernel((sk + OFF_SKC_STATE.load() as u64) as *const u8).unwrap_or(0)
+        } else {
+            0
+        };
+        ((*sock).id, state)
+    };
     emit::<Reset>(EventKind::Reset, bpf_get_current_pid_tgid(), id, |e| {
         // SAFETY: `e` is a reserved Reset.
         unsafe {

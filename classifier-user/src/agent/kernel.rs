@@ -20,6 +20,7 @@ pub struct Offsets {
     pub skc_v6_daddr: u32,
     pub skc_v6_rcv_saddr: u32,
     pub sk_err: u32,
+    pub sk_protocol: u32,
     pub regs_si: u32,
     pub regs_orig_ax: u32,
 }
@@ -47,6 +48,7 @@ impl Offsets {
             skc_v6_daddr: off("sock_common", "skc_v6_daddr")?,
             skc_v6_rcv_saddr: off("sock_common", "skc_v6_rcv_saddr")?,
             sk_err: off("sock", "sk_err")?,
+            sk_protocol: off("sock", "sk_protocol")?,
             regs_si,
             regs_orig_ax,
         })
@@ -143,121 +145,6 @@ pub struct Field {
 
 /// The record layouts the probes are compiled against (classifier-ebpf `probe/tp.rs`).
 pub const FIELDS: &[Field] = &[
-    Field {
-        tracepoint: "sock/sock_send_length",
-        name: "sk",
-        offset: 8,
-    },
-    Field {
-        tracepoint: "sock/sock_send_length",
-        name: "family",
-        offset: 16,
-    },
-    Field {
-        tracepoint: "sock/sock_send_length",
-        name: "protocol",
-        offset: 18,
-    },
-    Field {
-        tracepoint: "sock/sock_send_length",
-        name: "ret",
-        offset: 20,
-    },
-    Field {
-        tracepoint: "sock/sock_send_length",
-        name: "flags",
-        offset: 24,
-    },
-    Field {
-        tracepoint: "sock/sock_recv_length",
-        name: "sk",
-        offset: 8,
-    },
-    Field {
-        tracepoint: "sock/sock_recv_length",
-        name: "ret",
-        offset: 20,
-    },
-    Field {
-        tracepoint: "sock/sock_recv_length",
-        name: "flags",
-        offset: 24,
-    },
-    Field {
-        tracepoint: "sock/inet_sock_set_state",
-        name: "skaddr",
-        offset: 8,
-    },
-    Field {
-        tracepoint: "sock/inet_sock_set_state",
-        name: "oldstate",
-        offset: 16,
-    },
-    Field {
-        tracepoint: "sock/inet_sock_set_state",
-        name: "newstate",
-        offset: 20,
-    },
-    Field {
-        tracepoint: "sock/inet_sock_set_state",
-        name: "sport",
-        offset: 24,
-    },
-    Field {
-        tracepoint: "sock/inet_sock_set_state",
-        name: "dport",
-        offset: 26,
-    },
-    Field {
-        tracepoint: "sock/inet_sock_set_state",
-        name: "family",
-        offset: 28,
-    },
-    Field {
-        tracepoint: "sock/inet_sock_set_state",
-        name: "protocol",
-        offset: 30,
-    },
-    Field {
-        tracepoint: "sock/inet_sock_set_state",
-        name: "saddr",
-        offset: 32,
-    },
-    Field {
-        tracepoint: "sock/inet_sock_set_state",
-        name: "daddr",
-        offset: 36,
-    },
-    Field {
-        tracepoint: "sock/inet_sock_set_state",
-        name: "saddr_v6",
-        offset: 40,
-    },
-    Field {
-        tracepoint: "sock/inet_sock_set_state",
-        name: "daddr_v6",
-        offset: 56,
-    },
-    Field {
-        tracepoint: "tcp/tcp_destroy_sock",
-        name: "skaddr",
-        offset: 8,
-    },
-    Field {
-        tracepoint: "tcp/tcp_receive_reset",
-        name: "skaddr",
-        offset: 8,
-    },
-    Field {
-        tracepoint: "tcp/tcp_send_reset",
-        name: "skaddr",
-        offset: 16,
-    },
-    Field {
-        tracepoint: "tcp/tcp_send_reset",
-        name: "state",
-        offset: 24,
-    },
     Field {
         tracepoint: "sched/sched_process_fork",
         name: "child_pid",

@@ -7,14 +7,14 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::{
     include_bytes_aligned,
-    maps::{HashMap, MapData, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId, RawTracePoint,
-        TracePoint,
+        raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId, Program,
+        ProgramError, RawTracePoint, TracePoint,
     },
     Ebpf, EbpfLoader,
 };
-use classifier_ebpf::ThreadState;
+use classifier_ebpf::{ThreadSlot, ThreadState};
 
 use super::kernel::{Offsets, Syscalls};
 
@@ -29,19 +29,28 @@ const TRACKING: &[(&str, &str, &str)] = &[
     ("sched_process_exec", "sched", "sched_process_exec"),
 ];
 
-/// Everything else. (program, category, name)
+/// The event-loop marker (syscall tracepoints exist only as regular ones).
+/// (program, category, name)
 const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sys_enter_epoll_wait", "syscalls", "sys_enter_epoll_wait"),
     ("sys_enter_epoll_wait", "syscalls", "sys_enter_epoll_pwait"),
     ("sys_enter_epoll_wait", "syscalls", "sys_enter_epoll_pwait2"),
+];
+
+/// Socket I/O and TCP lifecycle, as raw tracepoints: the kernel builds no record
+/// for them, and skips a raw tracepoint's program only when that same program is
+/// already running on the CPU (a regular tracepoint's program is skipped while
+/// any BPF program or BPF map syscall is active there: a softirq ending a
+/// connection inside one lost its event). (program, category, name)
+const RAW_TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("inet_sock_set_state", "sock", "inet_sock_set_state"),
     ("tcp_destroy_sock", "tcp", "tcp_destroy_sock"),
     ("tcp_receive_reset", "tcp", "tcp_receive_reset"),
     ("tcp_send_reset", "tcp", "tcp_send_reset"),
+    ("inet_sk_error_report", "sock", "inet_sk_error_report"),
     ("sock_send_length", "sock", "sock_send_length"),
     ("sock_recv_length", "sock", "sock_recv_length"),
 ];
-const RAW_TRACEPOINTS: &[(&str, &str)] = &[("inet_sk_error_report", "inet_sk_error_report")];
 
 /// Sizes of the kernel-side tables.
 #[derive(Debug, Clone, Copy)]
@@ -54,6 +63,7 @@ pub struct Limits {
 pub struct Probes {
     ebpf: Ebpf,
     threads: HashMap<MapData, u32, ThreadState>,
+    slots: Array<MapData, ThreadSlot>,
     ports: HashMap<MapData, u16, u32>,
     stats: PerCpuArray<MapData, u64>,
     /// Held so the map stays alive (programs are loaded after `load`).
@@ -91,6 +101,7 @@ impl Probes {
             .override_global("OFF_SKC_V6_DADDR", &offsets.skc_v6_daddr, true)
             .override_global("OFF_SKC_V6_RCV_SADDR", &offsets.skc_v6_rcv_saddr, true)
             .override_global("OFF_SK_ERR", &offsets.sk_err, true)
+            .override_global("OFF_SK_PROTOCOL", &offsets.sk_protocol, true)
             .override_global("OFF_REGS_SI", &offsets.regs_si, true)
             .override_global("OFF_REGS_ORIG_AX", &offsets.regs_orig_ax, true)
             .override_global("SYS_READ", &sys.read, true)
@@ -117,12 +128,15 @@ impl Probes {
                 .insert(key, 1, 0)
                 .context("filling the process-name map (at most 64 names)")?;
         }
+        verify_all(&mut ebpf)?;
         let threads = HashMap::try_from(ebpf.take_map("THREADS").context("map THREADS")?)?;
+        let slots = Array::try_from(ebpf.take_map("THREAD_SLOTS").context("map THREAD_SLOTS")?)?;
         let ports = HashMap::try_from(ebpf.take_map("LISTEN_PORTS").context("map LISTEN_PORTS")?)?;
         let stats = PerCpuArray::try_from(ebpf.take_map("STATS").context("map STATS")?)?;
         Ok(Self {
             ebpf,
             threads,
+            slots,
             ports,
             stats,
             _comms: comms,
@@ -147,15 +161,22 @@ impl Probes {
         for (prog, category, name) in TRACEPOINTS {
             self.attach_tracepoint(tracefs, prog, category, name)?;
         }
-        for (prog, name) in RAW_TRACEPOINTS {
+        for (prog, category, name) in RAW_TRACEPOINTS {
+            if !tracefs.join("events").join(category).join(name).is_dir() {
+                anyhow::bail!(
+                    "this kernel has no tracepoint {category}/{name}, which classify needs (sock/* I/O tracepoints need Linux 6.5 or newer)"
+                );
+            }
             let program: &mut RawTracePoint = self
                 .ebpf
                 .program_mut(prog)
                 .with_context(|| format!("program {prog} missing from the object"))?
                 .try_into()?;
-            program
-                .load()
-                .with_context(|| format!("loading program {prog}"))?;
+            if program.fd().is_err() {
+                program
+                    .load()
+                    .with_context(|| format!("loading program {prog}"))?;
+            }
             let link = program
                 .attach(name)
                 .with_context(|| format!("attaching to raw tracepoint {name}"))?;
@@ -233,6 +254,18 @@ impl Probes {
             self.threads
                 .insert(tid, ThreadState::default(), 0)
                 .context("filling the thread map (is it full?)")?;
+            // The same protocol as the probes' (see `ThreadSlot`): recorded in
+            // THREADS first, the slot marked, then taken if free.
+            let index = tid % classifier_ebpf::THREAD_SLOTS;
+            let mut slot = self.slots.get(&index, 0).unwrap_or_default();
+            slot.overflow = 1;
+            if slot.tid == 0 {
+                slot.tid = tid;
+                slot.state = ThreadState::default();
+            }
+            self.slots
+                .set(index, slot, 0)
+                .context("filling the thread slots")?;
             added += 1;
         }
         Ok(added)
@@ -286,6 +319,34 @@ impl Probes {
             .get(&index, 0)
             .map_or(0, |values| values.iter().sum())
     }
+}
+
+/// Loads (verifies) every program, in parallel: the verifier takes a few hundred
+/// ms for each socket I/O program, and start-up waits for the slowest alone.
+fn verify_all(ebpf: &mut Ebpf) -> Result<()> {
+    let programs: Vec<(&str, &mut Program)> = ebpf.programs_mut().collect();
+    let results: Vec<(String, Result<(), ProgramError>)> = std::thread::scope(|s| {
+        let jobs: Vec<_> = programs
+            .into_iter()
+            .map(|(name, program)| {
+                s.spawn(move || {
+                    let result = match program {
+                        Program::TracePoint(p) => p.load(),
+                        Program::RawTracePoint(p) => p.load(),
+                        _ => Ok(()),
+                    };
+                    (name.to_owned(), result)
+                })
+            })
+            .collect();
+        jobs.into_iter()
+            .map(|j| j.join().expect("a program load panicked"))
+            .collect()
+    });
+    for (name, result) in results {
+        result.with_context(|| format!("loading program {name} (the kernel verifier refused it)"))?;
+    }
+    Ok(())
 }
 
 /// `recursion_misses` of a loaded program (`BPF_OBJ_GET_INFO_BY_FD`; aya's
