@@ -94,12 +94,7 @@ unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
         unsafe { mimalloc::MiMalloc.dealloc(ptr, layout) }
     }
 
-    unsafe fn realloc(
-        &self,
-        ptr: *mut u8,
-        layout: std::alloc::Layout,
-        new_size: usize,
-    ) -> *mut u8 {
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
         ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // SAFETY: same contract as ours.
         unsafe { mimalloc::MiMalloc.realloc(ptr, layout, new_size) }

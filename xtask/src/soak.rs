@@ -62,7 +62,11 @@ pub fn run(minutes: u64) -> Result<()> {
         ])
         .arg(&records)
         // CLASSIFY_SOAK_RECORD=FILE keeps the event stream, to study a disagreement.
-        .args(std::env::var("CLASSIFY_SOAK_RECORD").map(|f| vec!["--record".to_owned(), f]).unwrap_or_default())
+        .args(
+            std::env::var("CLASSIFY_SOAK_RECORD")
+                .map(|f| vec!["--record".to_owned(), f])
+                .unwrap_or_default(),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -166,7 +166,9 @@ fn on_io(ctx: &RawTracePointContext, direction: u8) -> Option<()> {
             (*sock).msg_bytes
         };
         let what = if ret == 0 { io::EOF } else { io::ERROR };
-        emit_io(now, pid_tgid, id, prev_touch, msg_bytes, ret, direction, what);
+        emit_io(
+            now, pid_tgid, id, prev_touch, msg_bytes, ret, direction, what,
+        );
     }
     Some(())
 }

@@ -9,8 +9,8 @@ use aya::{
     include_bytes_aligned,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId, Program,
-        ProgramError, RawTracePoint, TracePoint,
+        raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId, Program, ProgramError,
+        RawTracePoint, TracePoint,
     },
     Ebpf, EbpfLoader,
 };
@@ -344,7 +344,8 @@ fn verify_all(ebpf: &mut Ebpf) -> Result<()> {
             .collect()
     });
     for (name, result) in results {
-        result.with_context(|| format!("loading program {name} (the kernel verifier refused it)"))?;
+        result
+            .with_context(|| format!("loading program {name} (the kernel verifier refused it)"))?;
     }
     Ok(())
 }
