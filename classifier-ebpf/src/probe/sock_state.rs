@@ -160,17 +160,7 @@ fn end_stale(sk: u64, pid_tgid: u64) {
         return;
     };
     count(stat::STALE_SOCKS);
-    // SAFETY: `sock` points to a map value valid for this program run.
-    let (id, msg_bytes, msg_last_ns, msg_dir) = unsafe {
-        (
-            (*sock).id,
-            (*sock).msg_bytes,
-            (*sock).msg_last_ns,
-            (*sock).dir,
-        )
-    };
-    emit_destroy(id, pid_tgid, msg_bytes, msg_last_ns, msg_dir, false);
-    let _ = SOCKS.remove(sk);
+    end_entry(sk, sock, pid_tgid, false);
 }
 
 /// `listen()` or the close of a listening socket in a watched thread: keeps the
@@ -289,6 +279,14 @@ fn on_destroy(sk: u64) -> Option<()> {
     // A socket not yet closed by its thread is destroyed inside that thread's
     // close() (it was already in CLOSE: refused, reset, or closed with linger 0).
     let local_close = touch_close(sock, pid_tgid);
+    end_entry(sk, sock, pid_tgid, local_close);
+    Some(())
+}
+
+/// Reports a socket's end (`Destroy`, with where its last message stood) and
+/// forgets it.
+#[inline(always)]
+fn end_entry(sk: u64, sock: *mut SockState, pid_tgid: u64, local_close: bool) {
     // SAFETY: `sock` points to a map value valid for this program run.
     let (id, msg_bytes, msg_last_ns, msg_dir) = unsafe {
         (
@@ -298,20 +296,6 @@ fn on_destroy(sk: u64) -> Option<()> {
             (*sock).dir,
         )
     };
-    emit_destroy(id, pid_tgid, msg_bytes, msg_last_ns, msg_dir, local_close);
-    let _ = SOCKS.remove(sk);
-    Some(())
-}
-
-#[inline(always)]
-fn emit_destroy(
-    id: u64,
-    pid_tgid: u64,
-    msg_bytes: u64,
-    msg_last_ns: u64,
-    msg_dir: u8,
-    local_close: bool,
-) {
     emit::<Destroy>(EventKind::Destroy, pid_tgid, id, |e| {
         // SAFETY: `e` is a reserved Destroy.
         unsafe {
@@ -322,6 +306,7 @@ fn emit_destroy(
             (*e)._pad = [0; 6];
         }
     });
+    let _ = SOCKS.remove(sk);
 }
 
 #[raw_tracepoint(tracepoint = "tcp_receive_reset")]
