@@ -177,8 +177,8 @@ pub fn run(args: &WatchArgs) -> Result<()> {
         decoded: Vec::with_capacity(8),
         events: 0,
         event_bytes: 0,
-        loss_seen: 0,
-        loss_checked_at: monotonic_ns(),
+        map_loss: LossWatch::new(monotonic_ns()),
+        skipped: LossWatch::new(monotonic_ns()),
         undecodable: 0,
         rescan_due: false,
         started,
@@ -203,9 +203,10 @@ struct Agent {
     decoded: Vec<Event>,
     events: u64,
     event_bytes: u64,
-    /// Kernel loss counters already reported, and when they were last read.
-    loss_seen: u64,
-    loss_checked_at: u64,
+    /// Events lost to a full ring or socket map (polled once a second: each read
+    /// is a map syscall), and probe runs the kernel skipped (polled every tick).
+    map_loss: LossWatch,
+    skipped: LossWatch,
     undecodable: u64,
     /// A watched process exited since the last rescan.
     rescan_due: bool,
@@ -249,12 +250,13 @@ impl Agent {
                 }
             }
             self.drain(ring.get_mut())?;
-            if last_loss_check.elapsed() >= LOSS_CHECK_EVERY {
-                last_loss_check = Instant::now();
-                self.check_loss()?;
-            }
             if last_tick.elapsed() >= TICK_EVERY {
                 last_tick = Instant::now();
+                let maps = last_loss_check.elapsed() >= LOSS_CHECK_EVERY;
+                if maps {
+                    last_loss_check = Instant::now();
+                }
+                self.check_loss(maps)?;
                 let now = monotonic_ns();
                 self.release_lines(now.saturating_sub(HOLD_LINES.as_nanos() as u64))?;
                 self.feed(Event {
@@ -285,7 +287,7 @@ impl Agent {
         self.probes.detach();
         self.drain(ring.get_mut())?;
         self.release_lines(u64::MAX)?;
-        self.check_loss()?;
+        self.check_loss(true)?;
         let mut out = std::mem::take(&mut self.out);
         self.engine.flush(&mut out);
         for r in &out {
@@ -366,14 +368,18 @@ impl Agent {
     /// Polls the kernel's loss counters (events lost to a full ring, sockets
     /// left untracked). A rise means evidence went missing since the last poll:
     /// the engine marks every exchange that overlaps that window.
-    fn check_loss(&mut self) -> Result<()> {
-        let total = self.probes.counter(stat::RING_FULL)
-            + self.probes.counter(stat::SOCKS_FULL)
-            + self.probes.skipped_runs();
+    fn check_loss(&mut self, maps: bool) -> Result<()> {
         let now = monotonic_ns();
-        if total > self.loss_seen {
-            let events = total - self.loss_seen;
-            self.loss_seen = total;
+        let mut lost = Vec::with_capacity(2);
+        // Program info, not a map syscall: cheap enough to read every tick, so a
+        // skipped run marks only the exchanges of the last 100 ms.
+        lost.extend(self.skipped.update(self.probes.skipped_runs(), now));
+        if maps {
+            let total =
+                self.probes.counter(stat::RING_FULL) + self.probes.counter(stat::SOCKS_FULL);
+            lost.extend(self.map_loss.update(total, now));
+        }
+        for (events, since) in lost {
             self.feed(Event {
                 ts: now,
                 pid: 0,
@@ -381,11 +387,10 @@ impl Agent {
                 kind: EventKind::Lost {
                     events,
                     sockets: 0,
-                    since: Some(self.loss_checked_at),
+                    since: Some(since),
                 },
             })?;
         }
-        self.loss_checked_at = now;
         Ok(())
     }
 
@@ -454,5 +459,43 @@ impl Agent {
             verdicts: self.sink.verdicts(),
             engine: self.engine.counters().clone(),
         }
+    }
+}
+
+/// A kernel loss counter already reported, and when it was last read.
+struct LossWatch {
+    seen: u64,
+    checked_at: u64,
+}
+
+impl LossWatch {
+    fn new(now: u64) -> Self {
+        Self {
+            seen: 0,
+            checked_at: now,
+        }
+    }
+
+    /// How much the counter rose since the last read, and since when.
+    fn update(&mut self, total: u64, now: u64) -> Option<(u64, u64)> {
+        let since = std::mem::replace(&mut self.checked_at, now);
+        (total > self.seen).then(|| {
+            let rose = total - std::mem::replace(&mut self.seen, total);
+            (rose, since)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::LossWatch;
+
+    #[test]
+    fn loss_watch_reports_each_rise_once_with_its_window() {
+        let mut w = LossWatch::new(100);
+        assert_eq!(w.update(0, 200), None);
+        assert_eq!(w.update(3, 300), Some((3, 200)));
+        assert_eq!(w.update(3, 400), None);
+        assert_eq!(w.update(5, 500), Some((2, 400)));
     }
 }
