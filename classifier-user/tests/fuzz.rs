@@ -243,3 +243,95 @@ fn event() -> impl Strategy<Value = EventKind> {
         }),
     ]
 }
+
+/// The seed corpus: event streams recorded from real nginx (`tests/fixtures`, kept
+/// in the repository). Mutating real streams reaches engine states that random
+/// events rarely do: lost events, duplicates, reordering across CPUs, cut files.
+fn corpus() -> &'static [(String, Vec<Event>)] {
+    static CORPUS: std::sync::OnceLock<Vec<(String, Vec<Event>)>> = std::sync::OnceLock::new();
+    CORPUS.get_or_init(|| {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .expect("tests/fixtures")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.to_string_lossy().ends_with(".events.jsonl"))
+            .collect();
+        files.sort();
+        assert!(!files.is_empty(), "no recorded streams in {}", dir.display());
+        files
+            .into_iter()
+            .map(|p| {
+                let text = std::fs::read_to_string(&p).expect("fixture");
+                let (_, events) = recording::read(text.as_bytes()).expect("fixture header");
+                let events = events.collect::<Result<Vec<_>, _>>().expect("fixture events");
+                (text, events)
+            })
+            .collect()
+    })
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn recorded_streams_with_events_lost_doubled_or_swapped_never_panic(
+        pick in any::<prop::sample::Index>(),
+        drops in proptest::collection::vec(any::<prop::sample::Index>(), 0..24),
+        doubles in proptest::collection::vec(any::<prop::sample::Index>(), 0..8),
+        swaps in proptest::collection::vec(any::<prop::sample::Index>(), 0..8),
+    ) {
+        let corpus = corpus();
+        let (_, stream) = &corpus[pick.index(corpus.len())];
+        let mut events = stream.clone();
+        for s in &swaps {
+            if events.len() > 1 {
+                let i = s.index(events.len() - 1);
+                events.swap(i, i + 1);
+            }
+        }
+        for d in &doubles {
+            if !events.is_empty() {
+                let i = d.index(events.len());
+                events.insert(i, events[i].clone());
+            }
+        }
+        for d in &drops {
+            if !events.is_empty() {
+                let i = d.index(events.len());
+                events.remove(i);
+            }
+        }
+        let mut engine = Engine::new(EngineConfig::default());
+        let mut out = Vec::new();
+        for ev in events {
+            engine.ingest(ev, &mut out);
+        }
+        engine.flush(&mut out);
+        for r in &out {
+            prop_assert!(serde_json::to_string(r).is_ok());
+        }
+    }
+
+    #[test]
+    fn recorded_files_cut_or_corrupted_are_errors_not_panics(
+        pick in any::<prop::sample::Index>(),
+        cut in any::<prop::sample::Index>(),
+        flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
+    ) {
+        let corpus = corpus();
+        let (text, _) = &corpus[pick.index(corpus.len())];
+        let mut bytes = text.as_bytes()[..cut.index(text.len() + 1)].to_vec();
+        for (at, b) in &flips {
+            if !bytes.is_empty() {
+                let i = at.index(bytes.len());
+                bytes[i] = *b;
+            }
+        }
+        if let Ok((_, events)) = recording::read(&bytes[..]) {
+            for e in events {
+                let _ = e;
+            }
+        }
+    }
+}
