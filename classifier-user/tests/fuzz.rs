@@ -258,13 +258,19 @@ fn corpus() -> &'static [(String, Vec<Event>)] {
             .filter(|p| p.to_string_lossy().ends_with(".events.jsonl"))
             .collect();
         files.sort();
-        assert!(!files.is_empty(), "no recorded streams in {}", dir.display());
+        assert!(
+            !files.is_empty(),
+            "no recorded streams in {}",
+            dir.display()
+        );
         files
             .into_iter()
             .map(|p| {
                 let text = std::fs::read_to_string(&p).expect("fixture");
                 let (_, events) = recording::read(text.as_bytes()).expect("fixture header");
-                let events = events.collect::<Result<Vec<_>, _>>().expect("fixture events");
+                let events = events
+                    .collect::<Result<Vec<_>, _>>()
+                    .expect("fixture events");
                 (text, events)
             })
             .collect()
