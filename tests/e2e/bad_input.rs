@@ -16,7 +16,7 @@ use classify_tests::{
     upstream::Upstream,
 };
 
-use super::support::{assert_matches_access_log, assert_schema, require_root};
+use super::support::{assert_matches_access_log, assert_schema, require_root, stop_after_log};
 
 fn lab(extra_http: &str) -> (Upstream, Nginx, classify::Running) {
     require_root();
@@ -58,10 +58,7 @@ fn binary_garbage_from_a_client_is_nginx_s_400() {
     // that ends: close our side rather than wait out `lingering_timeout` (5 s).
     drop(s);
     drop(c);
-    let access = nginx.wait_access_log(1, Duration::from_secs(10));
-    thread::sleep(Duration::from_millis(300));
-    let out = running.stop();
-    assert!(out.status.success(), "{}", out.stderr);
+    let (out, access) = stop_after_log(&nginx, running, 1);
     assert_schema(&out.records);
     assert_matches_access_log(&out.exchanges(), &access);
     let r = out.exchanges()[0];
@@ -88,21 +85,16 @@ fn a_request_line_split_over_many_reads_is_joined() {
         "{:?}",
         String::from_utf8_lossy(&got)
     );
-    let access = nginx.wait_access_log(1, Duration::from_secs(5));
-    thread::sleep(Duration::from_millis(300));
-    let out = running.stop();
-    assert!(out.status.success(), "{}", out.stderr);
+    let (out, access) = stop_after_log(&nginx, running, 1);
     assert_matches_access_log(&out.exchanges(), &access);
     assert_eq!(out.exchanges()[0]["request"]["target"], "/status/201");
     assert_eq!(out.exchanges()[0]["complete"], true);
 }
 
-#[test]
-fn sixty_four_kib_headers_are_refused_or_proxied_as_configured() {
-    // Default header buffers refuse them (400); a location with big buffers proxies.
-    let (_up, nginx, running) = lab("");
+/// `GET /status/200` with a 64 KiB header on a connection of its own; the status.
+fn big_header_request(port: u16) -> u16 {
     let big = "x".repeat(64 * 1024);
-    let mut c = Conn::connect(nginx.port).unwrap();
+    let mut c = Conn::connect(port).unwrap();
     c.send(
         "GET",
         "/status/200",
@@ -110,15 +102,18 @@ fn sixty_four_kib_headers_are_refused_or_proxied_as_configured() {
         b"",
     )
     .unwrap();
-    assert_eq!(c.read_response().unwrap().status, 400);
-    // nginx logs a refused request only when its lingering close ends: close our
-    // side now rather than leave it to `lingering_timeout` (5 s, as long as the
-    // wait below).
-    drop(c);
-    let access = nginx.wait_access_log(1, Duration::from_secs(10));
-    thread::sleep(Duration::from_millis(300));
-    let out = running.stop();
-    assert!(out.status.success(), "{}", out.stderr);
+    c.read_response().unwrap().status
+}
+
+#[test]
+fn sixty_four_kib_headers_are_refused_or_proxied_as_configured() {
+    // Default header buffers refuse them (400); a location with big buffers proxies.
+    let (_up, nginx, running) = lab("");
+    // The connection is closed on return: nginx logs a refused request only when
+    // its lingering close ends, which would otherwise wait for
+    // `lingering_timeout` (5 s).
+    assert_eq!(big_header_request(nginx.port), 400);
+    let (out, access) = stop_after_log(&nginx, running, 1);
     assert_matches_access_log(&out.exchanges(), &access);
     assert_eq!(out.exchanges()[0]["verdict"], "client_error");
 
@@ -131,18 +126,8 @@ fn sixty_four_kib_headers_are_refused_or_proxied_as_configured() {
     );
     let nginx = Nginx::start(&config);
     let running = classify::start(&["--pid", &nginx.master_pid().to_string()]);
-    let mut c = Conn::connect(nginx.port).unwrap();
-    c.send(
-        "GET",
-        "/status/200",
-        &[("X-Big", &big), ("Connection", "close")],
-        b"",
-    )
-    .unwrap();
-    assert_eq!(c.read_response().unwrap().status, 200);
-    let access = nginx.wait_access_log(1, Duration::from_secs(5));
-    thread::sleep(Duration::from_millis(300));
-    let out = running.stop();
+    assert_eq!(big_header_request(nginx.port), 200);
+    let (out, access) = stop_after_log(&nginx, running, 1);
     assert_matches_access_log(&out.exchanges(), &access);
     assert_eq!(out.exchanges()[0]["verdict"], "ok");
     assert!(
@@ -164,10 +149,7 @@ fn pipelined_requests_each_get_their_record() {
     let statuses: Vec<u16> = (0..3).map(|_| c.read_response().unwrap().status).collect();
     assert_eq!(statuses, [200, 404, 503]);
     drop(c);
-    let access = nginx.wait_access_log(3, Duration::from_secs(5));
-    thread::sleep(Duration::from_millis(300));
-    let out = running.stop();
-    assert!(out.status.success(), "{}", out.stderr);
+    let (out, access) = stop_after_log(&nginx, running, 3);
     assert_schema(&out.records);
     assert_matches_access_log(&out.exchanges(), &access);
     // The first request line was on the wire; the others came in the same receive,

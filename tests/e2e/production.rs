@@ -21,7 +21,7 @@ use classify_tests::{
 use serde_json::Value;
 
 use super::support::{
-    access_key, assert_matches_access_log, assert_schema, record_key, require_root,
+    access_key, assert_matches_access_log, assert_schema, record_key, require_root, stop_after_log,
 };
 
 /// Client threads sending requests in a loop (kept-alive connections, reopened
@@ -201,10 +201,7 @@ fn watching_by_name_survives_a_stop_and_start() {
     assert_eq!(c.request("GET", "/status/201").unwrap().status, 201);
     assert_eq!(c.request("GET", "/status/404").unwrap().status, 404);
     drop(c);
-    let access2 = second.wait_access_log(2, Duration::from_secs(5));
-    thread::sleep(Duration::from_millis(300));
-    let out = running.stop();
-    assert!(out.status.success(), "{}", out.stderr);
+    let (out, access2) = stop_after_log(&second, running, 2);
     let mut access = access1;
     access.extend(access2);
     assert_matches_access_log(&out.exchanges(), &access);
@@ -347,10 +344,7 @@ fn a_full_socket_map_is_counted_and_marks_records_incomplete() {
     for c in conns.iter_mut() {
         let _ = c.request("GET", "/status/200");
     }
-    let access = nginx.wait_access_log(12, Duration::from_secs(5));
-    thread::sleep(Duration::from_millis(300));
-    let out = running.stop();
-    assert!(out.status.success(), "{}", out.stderr);
+    let (out, access) = stop_after_log(&nginx, running, 12);
     let stats = out.final_stats().unwrap();
     assert!(stats["untracked_sockets"].as_u64().unwrap() > 0, "{stats}");
     let logged: std::collections::BTreeSet<_> = access.iter().map(access_key).collect();

@@ -124,3 +124,18 @@ pub fn assert_matches_access_log(exchanges: &[&Value], access: &[AccessEntry]) {
         diff.join("\n")
     );
 }
+
+/// The end of most tests: waits until nginx has logged `n` requests (10 s at
+/// most), gives the agent 300 ms to drain what the kernel still holds, stops it,
+/// and checks that it exited cleanly. Returns its output and the access log.
+pub fn stop_after_log(
+    nginx: &classify_tests::nginx::Nginx,
+    running: classify_tests::classify::Running,
+    n: usize,
+) -> (classify_tests::classify::Output, Vec<AccessEntry>) {
+    let access = nginx.wait_access_log(n, std::time::Duration::from_secs(10));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let out = running.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    (out, access)
+}
