@@ -30,6 +30,7 @@ use std::{
 };
 
 use anyhow::{bail, Context as _, Result};
+use classify_tests::nginx::{Config, Nginx};
 use serde_json::{json, Value};
 
 #[derive(Clone)]
@@ -63,66 +64,16 @@ fn cpu_ns(pid: u32) -> u64 {
         .sum()
 }
 
-fn children(pid: u32) -> Vec<u32> {
-    fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
-struct Nginx {
-    child: Child,
-    _dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Nginx {
-    fn start(workers: u32, http: &str) -> Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let port = classify_tests::free_port();
-        let p = dir.path().display();
-        let conf = format!(
-            "worker_processes {workers};\nuser root;\ndaemon off;\nmaster_process on;\npid {p}/nginx.pid;\nerror_log {p}/error.log;\nevents {{ worker_connections 8192; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n{}\n}}\n",
-            http.replace("{port}", &port.to_string())
-        );
-        fs::write(dir.path().join("nginx.conf"), conf)?;
-        let child = Command::new("/usr/sbin/nginx")
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-c")
-            .arg(dir.path().join("nginx.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("starting nginx")?;
-        let n = Self {
-            child,
-            _dir: dir,
-            port,
-        };
-        let up = classify_tests::wait_for(Duration::from_secs(10), || {
-            (std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-                && children(n.child.id()).len() as u32 >= workers)
-                .then_some(())
-        });
-        if up.is_none() {
-            bail!("nginx did not start on port {port}");
-        }
-        Ok(n)
-    }
-
-    fn workers(&self) -> Vec<u32> {
-        children(self.child.id())
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGQUIT) };
-        let _ = self.child.wait();
-    }
+/// nginx as the tests run it, minus the access log (`Config::quiet`).
+fn nginx(workers: u32, http: &str) -> Nginx {
+    Nginx::start(&Config {
+        workers,
+        http: http.to_owned(),
+        binary: None,
+        daemon: false,
+        main: String::new(),
+        quiet: true,
+    })
 }
 
 /// classify attached to the proxy, writing records nowhere.
@@ -397,17 +348,17 @@ struct Env {
 
 impl Env {
     fn start(workers: u32) -> Result<Self> {
-        let upstream = Nginx::start(
+        let upstream = nginx(
             1,
             "  server { listen 127.0.0.1:{port}; location / { return 200 \"ok\\n\"; } }",
-        )?;
-        let proxy = Nginx::start(
+        );
+        let proxy = nginx(
             workers,
             &format!(
                 "  upstream up {{ server 127.0.0.1:{}; keepalive 64; }}\n  server {{ listen 127.0.0.1:{{port}}; location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }}",
                 upstream.port
             ),
-        )?;
+        );
         Ok(Self { upstream, proxy })
     }
 }
@@ -421,12 +372,12 @@ fn one_run(
     agent_args: &[&str],
 ) -> Result<Value> {
     let agent = if with {
-        Some(Agent::start(env.proxy.child.id(), agent_args)?)
+        Some(Agent::start(env.proxy.master_pid(), agent_args)?)
     } else {
         None
     };
-    let workers = env.proxy.workers();
-    let upstream_workers = env.upstream.workers();
+    let workers = env.proxy.worker_pids();
+    let upstream_workers = env.upstream.worker_pids();
     let before = |pids: &[u32]| pids.iter().map(|p| cpu_ns(*p)).sum::<u64>();
     let (w0, u0, a0) = (
         before(&workers),
@@ -581,7 +532,7 @@ fn paired(env: &Env, mode: Mode, rounds: usize, opts: &Options) -> Result<Value>
 
 /// Per-program run time at the fixed rate, with BPF statistics on for that run only.
 fn program_times(env: &Env, opts: &Options) -> Result<Value> {
-    let agent = Agent::start(env.proxy.child.id(), &[])?;
+    let agent = Agent::start(env.proxy.master_pid(), &[])?;
     Command::new("sysctl")
         .args(["-qw", "kernel.bpf_stats_enabled=1"])
         .status()?;
@@ -648,7 +599,7 @@ fn program_times(env: &Env, opts: &Options) -> Result<Value> {
 /// The engine alone: a stream recorded at saturation, replayed on one core.
 fn engine_replay(env: &Env, opts: &Options, dir: &Path) -> Result<Value> {
     let rec = dir.join("stream.jsonl");
-    let agent = Agent::start(env.proxy.child.id(), &["--record", rec.to_str().unwrap()])?;
+    let agent = Agent::start(env.proxy.master_pid(), &["--record", rec.to_str().unwrap()])?;
     wrk(env.proxy.port, opts.seconds.min(5), false)?;
     agent.stop()?;
     let (header, events) = classifier::recording::read(BufReader::new(fs::File::open(&rec)?))?;
