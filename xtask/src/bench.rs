@@ -45,7 +45,7 @@ pub struct Options {
 
 // ===== processes =====
 
-fn classify_bin() -> PathBuf {
+pub(crate) fn classify_bin() -> PathBuf {
     crate::workspace_root().join("target/release/classify")
 }
 
@@ -91,8 +91,8 @@ struct AgentCounts {
 }
 
 impl Agent {
-    fn start(master: u32, extra: &[&str]) -> Result<Self> {
-        let mut child = Command::new(classify_bin())
+    fn start(bin: &Path, master: u32, extra: &[&str]) -> Result<Self> {
+        let mut child = Command::new(bin)
             .args([
                 "--pid",
                 &master.to_string(),
@@ -323,7 +323,7 @@ fn wrk(port: u16, seconds: u64, new_connections: bool) -> Result<Load> {
 // ===== runs =====
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
+pub(crate) enum Mode {
     FixedKeepalive,
     FixedNewConnection,
     SatKeepalive,
@@ -341,13 +341,13 @@ impl Mode {
     }
 }
 
-struct Env {
+pub(crate) struct Env {
     upstream: Nginx,
     proxy: Nginx,
 }
 
 impl Env {
-    fn start(workers: u32) -> Result<Self> {
+    pub(crate) fn start(workers: u32) -> Result<Self> {
         let upstream = nginx(
             1,
             "  server { listen 127.0.0.1:{port}; location / { return 200 \"ok\\n\"; } }",
@@ -364,17 +364,17 @@ impl Env {
 }
 
 /// One run: load in `mode`, with or without classify. CPU per request of each party.
-fn one_run(
+/// `with` names the classify binary to attach, if any.
+pub(crate) fn one_run(
     env: &Env,
     mode: Mode,
-    with: bool,
+    with: Option<&Path>,
     opts: &Options,
     agent_args: &[&str],
 ) -> Result<Value> {
-    let agent = if with {
-        Some(Agent::start(env.proxy.master_pid(), agent_args)?)
-    } else {
-        None
+    let agent = match with {
+        Some(bin) => Some(Agent::start(bin, env.proxy.master_pid(), agent_args)?),
+        None => None,
     };
     let workers = env.proxy.worker_pids();
     let upstream_workers = env.upstream.worker_pids();
@@ -421,7 +421,7 @@ fn one_run(
     }))
 }
 
-fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
+pub(crate) fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
     if v.is_empty() {
         return (0.0, 0.0, 0.0);
     }
@@ -444,8 +444,10 @@ fn paired(env: &Env, mode: Mode, rounds: usize, opts: &Options) -> Result<Value>
             [true, false]
         };
         let mut pair = [Value::Null, Value::Null];
+        let bin = classify_bin();
         for with in order {
-            pair[with as usize] = one_run(env, mode, with, opts, &[])?;
+            pair[with as usize] =
+                one_run(env, mode, with.then_some(bin.as_path()), opts, &[])?;
         }
         eprintln!(
             "bench: {} round {}: {:.0} → {:.0} req/s, worker {:.2} → {:.2} µs/req",
@@ -531,8 +533,8 @@ fn paired(env: &Env, mode: Mode, rounds: usize, opts: &Options) -> Result<Value>
 }
 
 /// Per-program run time at the fixed rate, with BPF statistics on for that run only.
-fn program_times(env: &Env, opts: &Options) -> Result<Value> {
-    let agent = Agent::start(env.proxy.master_pid(), &[])?;
+pub(crate) fn program_times(env: &Env, bin: &Path, opts: &Options) -> Result<Value> {
+    let agent = Agent::start(bin, env.proxy.master_pid(), &[])?;
     Command::new("sysctl")
         .args(["-qw", "kernel.bpf_stats_enabled=1"])
         .status()?;
@@ -599,7 +601,11 @@ fn program_times(env: &Env, opts: &Options) -> Result<Value> {
 /// The engine alone: a stream recorded at saturation, replayed on one core.
 fn engine_replay(env: &Env, opts: &Options, dir: &Path) -> Result<Value> {
     let rec = dir.join("stream.jsonl");
-    let agent = Agent::start(env.proxy.master_pid(), &["--record", rec.to_str().unwrap()])?;
+    let agent = Agent::start(
+        &classify_bin(),
+        env.proxy.master_pid(),
+        &["--record", rec.to_str().unwrap()],
+    )?;
     wrk(env.proxy.port, opts.seconds.min(5), false)?;
     agent.stop()?;
     let (header, events) = classifier::recording::read(BufReader::new(fs::File::open(&rec)?))?;
@@ -679,7 +685,7 @@ pub fn run(opts: &Options) -> Result<()> {
         let burst = one_run(
             &env,
             Mode::FixedKeepalive,
-            true,
+            Some(&classify_bin()),
             &Options {
                 rate: opts.rate * 10,
                 workers: Vec::new(),
@@ -687,7 +693,7 @@ pub fn run(opts: &Options) -> Result<()> {
             },
             &[],
         )?;
-        let programs = program_times(&env, opts)?;
+        let programs = program_times(&env, &classify_bin(), opts)?;
         if engine.is_null() {
             engine = engine_replay(&env, opts, dir.path())?;
         }

@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask <setup|build|test|demo|fixtures>`.
 mod bench;
+mod compare;
 mod demo;
 mod setup;
 mod soak;
@@ -66,6 +67,22 @@ enum Task {
         /// 3 rounds of 3 s: a smoke test.
         #[arg(long)]
         quick: bool,
+    },
+    /// This build against another classify binary, paired in one run (fixed rate,
+    /// kept alive): CPU per request and BPF time per program.
+    Compare {
+        /// Another build of `classify` (e.g. a copy of target/release/classify from
+        /// the previous commit).
+        #[arg(long)]
+        baseline: PathBuf,
+        #[arg(long, default_value_t = 6)]
+        rounds: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, default_value_t = 4800)]
+        rate: u32,
+        #[arg(long, default_value_t = 1)]
+        workers: u32,
     },
     /// A long run with a fault mix under load (not in CI): no crash, flat memory,
     /// agreement with the access log.
@@ -158,6 +175,23 @@ fn run(cli: Cli) -> Result<()> {
                 }
             };
             bench::run(&opts)
+        }
+        Task::Compare {
+            baseline,
+            rounds,
+            seconds,
+            rate,
+            workers,
+        } => {
+            prepare()?;
+            build(true)?;
+            compare::run(&compare::CompareOptions {
+                baseline,
+                rounds,
+                seconds,
+                rate,
+                workers,
+            })
         }
         Task::Soak { minutes } => {
             prepare()?;

@@ -1,0 +1,154 @@
+//! `cargo xtask compare --baseline BIN`: this build's classify against another
+//! build, in one run on the same nginx, at the fixed rate on kept-alive
+//! connections. Rounds rotate the order of no agent, the baseline and this build,
+//! so drift in the machine lands on all three alike. Then the BPF run time per
+//! program for each build (statistics on for those runs only).
+//!
+//! For probe and agent changes before a full `cargo xtask bench`: the baseline is
+//! a copy of `target/release/classify` built from the previous commit.
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use serde_json::{json, Value};
+
+use crate::bench::{classify_bin, median, one_run, program_times, Env, Mode, Options};
+
+pub struct CompareOptions {
+    pub baseline: PathBuf,
+    pub rounds: usize,
+    pub seconds: u64,
+    pub rate: u32,
+    pub workers: u32,
+}
+
+pub fn run(c: &CompareOptions) -> Result<()> {
+    let current = classify_bin();
+    c.baseline
+        .metadata()
+        .with_context(|| format!("baseline {}", c.baseline.display()))?;
+    let opts = Options {
+        rounds: c.rounds,
+        sat_rounds: 0,
+        seconds: c.seconds,
+        workers: vec![c.workers],
+        rate: c.rate,
+    };
+    let env = Env::start(c.workers)?;
+    let bins: [Option<&Path>; 3] = [None, Some(&c.baseline), Some(&current)];
+    // us_per_request[mode][round] for each party.
+    let mut runs: Vec<[Value; 3]> = Vec::new();
+    for r in 0..c.rounds {
+        let mut round = [Value::Null, Value::Null, Value::Null];
+        for k in 0..3 {
+            let which = (r + k) % 3;
+            round[which] = one_run(&env, Mode::FixedKeepalive, bins[which], &opts, &[])?;
+        }
+        let w = |i: usize| round[i]["us_per_request"]["nginx_workers"].as_f64().unwrap_or(0.0);
+        let a = |i: usize| round[i]["us_per_request"]["classify"].as_f64().unwrap_or(0.0);
+        eprintln!(
+            "compare: round {}: worker µs/req none {:.2}, baseline {:.2}, current {:.2}; classify {:.2} / {:.2}",
+            r + 1,
+            w(0),
+            w(1),
+            w(2),
+            a(1),
+            a(2)
+        );
+        runs.push(round);
+    }
+    let who = ["nginx_workers", "upstream", "load_generator", "classify"];
+    let us = |run: &[Value; 3], i: usize, k: &str| {
+        run[i]["us_per_request"][k].as_f64().unwrap_or(0.0)
+    };
+    let all = |run: &[Value; 3], i: usize| who.iter().map(|k| us(run, i, k)).sum::<f64>();
+    let triple = |t: (f64, f64, f64)| json!({"median": t.0, "min": t.1, "max": t.2});
+    let mut delta = serde_json::Map::new();
+    for (name, i) in [("baseline", 1), ("current", 2)] {
+        let mut m = serde_json::Map::new();
+        for k in who {
+            m.insert(
+                k.into(),
+                triple(median(runs.iter().map(|r| us(r, i, k) - us(r, 0, k)).collect())),
+            );
+        }
+        m.insert(
+            "all".into(),
+            triple(median(runs.iter().map(|r| all(r, i) - all(r, 0)).collect())),
+        );
+        delta.insert(name.into(), Value::Object(m));
+    }
+    let current_minus_baseline = json!({
+        "nginx_workers": triple(median(runs.iter().map(|r| us(r, 2, "nginx_workers") - us(r, 1, "nginx_workers")).collect())),
+        "classify": triple(median(runs.iter().map(|r| us(r, 2, "classify") - us(r, 1, "classify")).collect())),
+        "all": triple(median(runs.iter().map(|r| all(r, 2) - all(r, 1)).collect())),
+    });
+    // Program times, alternated: baseline, current, current, baseline.
+    let mut programs: [Vec<Value>; 2] = [Vec::new(), Vec::new()];
+    for i in [0, 1, 1, 0] {
+        let bin = if i == 0 { c.baseline.as_path() } else { current.as_path() };
+        programs[i].push(program_times(&env, bin, &opts)?);
+    }
+    let bpf_ns = |v: &Vec<Value>| {
+        v.iter()
+            .map(|p| p["ns_per_request"].as_f64().unwrap_or(0.0))
+            .collect::<Vec<_>>()
+    };
+    let result = json!({
+        "rate": c.rate,
+        "seconds": c.seconds,
+        "workers": c.workers,
+        "rounds": c.rounds,
+        "delta_vs_no_agent_us_per_request": delta,
+        "current_minus_baseline_us_per_request": current_minus_baseline,
+        "bpf_ns_per_request": {"baseline": bpf_ns(&programs[0]), "current": bpf_ns(&programs[1])},
+        "programs": {"baseline": programs[0], "current": programs[1]},
+    });
+    let out = crate::workspace_root().join("target/bench/compare.json");
+    std::fs::create_dir_all(out.parent().unwrap())?;
+    std::fs::write(&out, serde_json::to_string_pretty(&result)?)?;
+    println!("{}", summary(&result));
+    eprintln!("compare: wrote {}", out.display());
+    Ok(())
+}
+
+fn summary(r: &Value) -> String {
+    let t = |v: &Value| {
+        format!(
+            "{:+.2} [{:+.2}..{:+.2}]",
+            v["median"].as_f64().unwrap_or(0.0),
+            v["min"].as_f64().unwrap_or(0.0),
+            v["max"].as_f64().unwrap_or(0.0)
+        )
+    };
+    let d = &r["delta_vs_no_agent_us_per_request"];
+    let mut s = String::new();
+    s += "µs/req vs no agent      baseline                 current\n";
+    for k in ["nginx_workers", "upstream", "load_generator", "classify", "all"] {
+        s += &format!(
+            "{k:<22} {:<24} {}\n",
+            t(&d["baseline"][k]),
+            t(&d["current"][k])
+        );
+    }
+    let c = &r["current_minus_baseline_us_per_request"];
+    s += &format!(
+        "current − baseline: worker {}, classify {}, all {}\n",
+        t(&c["nginx_workers"]),
+        t(&c["classify"]),
+        t(&c["all"])
+    );
+    s += &format!("BPF ns/req: baseline {}, current {}\n", r["bpf_ns_per_request"]["baseline"], r["bpf_ns_per_request"]["current"]);
+    for (name, runs) in [("baseline", &r["programs"]["baseline"]), ("current", &r["programs"]["current"])] {
+        if let Some(first) = runs.as_array().and_then(|a| a.first()) {
+            for p in first["programs"].as_array().into_iter().flatten() {
+                s += &format!(
+                    "  {name:<8} {:<22} {:>6.0} ns × {:.2}\n",
+                    p["program"].as_str().unwrap_or(""),
+                    p["ns_per_run"].as_f64().unwrap_or(0.0),
+                    p["runs_per_request"].as_f64().unwrap_or(0.0)
+                );
+            }
+        }
+    }
+    s
+}
