@@ -1,9 +1,14 @@
 //! The engine alone on a recording: `cargo run --release --example engine_bench -- FILE`.
 //! Events are parsed first; `Engine::ingest` is timed (best of five), then ingest
-//! plus JSON serialization of every record (what the agent does per event).
+//! plus JSON for every record, with serde_json and with the writer the agent uses
+//! (`classifier::json`).
 use std::{fs::File, io::BufReader, time::Instant};
 
 use classifier::{recording, Engine, EngineConfig, Event};
+
+// The allocator the agent ships with, so the figures are the agent's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
     let path = std::env::args()
@@ -12,7 +17,8 @@ fn main() {
     let (header, events) =
         recording::read(BufReader::new(File::open(&path).expect("open"))).expect("recording");
     let events: Vec<Event> = events.collect::<Result<_, _>>().expect("events");
-    for serialize in [false, true] {
+    for mode in ["ingest", "ingest + serde_json", "ingest + classifier::json"] {
+        let serialize = mode != "ingest";
         let mut best = f64::MAX;
         let mut records = 0;
         let mut bytes = 0;
@@ -32,7 +38,11 @@ fn main() {
                 records += out.len();
                 if serialize {
                     for r in &out {
-                        serde_json::to_writer(&mut json, r).expect("serialize");
+                        if mode == "ingest + serde_json" {
+                            serde_json::to_writer(&mut json, r).expect("serialize");
+                        } else {
+                            classifier::json::write_record(&mut json, r).expect("write");
+                        }
                         json.push(b'\n');
                     }
                     bytes += json.len();
@@ -46,7 +56,7 @@ fn main() {
         }
         println!(
             "{}: {} events, {records} records ({bytes} JSON bytes): {:.0} events/s, {:.0} records/s",
-            if serialize { "ingest + JSON" } else { "ingest" },
+            mode,
             events.len(),
             events.len() as f64 / best,
             records as f64 / best

@@ -17,6 +17,7 @@ pub mod engine;
 pub mod event;
 pub mod head;
 pub mod hint;
+pub mod json;
 pub mod record;
 pub mod recording;
 pub mod summary;

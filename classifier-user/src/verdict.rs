@@ -89,6 +89,18 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    pub const ALL: [Outcome; 9] = [
+        Self::Response,
+        Self::Refused,
+        Self::Reset,
+        Self::Closed,
+        Self::Invalid,
+        Self::Timeout,
+        Self::ConnectTimeout,
+        Self::Truncated,
+        Self::Aborted,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Response => "response",

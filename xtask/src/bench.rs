@@ -446,8 +446,7 @@ fn paired(env: &Env, mode: Mode, rounds: usize, opts: &Options) -> Result<Value>
         let mut pair = [Value::Null, Value::Null];
         let bin = classify_bin();
         for with in order {
-            pair[with as usize] =
-                one_run(env, mode, with.then_some(bin.as_path()), opts, &[])?;
+            pair[with as usize] = one_run(env, mode, with.then_some(bin.as_path()), opts, &[])?;
         }
         eprintln!(
             "bench: {} round {}: {:.0} → {:.0} req/s, worker {:.2} → {:.2} µs/req",

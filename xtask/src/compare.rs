@@ -43,8 +43,16 @@ pub fn run(c: &CompareOptions) -> Result<()> {
             let which = (r + k) % 3;
             round[which] = one_run(&env, Mode::FixedKeepalive, bins[which], &opts, &[])?;
         }
-        let w = |i: usize| round[i]["us_per_request"]["nginx_workers"].as_f64().unwrap_or(0.0);
-        let a = |i: usize| round[i]["us_per_request"]["classify"].as_f64().unwrap_or(0.0);
+        let w = |i: usize| {
+            round[i]["us_per_request"]["nginx_workers"]
+                .as_f64()
+                .unwrap_or(0.0)
+        };
+        let a = |i: usize| {
+            round[i]["us_per_request"]["classify"]
+                .as_f64()
+                .unwrap_or(0.0)
+        };
         eprintln!(
             "compare: round {}: worker µs/req none {:.2}, baseline {:.2}, current {:.2}; classify {:.2} / {:.2}",
             r + 1,
@@ -57,9 +65,8 @@ pub fn run(c: &CompareOptions) -> Result<()> {
         runs.push(round);
     }
     let who = ["nginx_workers", "upstream", "load_generator", "classify"];
-    let us = |run: &[Value; 3], i: usize, k: &str| {
-        run[i]["us_per_request"][k].as_f64().unwrap_or(0.0)
-    };
+    let us =
+        |run: &[Value; 3], i: usize, k: &str| run[i]["us_per_request"][k].as_f64().unwrap_or(0.0);
     let all = |run: &[Value; 3], i: usize| who.iter().map(|k| us(run, i, k)).sum::<f64>();
     let triple = |t: (f64, f64, f64)| json!({"median": t.0, "min": t.1, "max": t.2});
     let mut delta = serde_json::Map::new();
@@ -68,7 +75,9 @@ pub fn run(c: &CompareOptions) -> Result<()> {
         for k in who {
             m.insert(
                 k.into(),
-                triple(median(runs.iter().map(|r| us(r, i, k) - us(r, 0, k)).collect())),
+                triple(median(
+                    runs.iter().map(|r| us(r, i, k) - us(r, 0, k)).collect(),
+                )),
             );
         }
         m.insert(
@@ -85,7 +94,11 @@ pub fn run(c: &CompareOptions) -> Result<()> {
     // Program times, alternated: baseline, current, current, baseline.
     let mut programs: [Vec<Value>; 2] = [Vec::new(), Vec::new()];
     for i in [0, 1, 1, 0] {
-        let bin = if i == 0 { c.baseline.as_path() } else { current.as_path() };
+        let bin = if i == 0 {
+            c.baseline.as_path()
+        } else {
+            current.as_path()
+        };
         programs[i].push(program_times(&env, bin, &opts)?);
     }
     let bpf_ns = |v: &Vec<Value>| {
@@ -123,7 +136,13 @@ fn summary(r: &Value) -> String {
     let d = &r["delta_vs_no_agent_us_per_request"];
     let mut s = String::new();
     s += "µs/req vs no agent      baseline                 current\n";
-    for k in ["nginx_workers", "upstream", "load_generator", "classify", "all"] {
+    for k in [
+        "nginx_workers",
+        "upstream",
+        "load_generator",
+        "classify",
+        "all",
+    ] {
         s += &format!(
             "{k:<22} {:<24} {}\n",
             t(&d["baseline"][k]),
@@ -137,8 +156,14 @@ fn summary(r: &Value) -> String {
         t(&c["classify"]),
         t(&c["all"])
     );
-    s += &format!("BPF ns/req: baseline {}, current {}\n", r["bpf_ns_per_request"]["baseline"], r["bpf_ns_per_request"]["current"]);
-    for (name, runs) in [("baseline", &r["programs"]["baseline"]), ("current", &r["programs"]["current"])] {
+    s += &format!(
+        "BPF ns/req: baseline {}, current {}\n",
+        r["bpf_ns_per_request"]["baseline"], r["bpf_ns_per_request"]["current"]
+    );
+    for (name, runs) in [
+        ("baseline", &r["programs"]["baseline"]),
+        ("current", &r["programs"]["current"]),
+    ] {
         if let Some(first) = runs.as_array().and_then(|a| a.first()) {
             for p in first["programs"].as_array().into_iter().flatten() {
                 s += &format!(

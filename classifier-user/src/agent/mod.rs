@@ -4,6 +4,7 @@ pub mod listeners;
 pub mod preflight;
 pub mod probes;
 pub mod targets;
+mod wait;
 
 use std::{
     collections::BTreeMap,
@@ -22,22 +23,21 @@ use classifier::{
     recording, Engine, EngineConfig,
 };
 use classifier_ebpf::stat;
-use tokio::{io::unix::AsyncFd, signal::unix::SignalKind};
 
 use self::{
     probes::{Limits, Probes},
     targets::Spec,
+    wait::{Waiter, Wake},
 };
 use crate::{cli::WatchArgs, sink::Sink};
 
 const PROC: &str = "/proc";
-/// How often the ring is drained when no forced wakeup comes. Each timed wakeup
-/// costs the agent a few tens of µs whatever the traffic, and records are held
-/// for the settle time anyway; the probes force a wakeup when the ring passes
-/// half full, so a burst never waits for this.
-const DRAIN_EVERY: Duration = Duration::from_millis(50);
-/// How often the engine is told the time (so quiet exchanges settle).
-const TICK_EVERY: Duration = Duration::from_millis(100);
+/// How often the ring is drained when no forced wakeup comes, and the engine is
+/// told the time (so quiet exchanges settle). Each timed wakeup costs the agent
+/// tens of µs whatever the traffic, and records are held for the settle time
+/// anyway; the probes force a wakeup when the ring passes half full, so a burst
+/// never waits for this.
+const DRAIN_EVERY: Duration = Duration::from_millis(100);
 /// How often the kernel's loss counters are polled. Events carry their CPU's
 /// gaps themselves; the poll catches losses no later event reported, and each
 /// poll is a few map syscalls that blind the probes on that CPU meanwhile.
@@ -185,10 +185,7 @@ pub fn run(args: &WatchArgs) -> Result<()> {
         stats_interval: (args.output.stats_interval > 0)
             .then(|| Duration::from_secs(args.output.stats_interval)),
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    rt.block_on(agent.run(ring, args.duration))
+    agent.run(ring, args.duration)
 }
 
 struct Agent {
@@ -215,43 +212,32 @@ struct Agent {
 }
 
 impl Agent {
-    async fn run(&mut self, ring: RingBuf<MapData>, duration: Option<Duration>) -> Result<()> {
-        // SAFETY: the RingBuf owns its map fd and is moved into the AsyncFd, so the
-        // fd stays open and the same for the AsyncFd's whole lifetime.
-        let mut ring =
-            unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "registering the ring buffer with epoll: {}",
-                        e.into_parts().1
-                    )
-                })?;
-        let mut sigint = tokio::signal::unix::signal(SignalKind::interrupt())?;
-        let mut sigterm = tokio::signal::unix::signal(SignalKind::terminate())?;
-        let mut drain = tokio::time::interval(DRAIN_EVERY);
-        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let deadline = duration.map(|d| tokio::time::Instant::now() + d);
-        let mut last_tick = Instant::now();
+    fn run(&mut self, mut ring: RingBuf<MapData>, duration: Option<Duration>) -> Result<()> {
+        let waiter = Waiter::new(std::os::fd::AsRawFd::as_raw_fd(&ring))?;
+        let deadline = duration.map(|d| Instant::now() + d);
+        let mut next_drain = Instant::now() + DRAIN_EVERY;
         let mut last_loss_check = Instant::now();
         let mut last_rescan = Instant::now();
         let mut last_stats = Instant::now();
         let stop_reason;
         loop {
-            tokio::select! {
-                _ = drain.tick() => {}
-                guard = ring.readable_mut() => {
-                    // Edge-triggered: a forced wakeup (ring half full). Drain below.
-                    guard?.clear_ready();
+            let now = Instant::now();
+            let until = deadline.map_or(next_drain, |d| d.min(next_drain));
+            match waiter.wait(until.saturating_duration_since(now))? {
+                Wake::Signal => {
+                    stop_reason = None;
+                    break;
                 }
-                _ = sigint.recv() => { stop_reason = None; break; }
-                _ = sigterm.recv() => { stop_reason = None; break; }
-                _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => {
-                    stop_reason = None; break;
-                }
+                Wake::Ring => {}
+                Wake::Timeout => {}
             }
-            self.drain(ring.get_mut())?;
-            if last_tick.elapsed() >= TICK_EVERY {
-                last_tick = Instant::now();
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                stop_reason = None;
+                break;
+            }
+            self.drain(&mut ring)?;
+            if Instant::now() >= next_drain {
+                next_drain = Instant::now() + DRAIN_EVERY;
                 let maps = last_loss_check.elapsed() >= LOSS_CHECK_EVERY;
                 if maps {
                     last_loss_check = Instant::now();
@@ -285,7 +271,7 @@ impl Agent {
         }
         // Detach first, then drain what is left and flush.
         self.probes.detach();
-        self.drain(ring.get_mut())?;
+        self.drain(&mut ring)?;
         self.release_lines(u64::MAX)?;
         self.check_loss(true)?;
         let mut out = std::mem::take(&mut self.out);

@@ -82,7 +82,7 @@ impl Sink {
         }
         match self.format {
             Format::Json => {
-                serde_json::to_writer(&mut self.buf, r)?;
+                classifier::json::write_record(&mut self.buf, r)?;
                 self.buf.push(b'\n');
                 if self.buf.len() >= BATCH_BYTES {
                     self.write_batch()?;
