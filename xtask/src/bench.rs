@@ -133,9 +133,11 @@ impl Agent {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         self.child.wait()?;
+        // The reader thread may still be passing the last lines on: wait for them
+        // (the channel closes when stderr does).
         let line = self
             .lines
-            .try_iter()
+            .iter()
             .find(|l| l.contains("stopped after"))
             .context("no final line from classify")?;
         // "... N exchanges (I incomplete), E events (B bytes), L lost, ..."

@@ -19,6 +19,9 @@ pub struct CompareOptions {
     pub seconds: u64,
     pub rate: u32,
     pub workers: u32,
+    /// Alternating pairs of BPF-time runs (each `seconds` long); their ratio
+    /// current / baseline resolves probe changes the CPU rounds cannot.
+    pub bpf_pairs: usize,
 }
 
 pub fn run(c: &CompareOptions) -> Result<()> {
@@ -91,22 +94,33 @@ pub fn run(c: &CompareOptions) -> Result<()> {
         "classify": triple(median(runs.iter().map(|r| us(r, 2, "classify") - us(r, 1, "classify")).collect())),
         "all": triple(median(runs.iter().map(|r| all(r, 2) - all(r, 1)).collect())),
     });
-    // Program times, alternated: baseline, current, current, baseline.
+    // Program times in pairs, the order flipped every pair.
     let mut programs: [Vec<Value>; 2] = [Vec::new(), Vec::new()];
-    for i in [0, 1, 1, 0] {
-        let bin = if i == 0 {
-            c.baseline.as_path()
-        } else {
-            current.as_path()
-        };
-        programs[i].push(program_times(&env, bin, &opts)?);
+    for p in 0..c.bpf_pairs.max(1) {
+        let order = if p % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let bin = if i == 0 {
+                c.baseline.as_path()
+            } else {
+                current.as_path()
+            };
+            programs[i].push(program_times(&env, bin, &opts)?);
+        }
     }
     let bpf_ns = |v: &Vec<Value>| {
         v.iter()
             .map(|p| p["ns_per_request"].as_f64().unwrap_or(0.0))
             .collect::<Vec<_>>()
     };
+    let ratio = median(
+        bpf_ns(&programs[1])
+            .iter()
+            .zip(bpf_ns(&programs[0]))
+            .map(|(c, b)| c / b.max(1.0))
+            .collect(),
+    );
     let result = json!({
+        "bpf_ratio_current_over_baseline": triple(ratio),
         "rate": c.rate,
         "seconds": c.seconds,
         "workers": c.workers,
@@ -156,9 +170,27 @@ fn summary(r: &Value) -> String {
         t(&c["classify"]),
         t(&c["all"])
     );
+    let ns = |v: &Value| {
+        median(
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_f64)
+                .collect(),
+        )
+    };
+    let (b, c) = (
+        ns(&r["bpf_ns_per_request"]["baseline"]),
+        ns(&r["bpf_ns_per_request"]["current"]),
+    );
+    let q = &r["bpf_ratio_current_over_baseline"];
     s += &format!(
-        "BPF ns/req: baseline {}, current {}\n",
-        r["bpf_ns_per_request"]["baseline"], r["bpf_ns_per_request"]["current"]
+        "BPF ns/req (median [min..max] of {} runs): baseline {:.0} [{:.0}..{:.0}], current {:.0} [{:.0}..{:.0}]; paired ratio current/baseline {:.3} [{:.3}..{:.3}]\n",
+        r["bpf_ns_per_request"]["baseline"].as_array().map_or(0, |a| a.len()),
+        b.0, b.1, b.2, c.0, c.1, c.2,
+        q["median"].as_f64().unwrap_or(0.0),
+        q["min"].as_f64().unwrap_or(0.0),
+        q["max"].as_f64().unwrap_or(0.0)
     );
     for (name, runs) in [
         ("baseline", &r["programs"]["baseline"]),

@@ -83,6 +83,9 @@ enum Task {
         rate: u32,
         #[arg(long, default_value_t = 1)]
         workers: u32,
+        /// Alternating pairs of BPF-time runs.
+        #[arg(long, default_value_t = 4)]
+        bpf_pairs: usize,
     },
     /// A long run with a fault mix under load (not in CI): no crash, flat memory,
     /// agreement with the access log.
@@ -182,6 +185,7 @@ fn run(cli: Cli) -> Result<()> {
             seconds,
             rate,
             workers,
+            bpf_pairs,
         } => {
             prepare()?;
             build(true)?;
@@ -191,6 +195,7 @@ fn run(cli: Cli) -> Result<()> {
                 seconds,
                 rate,
                 workers,
+                bpf_pairs,
             })
         }
         Task::Soak { minutes } => {
