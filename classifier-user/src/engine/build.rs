@@ -99,11 +99,13 @@ pub fn build(
     conn: Option<(Endpoint, Endpoint)>,
     comm: Arc<str>,
     text: &mut AddressText,
+    scratch: &mut Vec<Outcome>,
     realtime_offset_ns: i64,
     now: u64,
 ) -> ExchangeRecord {
-    let outcomes: Vec<Outcome> = outcomes(&ex);
-    let (verdict, origin, from) = exchange_verdict(&ex, &outcomes);
+    outcomes(&ex, scratch);
+    let outcomes: &[Outcome] = scratch;
+    let (verdict, origin, from) = exchange_verdict(&ex, outcomes);
     let end = match &ex.response {
         Some(_) => ex.last_send,
         None => ex.client_left().unwrap_or(ex.last_activity),
@@ -114,7 +116,7 @@ pub fn build(
     let upstreams: Vec<Upstream> = ex
         .attempts
         .iter()
-        .zip(&outcomes)
+        .zip(outcomes)
         .map(|(a, o)| Upstream {
             address: text.get(a.peer.addr),
             port: a.peer.port,
@@ -138,7 +140,7 @@ pub fn build(
     } else {
         hint(
             verdict,
-            &hint_facts(&ex, &outcomes, status, duration_us, verdict),
+            &hint_facts(&ex, outcomes, status, duration_us, verdict),
         )
     };
     let (client, server) = match conn {

@@ -86,6 +86,10 @@ pub struct Engine {
     next_ex: u64,
     comms: HashMap<u32, Arc<str>>,
     text: build::AddressText,
+    /// Reused buffers: the outcomes of the record being built, and the exchanges
+    /// a new request ends (no allocation per request for either).
+    outcomes: Vec<crate::verdict::Outcome>,
+    ending: Vec<ExId>,
     counters: EngineCounters,
 }
 
@@ -101,6 +105,8 @@ impl Engine {
             next_ex: 1,
             comms: HashMap::default(),
             text: build::AddressText::default(),
+            outcomes: Vec::new(),
+            ending: Vec::new(),
             counters: EngineCounters::default(),
         }
     }
@@ -258,6 +264,7 @@ impl Engine {
                 h.conn,
                 h.comm,
                 &mut self.text,
+                &mut self.outcomes,
                 self.cfg.realtime_offset_ns,
                 h.end,
             );
@@ -472,20 +479,19 @@ impl Engine {
             Head::Request(r) => {
                 // Exchanges whose response has started are over: nginx reads the next
                 // request only after it has finished the previous response.
-                let done: Vec<ExId> = self
-                    .socks
-                    .get(sock)
-                    .map(|s| {
+                let mut done = std::mem::take(&mut self.ending);
+                if let Some(s) = self.socks.get(sock) {
+                    done.extend(
                         s.exchanges
                             .iter()
                             .filter(|e| self.exchanges.get(e).is_some_and(|x| x.response.is_some()))
-                            .copied()
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                for ex in done {
+                            .copied(),
+                    );
+                }
+                for ex in done.drain(..) {
                     self.finish(ex, End::NextRequest, out);
                 }
+                self.ending = done;
                 self.open_exchange(sock, owner, ts, Some(r), out);
             }
             _ => {
@@ -950,6 +956,7 @@ impl Engine {
                 conn,
                 comm,
                 &mut self.text,
+                &mut self.outcomes,
                 self.cfg.realtime_offset_ns,
                 end,
             );

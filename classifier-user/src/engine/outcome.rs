@@ -4,14 +4,17 @@
 use super::exchange::{Attempt, Exchange};
 use crate::verdict::{Origin, Outcome, ResponseFrom, Verdict};
 
-/// How each attempt of an exchange ended.
-pub fn outcomes(ex: &Exchange) -> Vec<Outcome> {
+/// How each attempt of an exchange ended, into `out` (cleared first: the engine
+/// reuses one buffer for every record).
+pub fn outcomes(ex: &Exchange, out: &mut Vec<Outcome>) {
     let n = ex.attempts.len();
-    ex.attempts
-        .iter()
-        .enumerate()
-        .map(|(i, a)| attempt_outcome(a, ex, i + 1 == n))
-        .collect()
+    out.clear();
+    out.extend(
+        ex.attempts
+            .iter()
+            .enumerate()
+            .map(|(i, a)| attempt_outcome(a, ex, i + 1 == n)),
+    );
 }
 
 /// How an upstream attempt ended.
