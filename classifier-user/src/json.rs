@@ -7,10 +7,7 @@
 //! escaped. The output is byte-for-byte what `serde_json::to_writer` writes for
 //! the same [`Record`] (tested on every fixture and on arbitrary strings), so the
 //! contract in `docs/schema/records.schema.json` does not depend on which is used.
-use crate::{
-    record::{Address, ExchangeRecord, Record, Upstream},
-    verdict::{Origin, ResponseFrom},
-};
+use crate::record::{Address, ExchangeRecord, Record, Upstream};
 
 /// Appends `r` as one JSON object (no newline). Stats records, written once a
 /// stats interval, go through serde.
@@ -53,21 +50,13 @@ pub fn write_exchange(out: &mut Vec<u8>, e: &ExchangeRecord) {
     opt_uint(out, e.response.status.map(u64::from));
     out.extend_from_slice(b",\"from\":");
     match e.response.from {
-        Some(ResponseFrom::Proxy) => out.extend_from_slice(b"\"proxy\""),
-        Some(ResponseFrom::Upstream) => out.extend_from_slice(b"\"upstream\""),
+        Some(from) => word(out, from.as_str()),
         None => null(out),
     }
     out.extend_from_slice(b"},\"verdict\":");
     word(out, e.verdict.as_str());
     out.extend_from_slice(b",\"origin\":");
-    word(
-        out,
-        match e.origin {
-            Origin::Client => "client",
-            Origin::Proxy => "proxy",
-            Origin::Upstream => "upstream",
-        },
-    );
+    word(out, e.origin.as_str());
     out.extend_from_slice(b",\"upstreams\":[");
     for (i, u) in e.upstreams.iter().enumerate() {
         if i > 0 {
@@ -89,19 +78,21 @@ pub fn write_exchange(out: &mut Vec<u8>, e: &ExchangeRecord) {
     });
 }
 
-fn address(out: &mut Vec<u8>, a: &Address) {
+/// `{"address":…,"port":…`, the opening both address objects share.
+fn open_address(out: &mut Vec<u8>, address: &str, port: u16) {
     out.extend_from_slice(b"{\"address\":");
-    string(out, &a.address);
+    string(out, address);
     out.extend_from_slice(b",\"port\":");
-    uint(out, a.port as u64);
+    uint(out, port as u64);
+}
+
+fn address(out: &mut Vec<u8>, a: &Address) {
+    open_address(out, &a.address, a.port);
     out.push(b'}');
 }
 
 fn upstream(out: &mut Vec<u8>, u: &Upstream) {
-    out.extend_from_slice(b"{\"address\":");
-    string(out, &u.address);
-    out.extend_from_slice(b",\"port\":");
-    uint(out, u.port as u64);
+    open_address(out, &u.address, u.port);
     out.extend_from_slice(b",\"local_address\":");
     string(out, &u.local_address);
     out.extend_from_slice(b",\"local_port\":");
@@ -183,7 +174,7 @@ mod tests {
     use super::*;
     use crate::{
         record::{Proxy, Request, Response},
-        verdict::{Outcome, Verdict},
+        verdict::{Origin, Outcome, ResponseFrom, Verdict},
     };
 
     fn same_as_serde(r: &Record) {

@@ -125,6 +125,17 @@ pub enum Origin {
     Upstream,
 }
 
+impl Origin {
+    /// The name in records (what serde writes).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+            Self::Proxy => "proxy",
+            Self::Upstream => "upstream",
+        }
+    }
+}
+
 /// Who wrote the response status the client got.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -133,9 +144,19 @@ pub enum ResponseFrom {
     Upstream,
 }
 
+impl ResponseFrom {
+    /// The name in records (what serde writes).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Proxy => "proxy",
+            Self::Upstream => "upstream",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Verdict;
+    use super::{Outcome, Verdict};
 
     /// Counters index by `verdict as usize`: `ALL` must list every verdict in
     /// declaration order.
@@ -144,5 +165,27 @@ mod tests {
         for (i, v) in Verdict::ALL.iter().enumerate() {
             assert_eq!(*v as usize, i, "{v:?}");
         }
+    }
+
+    /// `Outcome::ALL` lists every outcome once, in declaration order (the JSON
+    /// writer's test walks it).
+    #[test]
+    fn outcome_all_is_complete_and_in_order() {
+        for (i, o) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(*o as usize, i, "{o:?}");
+        }
+        // A new outcome breaks this match at compile time: list it in ALL too.
+        match Outcome::Aborted {
+            Outcome::Response
+            | Outcome::Refused
+            | Outcome::Reset
+            | Outcome::Closed
+            | Outcome::Invalid
+            | Outcome::Timeout
+            | Outcome::ConnectTimeout
+            | Outcome::Truncated
+            | Outcome::Aborted => {}
+        }
+        assert_eq!(Outcome::ALL.len(), Outcome::Aborted as usize + 1);
     }
 }
