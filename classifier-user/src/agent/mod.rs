@@ -223,15 +223,8 @@ impl Agent {
         loop {
             let now = Instant::now();
             let until = deadline.map_or(next_drain, |d| d.min(next_drain));
-            match waiter.wait(until.saturating_duration_since(now))? {
-                Wake::Signal => {
-                    stop_reason = None;
-                    break;
-                }
-                Wake::Ring => {}
-                Wake::Timeout => {}
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
+            let wake = waiter.wait(until.saturating_duration_since(now))?;
+            if wake == Wake::Signal || deadline.is_some_and(|d| Instant::now() >= d) {
                 stop_reason = None;
                 break;
             }
@@ -356,16 +349,17 @@ impl Agent {
     /// the engine marks every exchange that overlaps that window.
     fn check_loss(&mut self, maps: bool) -> Result<()> {
         let now = monotonic_ns();
-        let mut lost = Vec::with_capacity(2);
         // Program info, not a map syscall: cheap enough to read every tick, so a
         // skipped run marks only the exchanges of the last 100 ms.
-        lost.extend(self.skipped.update(self.probes.skipped_runs(), now));
-        if maps {
+        let skipped = self.skipped.update(self.probes.skipped_runs(), now);
+        let map_loss = if maps {
             let total =
                 self.probes.counter(stat::RING_FULL) + self.probes.counter(stat::SOCKS_FULL);
-            lost.extend(self.map_loss.update(total, now));
-        }
-        for (events, since) in lost {
+            self.map_loss.update(total, now)
+        } else {
+            None
+        };
+        for (events, since) in [skipped, map_loss].into_iter().flatten() {
             self.feed(Event {
                 ts: now,
                 pid: 0,

@@ -13,12 +13,12 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Wake {
-    /// The probes forced a wakeup (the ring passed its threshold).
-    Ring,
     /// SIGINT or SIGTERM.
     Signal,
-    Timeout,
+    /// A forced ring wakeup (the ring passed its threshold) or the timeout: drain.
+    Drain,
 }
 
 pub struct Waiter {
@@ -59,16 +59,15 @@ impl Waiter {
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
-                return Ok(Wake::Timeout);
+                return Ok(Wake::Drain);
             }
             return Err(e).context("epoll_wait");
         }
-        let ready = &events[..n as usize];
-        if ready.iter().any(|e| e.u64 == SIGNALS) {
+        if events[..n as usize].iter().any(|e| e.u64 == SIGNALS) {
             self.take_signal();
             return Ok(Wake::Signal);
         }
-        Ok(if n > 0 { Wake::Ring } else { Wake::Timeout })
+        Ok(Wake::Drain)
     }
 
     fn take_signal(&self) {
