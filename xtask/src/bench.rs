@@ -349,7 +349,7 @@ pub(crate) struct Env {
 }
 
 impl Env {
-    pub(crate) fn start(workers: u32) -> Result<Self> {
+    pub(crate) fn start(workers: u32) -> Self {
         let upstream = nginx(
             1,
             "  server { listen 127.0.0.1:{port}; location / { return 200 \"ok\\n\"; } }",
@@ -361,7 +361,7 @@ impl Env {
                 upstream.port
             ),
         );
-        Ok(Self { upstream, proxy })
+        Self { upstream, proxy }
     }
 }
 
@@ -423,6 +423,11 @@ pub(crate) fn one_run(
     }))
 }
 
+/// A median with its spread, as the results files write it.
+pub(crate) fn triple(t: (f64, f64, f64)) -> Value {
+    json!({"median": t.0, "min": t.1, "max": t.2})
+}
+
 pub(crate) fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
     if v.is_empty() {
         return (0.0, 0.0, 0.0);
@@ -438,6 +443,7 @@ pub(crate) fn median(mut v: Vec<f64>) -> (f64, f64, f64) {
 
 /// Alternating paired rounds (order flipped every round).
 fn paired(env: &Env, mode: Mode, rounds: usize, opts: &Options) -> Result<Value> {
+    let bin = classify_bin();
     let mut runs = Vec::new();
     for r in 0..rounds {
         let order = if r % 2 == 0 {
@@ -446,7 +452,6 @@ fn paired(env: &Env, mode: Mode, rounds: usize, opts: &Options) -> Result<Value>
             [true, false]
         };
         let mut pair = [Value::Null, Value::Null];
-        let bin = classify_bin();
         for with in order {
             pair[with as usize] = one_run(env, mode, with.then_some(bin.as_path()), opts, &[])?;
         }
@@ -498,7 +503,6 @@ fn paired(env: &Env, mode: Mode, rounds: usize, opts: &Options) -> Result<Value>
                 .collect(),
         )
     };
-    let triple = |t: (f64, f64, f64)| json!({"median": t.0, "min": t.1, "max": t.2});
     let evidence = median(
         runs.iter()
             .map(|p| p["with"]["events_per_request"].as_f64().unwrap_or(0.0))
@@ -657,7 +661,7 @@ pub fn run(opts: &Options) -> Result<()> {
     let mut by_workers = Vec::new();
     let mut engine = Value::Null;
     for &w in &opts.workers {
-        let env = Env::start(w)?;
+        let env = Env::start(w);
         eprintln!(
             "bench: nginx with {w} worker(s) on port {}, upstream on {}",
             env.proxy.port, env.upstream.port

@@ -11,16 +11,27 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use serde_json::{json, Value};
 
-use crate::bench::{classify_bin, median, one_run, program_times, Env, Mode, Options};
+use crate::bench::{classify_bin, median, one_run, program_times, triple, Env, Mode, Options};
 
+#[derive(clap::Args)]
 pub struct CompareOptions {
+    /// Another build of `classify` (e.g. a copy of target/release/classify from
+    /// the previous commit).
+    #[arg(long)]
     pub baseline: PathBuf,
+    /// Rounds at the fixed rate, each one run without classify, one with the
+    /// baseline, one with this build.
+    #[arg(long, default_value_t = 6)]
     pub rounds: usize,
+    #[arg(long, default_value_t = 5)]
     pub seconds: u64,
+    #[arg(long, default_value_t = 4800)]
     pub rate: u32,
+    #[arg(long, default_value_t = 1)]
     pub workers: u32,
     /// Alternating pairs of BPF-time runs (each `seconds` long); their ratio
     /// current / baseline resolves probe changes the CPU rounds cannot.
+    #[arg(long, default_value_t = 4)]
     pub bpf_pairs: usize,
 }
 
@@ -36,9 +47,9 @@ pub fn run(c: &CompareOptions) -> Result<()> {
         workers: vec![c.workers],
         rate: c.rate,
     };
-    let env = Env::start(c.workers)?;
+    let env = Env::start(c.workers);
     let bins: [Option<&Path>; 3] = [None, Some(&c.baseline), Some(&current)];
-    // us_per_request[mode][round] for each party.
+    // Per round: the run without classify, with the baseline, with this build.
     let mut runs: Vec<[Value; 3]> = Vec::new();
     for r in 0..c.rounds {
         let mut round = [Value::Null, Value::Null, Value::Null];
@@ -46,16 +57,8 @@ pub fn run(c: &CompareOptions) -> Result<()> {
             let which = (r + k) % 3;
             round[which] = one_run(&env, Mode::FixedKeepalive, bins[which], &opts, &[])?;
         }
-        let w = |i: usize| {
-            round[i]["us_per_request"]["nginx_workers"]
-                .as_f64()
-                .unwrap_or(0.0)
-        };
-        let a = |i: usize| {
-            round[i]["us_per_request"]["classify"]
-                .as_f64()
-                .unwrap_or(0.0)
-        };
+        let w = |i| us(&round, i, "nginx_workers");
+        let a = |i| us(&round, i, "classify");
         eprintln!(
             "compare: round {}: worker µs/req none {:.2}, baseline {:.2}, current {:.2}; classify {:.2} / {:.2}",
             r + 1,
@@ -67,33 +70,24 @@ pub fn run(c: &CompareOptions) -> Result<()> {
         );
         runs.push(round);
     }
-    let who = ["nginx_workers", "upstream", "load_generator", "classify"];
-    let us =
-        |run: &[Value; 3], i: usize, k: &str| run[i]["us_per_request"][k].as_f64().unwrap_or(0.0);
-    let all = |run: &[Value; 3], i: usize| who.iter().map(|k| us(run, i, k)).sum::<f64>();
-    let triple = |t: (f64, f64, f64)| json!({"median": t.0, "min": t.1, "max": t.2});
-    let mut delta = serde_json::Map::new();
-    for (name, i) in [("baseline", 1), ("current", 2)] {
-        let mut m = serde_json::Map::new();
-        for k in who {
-            m.insert(
-                k.into(),
-                triple(median(
-                    runs.iter().map(|r| us(r, i, k) - us(r, 0, k)).collect(),
-                )),
-            );
-        }
-        m.insert(
-            "all".into(),
-            triple(median(runs.iter().map(|r| all(r, i) - all(r, 0)).collect())),
-        );
-        delta.insert(name.into(), Value::Object(m));
-    }
-    let current_minus_baseline = json!({
-        "nginx_workers": triple(median(runs.iter().map(|r| us(r, 2, "nginx_workers") - us(r, 1, "nginx_workers")).collect())),
-        "classify": triple(median(runs.iter().map(|r| us(r, 2, "classify") - us(r, 1, "classify")).collect())),
-        "all": triple(median(runs.iter().map(|r| all(r, 2) - all(r, 1)).collect())),
-    });
+    // Median over rounds of run `i` minus run `j`, for each party in `keys`.
+    let diffs = |i: usize, j: usize, keys: &[&str]| {
+        keys.iter()
+            .map(|k| {
+                let d = runs.iter().map(|r| us(r, i, k) - us(r, j, k)).collect();
+                ((*k).to_owned(), triple(median(d)))
+            })
+            .collect::<serde_json::Map<_, _>>()
+    };
+    let parties = [
+        "nginx_workers",
+        "upstream",
+        "load_generator",
+        "classify",
+        "all",
+    ];
+    let delta = json!({"baseline": diffs(1, 0, &parties), "current": diffs(2, 0, &parties)});
+    let current_minus_baseline = diffs(2, 1, &["nginx_workers", "classify", "all"]);
     // Program times in pairs, the order flipped every pair.
     let mut programs: [Vec<Value>; 2] = [Vec::new(), Vec::new()];
     for p in 0..c.bpf_pairs.max(1) {
@@ -136,6 +130,17 @@ pub fn run(c: &CompareOptions) -> Result<()> {
     println!("{}", summary(&result));
     eprintln!("compare: wrote {}", out.display());
     Ok(())
+}
+
+/// CPU µs per request of one party in run `i` of a round ("all": every party).
+fn us(round: &[Value; 3], i: usize, party: &str) -> f64 {
+    const PARTIES: [&str; 4] = ["nginx_workers", "upstream", "load_generator", "classify"];
+    let one = |k: &str| round[i]["us_per_request"][k].as_f64().unwrap_or(0.0);
+    if party == "all" {
+        PARTIES.iter().map(|k| one(k)).sum()
+    } else {
+        one(party)
+    }
 }
 
 fn summary(r: &Value) -> String {

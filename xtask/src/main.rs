@@ -70,23 +70,7 @@ enum Task {
     },
     /// This build against another classify binary, paired in one run (fixed rate,
     /// kept alive): CPU per request and BPF time per program.
-    Compare {
-        /// Another build of `classify` (e.g. a copy of target/release/classify from
-        /// the previous commit).
-        #[arg(long)]
-        baseline: PathBuf,
-        #[arg(long, default_value_t = 6)]
-        rounds: usize,
-        #[arg(long, default_value_t = 5)]
-        seconds: u64,
-        #[arg(long, default_value_t = 4800)]
-        rate: u32,
-        #[arg(long, default_value_t = 1)]
-        workers: u32,
-        /// Alternating pairs of BPF-time runs.
-        #[arg(long, default_value_t = 4)]
-        bpf_pairs: usize,
-    },
+    Compare(compare::CompareOptions),
     /// A long run with a fault mix under load (not in CI): no crash, flat memory,
     /// agreement with the access log.
     Soak {
@@ -150,24 +134,10 @@ fn run(cli: Cli) -> Result<()> {
             };
             bench::run(&opts)
         }
-        Task::Compare {
-            baseline,
-            rounds,
-            seconds,
-            rate,
-            workers,
-            bpf_pairs,
-        } => {
+        Task::Compare(options) => {
             prepare()?;
             build(true)?;
-            compare::run(&compare::CompareOptions {
-                baseline,
-                rounds,
-                seconds,
-                rate,
-                workers,
-                bpf_pairs,
-            })
+            compare::run(&options)
         }
         Task::Soak { minutes } => {
             prepare()?;
