@@ -534,7 +534,7 @@ fn a_mixed_run_of_200_concurrent_requests_agrees_with_the_logs() {
             want = "client_reset";
         }
         assert_eq!(r["verdict"], want, "{} logged {}: {r:#}", a.uri, a.status);
-        assert_eq!(r["complete"], true, "{r:#}");
+        assert_eq!(r["complete"], true, "{r:#}\nfinal stats: {}", run.stats);
     }
     // Every attempt classify attributes to the test upstream was seen there, on
     // that very connection, for that request.
