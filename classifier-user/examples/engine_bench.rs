@@ -63,6 +63,9 @@ fn main() {
                 realtime_offset_ns: header.realtime_offset_ns,
                 ..EngineConfig::default()
             });
+            for (pid, comm) in &header.processes {
+                engine.set_comm(*pid, comm);
+            }
             let mut out = Vec::with_capacity(1024);
             let mut json = Vec::with_capacity(1 << 16);
             records = 0;
@@ -86,7 +89,8 @@ fn main() {
                     bytes += json.len();
                     json.clear();
                 }
-                out.clear();
+                // As the agent does once records are written.
+                engine.recycle(&mut out);
             }
             engine.flush(&mut out);
             records += out.len();

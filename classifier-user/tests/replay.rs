@@ -28,23 +28,31 @@ fn replay(events: &Path) -> Vec<Value> {
         engine.set_comm(*pid, comm);
     }
     let mut out = Vec::new();
+    let mut records = Vec::new();
     for ev in stream {
         engine.ingest(ev.expect("event"), &mut out);
+        // As the agent does: write the records out, then give them back for reuse,
+        // so the records below are built into reused ones.
+        written(&out, &mut records);
+        engine.recycle(&mut out);
     }
     engine.flush(&mut out);
-    out.iter()
-        .filter(|r| matches!(r, Record::Exchange(_)))
-        .map(|r| {
-            // The agent writes records with `classifier::json`: byte for byte serde's.
-            let mut line = Vec::new();
-            classifier::json::write_record(&mut line, r).expect("write");
-            assert_eq!(
-                String::from_utf8_lossy(&line),
-                serde_json::to_string(r).expect("serialize")
-            );
-            serde_json::from_slice(&line).expect("valid JSON")
-        })
-        .collect()
+    written(&out, &mut records);
+    records
+}
+
+/// Each exchange record as the agent writes it, parsed back.
+fn written(out: &[Record], into: &mut Vec<Value>) {
+    for r in out.iter().filter(|r| matches!(r, Record::Exchange(_))) {
+        // The agent writes records with `classifier::json`: byte for byte serde's.
+        let mut line = Vec::new();
+        classifier::json::write_record(&mut line, r).expect("write");
+        assert_eq!(
+            String::from_utf8_lossy(&line),
+            serde_json::to_string(r).expect("serialize")
+        );
+        into.push(serde_json::from_slice(&line).expect("valid JSON"));
+    }
 }
 
 type Key = (u16, String, String, u16, Vec<String>);

@@ -338,9 +338,10 @@ impl Agent {
             _ => {}
         }
         self.engine.ingest(ev, &mut self.out);
-        for r in self.out.drain(..) {
-            self.sink.record(&r)?;
+        for r in &self.out {
+            self.sink.record(r)?;
         }
+        self.engine.recycle(&mut self.out);
         Ok(())
     }
 

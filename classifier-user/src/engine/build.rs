@@ -1,5 +1,5 @@
 //! An ended exchange → its output record.
-use std::{net::IpAddr, sync::Arc};
+use std::{mem::take, net::IpAddr, sync::Arc};
 
 use super::{
     exchange::{Attempt, Exchange},
@@ -15,6 +15,13 @@ use crate::{
 /// RFC 3339 UTC with microseconds for a CLOCK_MONOTONIC timestamp
 /// ("2026-11-23T10:00:00.123456Z").
 pub fn wall_time(mono_ns: u64, realtime_offset_ns: i64) -> String {
+    let mut s = String::with_capacity(27);
+    push_wall_time(&mut s, mono_ns, realtime_offset_ns);
+    s
+}
+
+/// [`wall_time`], appended to `out`.
+pub fn push_wall_time(out: &mut String, mono_ns: u64, realtime_offset_ns: i64) {
     let unix_ns = (mono_ns as i128 + realtime_offset_ns as i128).max(0) as u64;
     let secs = unix_ns / 1_000_000_000;
     let micros = (unix_ns % 1_000_000_000) / 1000;
@@ -31,7 +38,7 @@ pub fn wall_time(mono_ns: u64, realtime_offset_ns: i64) -> String {
     put_digits(&mut b[17..19], rem % 60);
     put_digits(&mut b[20..26], micros);
     // The buffer holds ASCII digits and punctuation only.
-    String::from_utf8_lossy(&b).into_owned()
+    out.push_str(std::str::from_utf8(&b).unwrap_or_default());
 }
 
 /// Writes `v` as zero-padded decimal filling `out` (higher digits dropped).
@@ -93,19 +100,23 @@ impl AddressText {
 }
 
 /// Builds the record of an ended exchange. `conn`: the client connection's local
-/// and peer endpoints, if known.
+/// and peer endpoints, if known. `spare`: a record already written out, whose box,
+/// time text and upstream list are reused (no allocation for them per record).
+#[allow(clippy::too_many_arguments)]
 pub fn build(
-    ex: Exchange,
+    exchange: &mut Exchange,
     conn: Option<(Endpoint, Endpoint)>,
     comm: Arc<str>,
     text: &mut AddressText,
     scratch: &mut Vec<Outcome>,
     realtime_offset_ns: i64,
     now: u64,
-) -> ExchangeRecord {
-    outcomes(&ex, scratch);
+    spare: Option<Box<ExchangeRecord>>,
+) -> Box<ExchangeRecord> {
+    let ex = &*exchange;
+    outcomes(ex, scratch);
     let outcomes: &[Outcome] = scratch;
-    let (verdict, origin, from) = exchange_verdict(&ex, outcomes);
+    let (verdict, origin, from) = exchange_verdict(ex, outcomes);
     let end = match &ex.response {
         Some(_) => ex.last_send,
         None => ex.client_left().unwrap_or(ex.last_activity),
@@ -113,36 +124,6 @@ pub fn build(
     // An exchange still in flight lasted at least until the agent stopped.
     let end = if ex.in_flight { end.max(now) } else { end };
     let duration_us = us(ex.start, end.max(ex.start));
-    let upstreams: Vec<Upstream> = ex
-        .attempts
-        .iter()
-        .zip(outcomes)
-        .map(|(a, o)| Upstream {
-            address: text.get(a.peer.addr),
-            port: a.peer.port,
-            local_address: text.get(a.local.addr),
-            local_port: a.local.port,
-            outcome: *o,
-            status: a.status,
-            connect_us: a.connect_start.zip(a.established).map(|(s, e)| us(s, e)),
-            first_byte_us: a.request_sent.zip(a.first_byte).map(|(s, f)| us(s, f)),
-            elapsed_us: a
-                .started()
-                .zip(attempt_end(a, *o, &ex))
-                .map(|(s, e)| us(s, e)),
-        })
-        .collect();
-    let status = ex.response.as_ref().and_then(|r| r.status);
-    let hint = if ex.in_flight {
-        Some(in_flight_hint(&ex, duration_us))
-    } else if verdict == Verdict::Ok {
-        None
-    } else {
-        hint(
-            verdict,
-            &hint_facts(&ex, outcomes, status, duration_us, verdict),
-        )
-    };
     let (client, server) = match conn {
         Some((local, peer)) => (text.address(&peer), text.address(&local)),
         None => (
@@ -150,11 +131,70 @@ pub fn build(
             text.address(&Endpoint::default()),
         ),
     };
+    let upstreams = ex.attempts.iter().zip(outcomes).map(|(a, o)| Upstream {
+        address: text.get(a.peer.addr),
+        port: a.peer.port,
+        local_address: text.get(a.local.addr),
+        local_port: a.local.port,
+        outcome: *o,
+        status: a.status,
+        connect_us: a.connect_start.zip(a.established).map(|(s, e)| us(s, e)),
+        first_byte_us: a.request_sent.zip(a.first_byte).map(|(s, f)| us(s, f)),
+        elapsed_us: a
+            .started()
+            .zip(attempt_end(a, *o, ex))
+            .map(|(s, e)| us(s, e)),
+    });
+    let status = ex.response.as_ref().and_then(|r| r.status);
+    let hint = if ex.in_flight {
+        Some(in_flight_hint(ex, duration_us))
+    } else if verdict == Verdict::Ok {
+        None
+    } else {
+        hint(
+            verdict,
+            &hint_facts(ex, outcomes, status, duration_us, verdict),
+        )
+    };
     let complete = !ex.incomplete && !ex.inferred && conn.is_some();
-    let time = wall_time(ex.start, realtime_offset_ns);
     let pid = ex.pid;
-    let mut ex = ex;
-    let request = ex
+    let start = ex.start;
+    let record = ExchangeRecord {
+        time: String::new(),
+        proxy: Proxy { pid, comm },
+        client,
+        server,
+        request: None,
+        response: Response { status, from },
+        verdict,
+        origin,
+        upstreams: Vec::new(),
+        duration_us,
+        hint,
+        complete,
+    };
+    let mut out = match spare {
+        Some(mut old) => {
+            let (time, upstreams) = (take(&mut old.time), take(&mut old.upstreams));
+            *old = record;
+            old.time = time;
+            old.upstreams = upstreams;
+            old
+        }
+        None => Box::new(record),
+    };
+    out.upstreams.clear();
+    out.upstreams.extend(upstreams);
+    out.time.clear();
+    push_wall_time(&mut out.time, start, realtime_offset_ns);
+    take_request(exchange, &mut out);
+    out
+}
+
+/// Moves the request line into the record: the client's, or else the one sent
+/// to an upstream (a connection older than the agent).
+fn take_request(ex: &mut Exchange, record: &mut ExchangeRecord) {
+    record.request = ex
         .request
         .take()
         .or_else(|| {
@@ -167,20 +207,6 @@ pub fn build(
             target: r.target,
             version: r.version,
         });
-    ExchangeRecord {
-        time,
-        proxy: Proxy { pid, comm },
-        client,
-        server,
-        request,
-        response: Response { status, from },
-        verdict,
-        origin,
-        upstreams,
-        duration_us,
-        hint,
-        complete,
-    }
 }
 
 /// When an attempt ended, by its outcome.
