@@ -4,6 +4,8 @@
 //! no raw bytes survive decoding.
 use std::borrow::Cow;
 
+use compact_str::CompactString;
+
 use serde::{Deserialize, Serialize};
 
 /// The first line of a message, parsed.
@@ -29,7 +31,7 @@ pub struct RequestLine {
     pub method: Cow<'static, str>,
     /// Request target as sent, with the query string replaced by `?…` unless the
     /// decoder was told to keep it.
-    pub target: String,
+    pub target: CompactString,
     /// `HTTP/1.0`, `HTTP/1.1`, or `HTTP/0.9` for a request line without a version.
     pub version: Cow<'static, str>,
     /// The line was longer than the capture: `target` is cut.
@@ -144,12 +146,15 @@ fn request(
     truncated: bool,
     query: QueryPolicy,
 ) -> Head {
-    let mut target = String::from_utf8_lossy(target).into_owned();
-    if query == QueryPolicy::Elide {
-        if let Some(q) = target.find('?') {
-            target.truncate(q + 1);
-            target.push_str(ELIDED);
-        }
+    // Inline up to 24 bytes: most targets cost no allocation per request.
+    let text = String::from_utf8_lossy(target);
+    let query_at = match query {
+        QueryPolicy::Elide => text.find('?'),
+        QueryPolicy::Keep => None,
+    };
+    let mut target = CompactString::new(query_at.map_or(&*text, |q| &text[..=q]));
+    if query_at.is_some() {
+        target.push_str(ELIDED);
     }
     if truncated && !target.ends_with(ELIDED) {
         target.push_str(ELIDED);

@@ -218,7 +218,7 @@ mod tests {
             },
             request: Some(Request {
                 method: text.to_owned().into(),
-                target: text.to_owned(),
+                target: text.into(),
                 version: "HTTP/1.1".into(),
             }),
             response: Response {

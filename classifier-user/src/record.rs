@@ -2,6 +2,8 @@
 //! describes it and the tests validate every emitted record against it.
 use std::{borrow::Cow, collections::BTreeMap, sync::Arc};
 
+use compact_str::CompactString;
+
 use serde::{Deserialize, Serialize};
 
 use crate::verdict::{Origin, Outcome, ResponseFrom, Verdict};
@@ -50,7 +52,7 @@ pub struct Address {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
     pub method: Cow<'static, str>,
-    pub target: String,
+    pub target: CompactString,
     pub version: Cow<'static, str>,
 }
 
