@@ -19,7 +19,7 @@ mod exchange;
 mod outcome;
 mod sockets;
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::VecDeque, sync::Arc};
 
 use rustc_hash::FxHashMap as HashMap;
 
@@ -88,7 +88,13 @@ pub struct Engine {
     loss_windows: std::collections::VecDeque<(u64, u64)>,
     now: u64,
     socks: Sockets,
-    exchanges: BTreeMap<ExId, Exchange>,
+    /// Exchanges in flight. A hash map, not a B-tree: a B-tree node shifts its
+    /// (large) values on every removal, which was a twentieth of the agent's
+    /// time; its id order is kept where it matters (`order`, and sorting).
+    exchanges: HashMap<ExId, Exchange>,
+    /// Ids of exchanges in the order they opened; ended ones are skipped and
+    /// dropped lazily (the oldest in flight is evicted when the table is full).
+    order: VecDeque<ExId>,
     next_ex: u64,
     comms: HashMap<u32, Arc<str>>,
     text: build::AddressText,
@@ -115,7 +121,8 @@ impl Engine {
             held: std::collections::VecDeque::new(),
             loss_windows: std::collections::VecDeque::new(),
             now: 0,
-            exchanges: BTreeMap::new(),
+            exchanges: HashMap::default(),
+            order: VecDeque::new(),
             next_ex: 1,
             comms: HashMap::default(),
             text: build::AddressText::default(),
@@ -246,7 +253,8 @@ impl Engine {
     /// Ends every exchange in flight and writes every held record (the agent is
     /// stopping).
     pub fn flush(&mut self, out: &mut Vec<Record>) {
-        let ids: Vec<ExId> = self.exchanges.keys().copied().collect();
+        let mut ids: Vec<ExId> = self.exchanges.keys().copied().collect();
+        ids.sort_unstable();
         for id in ids {
             self.finish(id, End::Flushed, out);
         }
@@ -438,7 +446,7 @@ impl Engine {
         out: &mut Vec<Record>,
     ) -> ExId {
         if self.exchanges.len() >= self.cfg.max_exchanges {
-            if let Some((&oldest, _)) = self.exchanges.iter().next() {
+            if let Some(oldest) = self.oldest_in_flight() {
                 self.counters.evicted_exchanges += 1;
                 if let Some(e) = self.exchanges.get_mut(&oldest) {
                     e.incomplete = true;
@@ -454,6 +462,12 @@ impl Engine {
             ex.attempts = attempts;
         }
         self.exchanges.insert(id, ex);
+        self.order.push_back(id);
+        if self.order.len() > 2 * self.exchanges.len() + 64 {
+            // Ended ids pile up behind a long-lived exchange: drop them.
+            let exchanges = &self.exchanges;
+            self.order.retain(|e| exchanges.contains_key(e));
+        }
         if let Some(s) = self.socks.get_mut(client) {
             s.exchanges.push_back(id);
         }
@@ -656,6 +670,17 @@ impl Engine {
 
     /// Fallback attribution: an exchange of the same process, waiting for an
     /// upstream, whose request target matches the proxy's request to the upstream.
+    /// The exchange in flight that opened first.
+    fn oldest_in_flight(&mut self) -> Option<ExId> {
+        while let Some(&id) = self.order.front() {
+            if self.exchanges.contains_key(&id) {
+                return Some(id);
+            }
+            self.order.pop_front();
+        }
+        None
+    }
+
     fn match_request_line(&self, sock: SockId, request: Option<&RequestLine>) -> Option<ExId> {
         let request = request?;
         let owner = self.socks.get(sock)?.owner;
@@ -667,12 +692,14 @@ impl Engine {
                     .last()
                     .is_none_or(|a| a.first_byte.is_none() || a.status.is_none())
             })
-            .find(|e| {
+            .filter(|e| {
                 e.request
                     .as_ref()
                     .is_some_and(|r| r.method == request.method && r.target == request.target)
             })
             .map(|e| e.id)
+            // The first opened, whatever the map's order.
+            .min()
     }
 
     fn upstream_response(&mut self, ts: u64, sock: SockId, head: &Head) {
