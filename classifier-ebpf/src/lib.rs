@@ -94,6 +94,7 @@ pub enum EventKind {
     Destroy = 7,
     Fork = 8,
     Exit = 9,
+    Reply = 10,
 }
 
 impl TryFrom<u32> for EventKind {
@@ -109,6 +110,7 @@ impl TryFrom<u32> for EventKind {
             7 => Self::Destroy,
             8 => Self::Fork,
             9 => Self::Exit,
+            10 => Self::Reply,
             other => return Err(other),
         })
     }
@@ -180,6 +182,31 @@ pub struct Message {
     /// the line is longer than the capture or the call moved fewer bytes.
     pub line_len: u16,
     pub line: [u8; LINE_CAP],
+}
+
+/// A request sent on an upstream connection whose event the probe held back (see
+/// [`SockState::held_ts`]): it rides on the event that follows it on the same
+/// socket, so a proxied request costs one ring reservation fewer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct HeldSend {
+    /// When the send ran.
+    pub ts_ns: u64,
+    /// Socket id the thread touched before it, in the same event-loop iteration.
+    pub prev_touch: u64,
+    /// Bytes moved by the send.
+    pub ret: i32,
+    pub _pad: u32,
+}
+
+/// The first bytes of an upstream's reply (a [`Message`]) together with the
+/// request start held back before it on the same socket: two message starts in
+/// one event. The agent puts the held send first, with its own timestamp.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct Reply {
+    pub message: Message,
+    pub sent: HeldSend,
 }
 
 /// A notable result of a send or receive that is not a message start.
@@ -280,6 +307,12 @@ pub struct Exit {
 pub struct ThreadState {
     /// Socket id touched last in the current event-loop iteration, 0 after `epoll_wait`.
     pub last_touch: u64,
+    /// 1 when `last_touch` is a client connection whose current message is a
+    /// request (the last bytes it moved were received): a send to an upstream
+    /// right after it belongs to that request, found by the loop marker alone, so
+    /// its first line is not needed.
+    pub last_touch_receiving: u32,
+    pub _pad: u32,
 }
 
 /// Entries of `THREAD_SLOTS`, an array indexed by `tid % THREAD_SLOTS`. Every
@@ -327,6 +360,17 @@ pub struct SockState {
     /// ring) the probes announce it again at its next use.
     pub announced: u8,
     pub _pad: [u8; 7],
+    /// When a request start on this upstream socket was held back instead of
+    /// emitted (0: none held). A request sent right after the thread read its
+    /// client's request is attributed by the loop marker, so neither its line nor
+    /// an event of its own is needed at once: it is emitted with the socket's next
+    /// event (the reply's first bytes, a state change, reset, error, end of file,
+    /// progress or destroy), which keeps it ahead of everything about the socket.
+    pub held_ts: u64,
+    pub held_prev_touch: u64,
+    pub held_ret: i32,
+    /// The thread that made the held send (its process is `owner_tgid`).
+    pub held_tid: u32,
 }
 
 #[cfg(feature = "user")]
@@ -353,6 +397,10 @@ const _: () = {
     assert!(core::mem::size_of::<Destroy>() == 56);
     assert!(core::mem::size_of::<Fork>() == 56);
     assert!(core::mem::size_of::<Exit>() == 40);
-    assert!(core::mem::size_of::<SockState>() == 48);
+    assert!(core::mem::size_of::<SockState>() == 72);
+    assert!(core::mem::size_of::<HeldSend>() == 24);
+    assert!(core::mem::size_of::<Reply>() == 32 + 24 + 8 + LINE_CAP + 24);
+    assert!(core::mem::size_of::<ThreadState>() == 16);
+    assert!(core::mem::size_of::<ThreadSlot>() == 24);
     assert!(LINE_CAP.is_multiple_of(8));
 };

@@ -154,6 +154,11 @@ impl Decoder {
                 let m: wire::Message = read(bytes, h.kind)?;
                 return self.push_message(&h, &m, out);
             }
+            if h.kind == Kind::Reply as u32 {
+                let r: wire::Reply = read(bytes, h.kind)?;
+                self.push_held_send(&h, &r.sent, out);
+                return self.push_message(&h, &r.message, out);
+            }
         }
         let ev = self.decode(bytes)?;
         if let Some(sock) = ev.kind.sock() {
@@ -212,6 +217,27 @@ impl Decoder {
             },
         );
         Ok(())
+    }
+
+    /// The request start the probe held back until the reply (`wire::Reply`): a
+    /// send without a first line, at its own time, ahead of the reply.
+    fn push_held_send(&mut self, h: &wire::Header, sent: &wire::HeldSend, out: &mut Vec<Event>) {
+        let sock = SockId(h.sock_id);
+        self.release(sock, out);
+        out.push(Event {
+            ts: sent.ts_ns,
+            pid: (h.pid_tgid >> 32) as u32,
+            tid: h.pid_tgid as u32,
+            kind: EventKind::Message {
+                sock,
+                dir: Dir::Send,
+                bytes: sent.ret.max(0) as u32,
+                head: head::Head::None,
+                prev_touch: touch(sent.prev_touch),
+                prev_msg_bytes: 0,
+                prev_msg_last: 0,
+            },
+        });
     }
 
     /// Emits the held message of `sock`, if any, with its line as far as it got.
@@ -294,6 +320,12 @@ impl Decoder {
                 let e: wire::Message = read(bytes, k)?;
                 let len = usize::from(e.line_len).min(wire::LINE_CAP);
                 return self.decode_parts(&h, &e, &e.line[..len]);
+            }
+            Kind::Reply => {
+                // On its own, only the reply: `push` puts the held send first.
+                let e: wire::Reply = read(bytes, k)?;
+                let len = usize::from(e.message.line_len).min(wire::LINE_CAP);
+                return self.decode_parts(&h, &e.message, &e.message.line[..len]);
             }
             Kind::Io => {
                 let e: wire::Io = read(bytes, k)?;
@@ -484,6 +516,68 @@ mod tests {
             line_len: line.len() as u16,
             line: buf,
         })
+    }
+
+    #[test]
+    fn a_reply_puts_its_held_send_first() {
+        let mut line = [0u8; wire::LINE_CAP];
+        let text = b"HTTP/1.1 502 Bad Gateway\r\n";
+        line[..text.len()].copy_from_slice(text);
+        let mut h = header(Kind::Reply);
+        h.ts_ns = 2000;
+        let r = wire::Reply {
+            message: wire::Message {
+                header: h,
+                prev_touch: 0,
+                prev_msg_bytes: 0,
+                prev_msg_last_ns: 0,
+                ret: 300,
+                dir: wire::dir::RECV,
+                flags: 0,
+                line_len: text.len() as u16,
+                line,
+            },
+            sent: wire::HeldSend {
+                ts_ns: 1500,
+                prev_touch: 3,
+                ret: 120,
+                _pad: 0,
+            },
+        };
+        let mut out = Vec::new();
+        Decoder::default().push(&bytes_of(&r), &mut out).unwrap();
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(out[0].ts, 1500);
+        assert_eq!(out[0].tid, 43);
+        let EventKind::Message {
+            sock,
+            dir,
+            bytes,
+            head,
+            prev_touch,
+            ..
+        } = &out[0].kind
+        else {
+            panic!("{:?}", out[0]);
+        };
+        assert_eq!((*sock, *dir, *bytes), (SockId(7), Dir::Send, 120));
+        assert_eq!(*head, Head::None);
+        assert_eq!(*prev_touch, Some(SockId(3)));
+        assert_eq!(out[1].ts, 2000);
+        let EventKind::Message { dir, head, .. } = &out[1].kind else {
+            panic!("{:?}", out[1]);
+        };
+        assert_eq!(*dir, Dir::Recv);
+        assert!(
+            matches!(head, Head::Status(st) if st.code == 502),
+            "{head:?}"
+        );
+        // Shorter than a reply: an error, not a panic.
+        let bytes = bytes_of(&r);
+        assert!(matches!(
+            Decoder::default().push(&bytes[..size_of::<wire::Message>()], &mut Vec::new()),
+            Err(DecodeError::Short { kind: Some(10), .. })
+        ));
     }
 
     #[test]

@@ -126,6 +126,8 @@ pub struct EngineCounters {
     pub late_events: u64,
     /// Responses with no exchange waiting for them.
     pub orphan_responses: u64,
+    /// Held request starts reported twice (see `classifier_ebpf::HeldSend`).
+    pub duplicate_held_sends: u64,
     /// Conversations on a watched socket that were not HTTP (no request line, no
     /// status line either way, e.g. an nginx `stream` proxy): no record.
     pub non_http_conversations: u64,

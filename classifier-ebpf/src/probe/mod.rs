@@ -2,6 +2,7 @@
 
 mod emit;
 mod globals;
+mod held;
 mod maps;
 mod proc;
 mod sock_io;

@@ -89,7 +89,10 @@ pub fn sys_enter_epoll_wait(_ctx: TracePointContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     if let Some(thread) = thread_state(pid_tgid as u32) {
         // SAFETY: `thread` points to a map value valid for this program run.
-        unsafe { (*thread).last_touch = 0 };
+        unsafe {
+            (*thread).last_touch = 0;
+            (*thread).last_touch_receiving = 0;
+        }
     }
     0
 }

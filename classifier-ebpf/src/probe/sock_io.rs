@@ -14,12 +14,14 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use classifier_ebpf::{
-    dir, how, io, msg, side, stat, Addr, EventKind, Io, Message, SockOpen, SockState, LINE_CAP,
+    dir, how, io, msg, side, stat, Addr, EventKind, HeldSend, Io, Message, Reply, SockOpen,
+    SockState, LINE_CAP,
 };
 
 use super::{
     emit::{emit, emit_at},
     globals::*,
+    held,
     maps::{count, gap, next_sock_id, thread_state, LISTEN_PORTS, SOCKS},
     sock_state::{is_inet_tcp, read_endpoints},
 };
@@ -67,11 +69,20 @@ fn on_io(ctx: &RawTracePointContext, direction: u8) -> Option<()> {
     }
     // SAFETY: `thread` and `sock` point into map values that stay valid for this
     // program run; concurrent writers only race on counters, never on validity.
-    let (id, prev_touch) = unsafe {
+    let (id, prev_touch, prev_receiving) = unsafe {
         let id = (*sock).id;
-        let prev = (*thread).last_touch;
+        let prev = ((*thread).last_touch, (*thread).last_touch_receiving);
         (*thread).last_touch = id;
-        (id, prev)
+        // This socket's current message once this call is done: a call that moves
+        // bytes sets its direction (a peek moves none).
+        let msg_dir = if ret > 0 && flags & MSG_PEEK == 0 {
+            direction
+        } else {
+            (*sock).dir
+        };
+        (*thread).last_touch_receiving =
+            ((*sock).side == side::CLIENT && msg_dir == dir::RECV) as u32;
+        (id, prev.0, prev.1)
     };
     if ret == -EAGAIN || flags & MSG_PEEK != 0 {
         // A touch and nothing else: nginx checks connections this way.
@@ -89,6 +100,13 @@ fn on_io(ctx: &RawTracePointContext, direction: u8) -> Option<()> {
             && starts_a_response(ret as u64);
         let continued = !changed && !sniffed && line_open != 0;
         if changed || sniffed || continued {
+            // A request sent upstream in the handler that read its client's
+            // request: held back, without its line (see `held`).
+            let hold = changed
+                && direction == dir::SEND
+                && side_ == side::UPSTREAM
+                && prev_touch != 0
+                && prev_receiving != 0;
             // SAFETY: as above.
             let (prev_bytes, prev_last) = unsafe {
                 let prev = ((*sock).msg_bytes, (*sock).msg_last_ns);
@@ -101,10 +119,14 @@ fn on_io(ctx: &RawTracePointContext, direction: u8) -> Option<()> {
                     (0, 0)
                 } else {
                     (*sock).msg_bytes = ret as u64;
-                    (*sock).line_open = LINE_PARTS;
+                    (*sock).line_open = if hold { 0 } else { LINE_PARTS };
                     prev
                 }
             };
+            if hold {
+                held::hold(sock, now, pid_tgid, prev_touch, ret);
+                return Some(());
+            }
             let flags = if continued {
                 msg::CONTINUED
             } else if sniffed {
@@ -112,22 +134,41 @@ fn on_io(ctx: &RawTracePointContext, direction: u8) -> Option<()> {
             } else {
                 0
             };
-            let mut open = false;
-            emit_at::<Message>(EventKind::Message, now, pid_tgid, id, |e| {
-                // SAFETY: `e` is a reserved Message.
-                unsafe {
-                    (*e).prev_touch = prev_touch;
-                    (*e).prev_msg_bytes = prev_bytes;
-                    (*e).prev_msg_last_ns = prev_last;
-                    (*e).ret = ret;
-                    (*e).dir = direction;
-                    (*e).flags = flags;
-                    let (len, found_lf) = capture_line(e, ret as u64);
-                    (*e).line_len = len as u16;
-                    // The call ended before the line did: later calls continue it.
-                    open = !found_lf && len < LINE_CAP as u64 && len == ret as u64;
+            let start = MessageStart {
+                prev_touch,
+                prev_bytes,
+                prev_last,
+                ret,
+                direction,
+                flags,
+            };
+            let open = match held::take(sock) {
+                // The reply to a held request: both in one event.
+                Some((ts, prev_touch, ret, _)) => {
+                    let mut open = false;
+                    emit_at::<Reply>(EventKind::Reply, now, pid_tgid, id, |e| {
+                        // SAFETY: `e` is a reserved Reply.
+                        unsafe {
+                            (*e).sent = HeldSend {
+                                ts_ns: ts,
+                                prev_touch,
+                                ret,
+                                _pad: 0,
+                            };
+                            open = fill_message(core::ptr::addr_of_mut!((*e).message), &start);
+                        }
+                    });
+                    open
                 }
-            });
+                None => {
+                    let mut open = false;
+                    emit_at::<Message>(EventKind::Message, now, pid_tgid, id, |e| {
+                        // SAFETY: `e` is a reserved Message.
+                        open = unsafe { fill_message(e, &start) };
+                    });
+                    open
+                }
+            };
             if !open {
                 // SAFETY: as above.
                 unsafe { (*sock).line_open = 0 };
@@ -145,6 +186,7 @@ fn on_io(ctx: &RawTracePointContext, direction: u8) -> Option<()> {
                 }
             };
             if let Some(msg_bytes) = progress {
+                held::release(sock);
                 emit_io(
                     now,
                     pid_tgid,
@@ -166,11 +208,43 @@ fn on_io(ctx: &RawTracePointContext, direction: u8) -> Option<()> {
             (*sock).msg_bytes
         };
         let what = if ret == 0 { io::EOF } else { io::ERROR };
+        held::release(sock);
         emit_io(
             now, pid_tgid, id, prev_touch, msg_bytes, ret, direction, what,
         );
     }
     Some(())
+}
+
+/// What a message event says besides its header and first line.
+struct MessageStart {
+    prev_touch: u64,
+    prev_bytes: u64,
+    prev_last: u64,
+    ret: i32,
+    direction: u8,
+    flags: u8,
+}
+
+/// Writes a reserved message event and captures its first line. Returns whether
+/// the line is still open (the call ended before it did: later calls continue it).
+///
+/// # Safety
+/// `e` points to a reserved `Message` in the ring.
+#[inline(always)]
+unsafe fn fill_message(e: *mut Message, m: &MessageStart) -> bool {
+    // SAFETY: the caller's contract.
+    unsafe {
+        (*e).prev_touch = m.prev_touch;
+        (*e).prev_msg_bytes = m.prev_bytes;
+        (*e).prev_msg_last_ns = m.prev_last;
+        (*e).ret = m.ret;
+        (*e).dir = m.direction;
+        (*e).flags = m.flags;
+        let (len, found_lf) = capture_line(e, m.ret as u64);
+        (*e).line_len = len as u16;
+        !found_lf && len < LINE_CAP as u64 && len == m.ret as u64
+    }
 }
 
 #[inline(always)]

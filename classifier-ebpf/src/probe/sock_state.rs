@@ -18,6 +18,7 @@ use classifier_ebpf::{
 use super::{
     emit::emit,
     globals::*,
+    held,
     maps::{count, gap, next_sock_id, thread_state, LISTEN_PORTS, SOCKS},
 };
 
@@ -72,6 +73,7 @@ fn on_set_state(ctx: &RawTracePointContext) -> Option<()> {
     if !informative {
         return None;
     }
+    held::release(sock);
     let (local, peer) = read_endpoints(sk)?;
     // SAFETY: `sock` points to a map value valid for this program run.
     let (id, msg_bytes, msg_last_ns, msg_dir) = unsafe {
@@ -126,6 +128,7 @@ fn on_connect(sk: u64, pid_tgid: u64) -> Option<()> {
     let prev_touch = unsafe {
         let prev = (*thread).last_touch;
         (*thread).last_touch = id;
+        (*thread).last_touch_receiving = 0;
         prev
     };
     let (local, peer) = read_endpoints(sk).unwrap_or_default();
@@ -207,6 +210,7 @@ fn touch_close(sock: *mut SockState, pid_tgid: u64) -> bool {
         }
         (*sock).closed = 1;
         (*thread).last_touch = (*sock).id;
+        (*thread).last_touch_receiving = 0;
     }
     true
 }
@@ -287,6 +291,7 @@ fn on_destroy(sk: u64) -> Option<()> {
 /// forgets it.
 #[inline(always)]
 fn end_entry(sk: u64, sock: *mut SockState, pid_tgid: u64, local_close: bool) {
+    held::release(sock);
     // SAFETY: `sock` points to a map value valid for this program run.
     let (id, msg_bytes, msg_last_ns, msg_dir) = unsafe {
         (
@@ -329,7 +334,8 @@ pub fn tcp_send_reset(ctx: RawTracePointContext) -> i32 {
 
 #[inline(always)]
 fn emit_reset(sk: u64, direction: u8) -> Option<()> {
-    let sock = SOCKS.get_ptr(sk)?;
+    let sock = SOCKS.get_ptr_mut(sk)?;
+    held::release(sock);
     // SAFETY: `sock` points to a map value valid for this program run; the state is
     // read through the probe helper at a BTF offset (the socket's state when the
     // reset was sent; the engine reads it for sent resets only).
@@ -362,7 +368,8 @@ pub fn inet_sk_error_report(ctx: RawTracePointContext) -> i32 {
 
 #[inline(always)]
 fn on_error_report(sk: u64) -> Option<()> {
-    let sock = SOCKS.get_ptr(sk)?;
+    let sock = SOCKS.get_ptr_mut(sk)?;
+    held::release(sock);
     // SAFETY: `sock` points to a map value valid for this program run; the rest are
     // reads of kernel memory through the probe helper at BTF offsets.
     let (id, errno, state) = unsafe {

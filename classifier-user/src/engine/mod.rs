@@ -617,6 +617,12 @@ impl Engine {
         // The request of an attempt already attached (a fresh connect)?
         if let Some((e, idx)) = self.attempt_mut(sock) {
             let a = &mut e.attempts[idx];
+            if request.is_none() && a.request_sent == Some(ts) {
+                // The same held request start twice: the probe's release raced
+                // between the owning thread and a reset or error in softirq.
+                self.counters.duplicate_held_sends += 1;
+                return;
+            }
             if a.request_sent.is_none() && a.first_byte.is_none() {
                 a.request_sent = Some(ts);
                 a.upstream_request = request;
