@@ -94,6 +94,10 @@ pub struct StatsRecord {
     pub last: bool,
     pub watched_processes: u64,
     pub events: u64,
+    /// Records read from the ring buffer: fewer than `events` when one record
+    /// carries two (a request start the probe held back rides on its reply).
+    #[serde(default)]
+    pub ring_records: u64,
     /// Bytes of those events as they came through the ring buffer.
     pub event_bytes: u64,
     pub events_per_s: f64,

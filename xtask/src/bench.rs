@@ -84,7 +84,10 @@ struct Agent {
 
 #[derive(Default, Clone, Copy)]
 struct AgentCounts {
+    /// Events the agent decoded, and the ring records they came in (a record can
+    /// carry two).
     events: u64,
+    records: u64,
     bytes: u64,
     lost: u64,
     exchanges: u64,
@@ -151,6 +154,7 @@ impl Agent {
         Ok(AgentCounts {
             exchanges: num(" exchanges"),
             events: num(" events"),
+            records: num(" ring records"),
             bytes: num(" bytes"),
             lost: num(" lost"),
         })
@@ -417,6 +421,7 @@ pub(crate) fn one_run(
             "classify": us(a1 - a0),
         },
         "events_per_request": counts.events as f64 / n,
+        "ring_records_per_request": counts.records as f64 / n,
         "event_bytes_per_request": counts.bytes as f64 / n,
         "lost_events": counts.lost,
         "exchanges": counts.exchanges,
@@ -508,6 +513,15 @@ fn paired(env: &Env, mode: Mode, rounds: usize, opts: &Options) -> Result<Value>
             .map(|p| p["with"]["events_per_request"].as_f64().unwrap_or(0.0))
             .collect(),
     );
+    let records = median(
+        runs.iter()
+            .map(|p| {
+                p["with"]["ring_records_per_request"]
+                    .as_f64()
+                    .unwrap_or(0.0)
+            })
+            .collect(),
+    );
     let bytes = median(
         runs.iter()
             .map(|p| p["with"]["event_bytes_per_request"].as_f64().unwrap_or(0.0))
@@ -531,6 +545,7 @@ fn paired(env: &Env, mode: Mode, rounds: usize, opts: &Options) -> Result<Value>
         "p50_ratio": triple(ratio("p50_ms")),
         "p99_ratio": triple(ratio("p99_ms")),
         "events_per_request": evidence.0,
+        "ring_records_per_request": records.0,
         "event_bytes_per_request": bytes.0,
         "lost_events": lost,
         "runs": runs,
@@ -756,8 +771,8 @@ fn report(r: &Value, opts: &Options) -> String {
             s,
             "### CPU added per request at a fixed rate (µs, with − without, paired)\n"
         );
-        let _ = writeln!(s, "| connections | nginx workers | upstream | load generator | classify | all | events/req | bytes/req | lost |");
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(s, "| connections | nginx workers | upstream | load generator | classify | all | events/req | ring records/req | bytes/req | lost |");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|");
         for (label, k) in [
             ("kept alive", "fixed_keepalive"),
             ("new per request", "fixed_new_connection"),
@@ -766,20 +781,21 @@ fn report(r: &Value, opts: &Options) -> String {
             let d = &x["delta_us_per_request"];
             let _ = writeln!(
                 s,
-                "| {label} | {} | {} | {} | {} | {} | {:.2} | {:.0} | {} |",
+                "| {label} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.0} | {} |",
                 tri(&d["nginx_workers"], 2),
                 tri(&d["upstream"], 2),
                 tri(&d["load_generator"], 2),
                 tri(&d["classify"], 2),
                 tri(&d["all"], 2),
                 f(&x["events_per_request"]),
+                f(&x["ring_records_per_request"]),
                 f(&x["event_bytes_per_request"]),
                 x["lost_events"]
             );
         }
         let _ = writeln!(s, "\n### Saturation (wrk -t1 -c32; ratio with/without)\n");
-        let _ = writeln!(s, "| connections | req/s without (median) | throughput ratio | p50 ratio | p99 ratio | events/req | lost |");
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+        let _ = writeln!(s, "| connections | req/s without (median) | throughput ratio | p50 ratio | p99 ratio | events/req | ring records/req | lost |");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
         for (label, k) in [
             ("kept alive", "saturation_keepalive"),
             ("new per request", "saturation_new_connection"),
@@ -796,20 +812,21 @@ fn report(r: &Value, opts: &Options) -> String {
             .0;
             let _ = writeln!(
                 s,
-                "| {label} | {:.0} | {} | {} | {} | {:.2} | {} |",
+                "| {label} | {:.0} | {} | {} | {} | {:.2} | {:.2} | {} |",
                 base,
                 tri(&x["throughput_ratio"], 3),
                 tri(&x["p50_ratio"], 3),
                 tri(&x["p99_ratio"], 3),
                 f(&x["events_per_request"]),
+                f(&x["ring_records_per_request"]),
                 x["lost_events"]
             );
         }
         let b = &w["burst"];
         let _ = writeln!(
             s,
-            "\nBurst at ten times the fixed rate: {:.0} req/s served, {:.2} events and {:.0} ring bytes per request, {} lost events.\n",
-            f(&b["rps"]), f(&b["events_per_request"]), f(&b["event_bytes_per_request"]), b["lost_events"]
+            "\nBurst at ten times the fixed rate: {:.0} req/s served, {:.2} events in {:.2} ring records and {:.0} ring bytes per request, {} lost events.\n",
+            f(&b["rps"]), f(&b["events_per_request"]), f(&b["ring_records_per_request"]), f(&b["event_bytes_per_request"]), b["lost_events"]
         );
         let _ = writeln!(s, "### Where the time goes (fixed rate, kept alive; BPF statistics on for this run only)\n");
         let _ = writeln!(s, "| program | runs/request | ns/run | ns/request |");

@@ -176,6 +176,7 @@ pub fn run(args: &WatchArgs) -> Result<()> {
         out: Vec::with_capacity(64),
         decoded: Vec::with_capacity(8),
         events: 0,
+        ring_records: 0,
         event_bytes: 0,
         map_loss: LossWatch::new(monotonic_ns()),
         skipped: LossWatch::new(monotonic_ns()),
@@ -199,6 +200,8 @@ struct Agent {
     out: Vec<Record>,
     decoded: Vec<Event>,
     events: u64,
+    /// Records read from the ring (one may carry more than one event).
+    ring_records: u64,
     event_bytes: u64,
     /// Events lost to a full ring or socket map (polled once a second: each read
     /// is a map syscall), and probe runs the kernel skipped (polled every tick).
@@ -282,8 +285,8 @@ impl Agent {
         }
         // One line for whoever reads stderr (records may have gone to a pipeline).
         eprintln!(
-            "classify: stopped after {:.1} s: {} exchanges ({} incomplete), {} events ({} bytes), {} lost, {} sockets untracked, {} probe runs skipped, {} undecodable",
-            s.uptime_s, s.exchanges, s.incomplete_exchanges, s.events, s.event_bytes, s.lost_events, s.untracked_sockets, s.skipped_probe_runs, s.undecodable_events
+            "classify: stopped after {:.1} s: {} exchanges ({} incomplete), {} events ({} ring records, {} bytes), {} lost, {} sockets untracked, {} probe runs skipped, {} undecodable",
+            s.uptime_s, s.exchanges, s.incomplete_exchanges, s.events, s.ring_records, s.event_bytes, s.lost_events, s.untracked_sockets, s.skipped_probe_runs, s.undecodable_events
         );
         Ok(())
     }
@@ -291,6 +294,7 @@ impl Agent {
     fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<()> {
         let mut decoded = std::mem::take(&mut self.decoded);
         while let Some(item) = ring.next() {
+            self.ring_records += 1;
             self.event_bytes += item.len() as u64;
             if self.decoder.push(&item, &mut decoded).is_err() {
                 self.undecodable += 1;
@@ -425,6 +429,7 @@ impl Agent {
             last,
             watched_processes: self.watched.len() as u64,
             events: self.events,
+            ring_records: self.ring_records,
             event_bytes: self.event_bytes,
             events_per_s: if uptime > 0.0 {
                 (self.events as f64 / uptime).round()
