@@ -121,9 +121,11 @@ impl TryFrom<u32> for EventKind {
 #[derive(Clone, Copy, Debug)]
 pub struct Header {
     pub kind: u32,
-    /// Evidence gaps on this CPU since its previous event: events lost to a full
-    /// ring and sockets left untracked because the socket map was full. Carried in
-    /// the stream so the agent marks exactly the exchanges in flight at that point.
+    /// Evidence gaps so far (a wrapping counter shared by all CPUs): events lost
+    /// to a full ring and sockets left untracked because the socket map was full.
+    /// Read after the reservation, so a rise shows in the first event reserved
+    /// after the gap on any CPU: the agent marks exactly the exchanges in flight
+    /// at that point.
     pub gaps: u32,
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
     pub ts_ns: u64,
@@ -196,7 +198,9 @@ pub struct HeldSend {
     pub prev_touch: u64,
     /// Bytes moved by the send.
     pub ret: i32,
-    pub _pad: u32,
+    /// Bytes of the message before it on the socket (0: the connection's first
+    /// request), saturated: a reused connection is never taken for a fresh one.
+    pub prev_msg_bytes: u32,
 }
 
 /// The first bytes of an upstream's reply (a [`Message`]) together with the
@@ -359,7 +363,10 @@ pub struct SockState {
     /// 1 once the socket's `SockOpen` event reached the ring; until then (a full
     /// ring) the probes announce it again at its next use.
     pub announced: u8,
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 3],
+    /// Bytes of the message before the held send (the previous reply on this
+    /// connection; 0 on a fresh connection), saturated.
+    pub held_prev_bytes: u32,
     /// When a request start on this upstream socket was held back instead of
     /// emitted (0: none held). A request sent right after the thread read its
     /// client's request is attributed by the loop marker, so neither its line nor

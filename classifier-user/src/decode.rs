@@ -60,6 +60,8 @@ pub struct Decoder {
     pub orphan_continuations: u64,
     /// Evidence gaps reported in event headers so far.
     pub gaps: u64,
+    /// The highest value of the probes' gap counter seen in a header.
+    gaps_seen: u32,
 }
 
 #[derive(Debug)]
@@ -136,15 +138,20 @@ impl Decoder {
     pub fn push(&mut self, bytes: &[u8], out: &mut Vec<Event>) -> Result<(), DecodeError> {
         if bytes.len() >= size_of::<wire::Header>() {
             let h: wire::Header = read(bytes, 0)?;
-            if h.gaps > 0 {
-                // Evidence was lost on this CPU just before this event.
-                self.gaps += u64::from(h.gaps);
+            // The probes' gap counter (shared by all CPUs, wrapping): a rise since
+            // the highest value seen means evidence was lost just before this
+            // event. Events reserved on two CPUs at once may carry their values
+            // out of order; a lower value is not a new gap.
+            let rise = h.gaps.wrapping_sub(self.gaps_seen) as i32;
+            if rise > 0 {
+                self.gaps_seen = h.gaps;
+                self.gaps += rise as u64;
                 out.push(Event {
                     ts: h.ts_ns,
                     pid: 0,
                     tid: 0,
                     kind: EventKind::Lost {
-                        events: u64::from(h.gaps),
+                        events: rise as u64,
                         sockets: 0,
                         since: None,
                     },
@@ -234,7 +241,7 @@ impl Decoder {
                 bytes: sent.ret.max(0) as u32,
                 head: head::Head::None,
                 prev_touch: touch(sent.prev_touch),
-                prev_msg_bytes: 0,
+                prev_msg_bytes: u64::from(sent.prev_msg_bytes),
                 prev_msg_last: 0,
             },
         });
@@ -541,7 +548,7 @@ mod tests {
                 ts_ns: 1500,
                 prev_touch: 3,
                 ret: 120,
-                _pad: 0,
+                prev_msg_bytes: 100,
             },
         };
         let mut out = Vec::new();
@@ -675,6 +682,31 @@ mod tests {
         );
         assert!(matches!(out[1].kind, EventKind::Exit { .. }));
         assert_eq!(d.gaps, 3);
+        // The counter is shared by all CPUs: the same value again, or a lower one
+        // read by an event reserved at the same time on another CPU, is no new gap;
+        // a rise is, by its size, across the counter's wrap too.
+        let mut again = |gaps: u32| {
+            let mut h = header(Kind::Exit);
+            h.gaps = gaps;
+            let e = wire::Exit {
+                header: h,
+                pid: 1,
+                group_dead: 1,
+                _pad: [0; 3],
+            };
+            let mut out = Vec::new();
+            d.push(&bytes_of(&e), &mut out).unwrap();
+            out.iter()
+                .find_map(|e| match e.kind {
+                    EventKind::Lost { events, .. } => Some(events),
+                    _ => None,
+                })
+                .unwrap_or(0)
+        };
+        assert_eq!(again(3), 0);
+        assert_eq!(again(2), 0);
+        assert_eq!(again(5), 2);
+        assert_eq!(again(u32::MAX), 0, "far below: an old value, not a rise");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use classifier_ebpf::{stat, EventKind, Header};
 
 use super::{
     globals::RING_WAKEUP_BYTES,
-    maps::{count, gap, take_gaps, EVENTS},
+    maps::{count, gap, gaps_so_far, EVENTS},
 };
 
 /// Reserves an event of type `T`, lets `fill` write it, and submits it. `T` must
@@ -47,7 +47,7 @@ pub fn emit_at<T: 'static>(
     unsafe {
         let header = ptr.cast::<Header>();
         (*header).kind = kind as u32;
-        (*header).gaps = take_gaps();
+        (*header).gaps = gaps_so_far();
         (*header).ts_ns = ts_ns;
         (*header).pid_tgid = pid_tgid;
         (*header).sock_id = sock_id;

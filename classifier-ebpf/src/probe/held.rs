@@ -13,22 +13,43 @@ use super::emit::emit_at;
 
 /// Holds the request start that a send just made on `sock`.
 #[inline(always)]
-pub fn hold(sock: *mut SockState, now: u64, pid_tgid: u64, prev_touch: u64, ret: i32) {
+pub fn hold(
+    sock: *mut SockState,
+    now: u64,
+    pid_tgid: u64,
+    prev_touch: u64,
+    ret: i32,
+    prev_bytes: u64,
+) {
     // A request start already held (its reply's event was lost) goes first.
     release(sock);
     // SAFETY: `sock` points to a map value valid for this program run.
     unsafe {
         (*sock).held_prev_touch = prev_touch;
+        (*sock).held_prev_bytes = if prev_bytes > u32::MAX as u64 {
+            u32::MAX
+        } else {
+            prev_bytes as u32
+        };
         (*sock).held_ret = ret;
         (*sock).held_tid = pid_tgid as u32;
         (*sock).held_ts = now;
     }
 }
 
-/// Takes the request start held on `sock`, if any: (when, previous touch, bytes,
-/// the sending thread's `pid_tgid`).
+/// A request start taken from a socket's state.
+pub struct Held {
+    pub ts: u64,
+    pub prev_touch: u64,
+    pub ret: i32,
+    pub prev_bytes: u32,
+    /// The sending thread.
+    pub pid_tgid: u64,
+}
+
+/// Takes the request start held on `sock`, if any.
 #[inline(always)]
-pub fn take(sock: *mut SockState) -> Option<(u64, u64, i32, u64)> {
+pub fn take(sock: *mut SockState) -> Option<Held> {
     // SAFETY: `sock` points to a map value valid for this program run. A reset or
     // error report in softirq may race with the owning thread here; the worst case
     // is the same held send emitted twice with one timestamp, which the agent
@@ -40,7 +61,13 @@ pub fn take(sock: *mut SockState) -> Option<(u64, u64, i32, u64)> {
         }
         (*sock).held_ts = 0;
         let pid_tgid = (u64::from((*sock).owner_tgid) << 32) | u64::from((*sock).held_tid);
-        Some((ts, (*sock).held_prev_touch, (*sock).held_ret, pid_tgid))
+        Some(Held {
+            ts,
+            prev_touch: (*sock).held_prev_touch,
+            ret: (*sock).held_ret,
+            prev_bytes: (*sock).held_prev_bytes,
+            pid_tgid,
+        })
     }
 }
 
@@ -48,19 +75,19 @@ pub fn take(sock: *mut SockState) -> Option<(u64, u64, i32, u64)> {
 /// (no first line), ahead of an event about the socket.
 #[inline(always)]
 pub fn release(sock: *mut SockState) {
-    let Some((ts, prev_touch, ret, pid_tgid)) = take(sock) else {
+    let Some(held) = take(sock) else {
         return;
     };
     // SAFETY: `sock` points to a map value valid for this program run.
     let id = unsafe { (*sock).id };
-    emit_at::<Message>(EventKind::Message, ts, pid_tgid, id, |e| {
+    emit_at::<Message>(EventKind::Message, held.ts, held.pid_tgid, id, |e| {
         // SAFETY: `e` is a reserved Message; every byte is written (ring memory is
         // not zeroed, and no stale byte may reach the agent).
         unsafe {
-            (*e).prev_touch = prev_touch;
-            (*e).prev_msg_bytes = 0;
+            (*e).prev_touch = held.prev_touch;
+            (*e).prev_msg_bytes = u64::from(held.prev_bytes);
             (*e).prev_msg_last_ns = 0;
-            (*e).ret = ret;
+            (*e).ret = held.ret;
             (*e).dir = dir::SEND;
             (*e).flags = 0;
             (*e).line_len = 0;

@@ -113,25 +113,32 @@ pub static TARGET_COMMS: HashMap<[u8; 16], u8> = HashMap::with_max_entries(64, 0
 #[map]
 pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(stat::COUNT, 0);
 
-/// Per-CPU evidence gaps not yet reported in an event header (see `Header::gaps`).
+/// Evidence gaps so far, one counter shared by all CPUs (see `Header::gaps`).
+/// Every event carries its current value and the agent reports each rise where it
+/// sees it, so a gap is reported by the next event any CPU submits. A per-CPU
+/// count reported only by its own CPU's next event could come too late: a thread
+/// whose event was lost on one CPU and that then ran on the other finished its
+/// exchange, complete, before that CPU submitted anything.
 #[map]
-pub static GAPS: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+pub static GAPS: Array<u32> = Array::with_max_entries(1, 0);
 
-/// Counts an evidence gap: reported in the next event this CPU submits.
+/// Counts an evidence gap. The increment is not atomic (this BPF target has no
+/// read-modify-write atomics): two CPUs racing may count one gap instead of two,
+/// but the counter still rises after both failures, so neither goes unreported.
 #[inline(always)]
 pub fn gap() {
     if let Some(slot) = GAPS.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
-        unsafe { *slot += 1 };
+        // SAFETY: a map value valid for this program run; see above for the race.
+        unsafe { *slot = (*slot).wrapping_add(1) };
     }
 }
 
-/// Takes the gaps counted so far on this CPU.
+/// The gap counter's current value, for an event's header.
 #[inline(always)]
-pub fn take_gaps() -> u32 {
-    match GAPS.get_ptr_mut(0) {
-        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
-        Some(slot) => unsafe { core::mem::replace(&mut *slot, 0) },
+pub fn gaps_so_far() -> u32 {
+    match GAPS.get_ptr(0) {
+        // SAFETY: a map value valid for this program run.
+        Some(slot) => unsafe { core::ptr::read_volatile(slot) },
         None => 0,
     }
 }

@@ -124,7 +124,7 @@ fn on_io(ctx: &RawTracePointContext, direction: u8) -> Option<()> {
                 }
             };
             if hold {
-                held::hold(sock, now, pid_tgid, prev_touch, ret);
+                held::hold(sock, now, pid_tgid, prev_touch, ret, prev_bytes);
                 return Some(());
             }
             let flags = if continued {
@@ -144,16 +144,16 @@ fn on_io(ctx: &RawTracePointContext, direction: u8) -> Option<()> {
             };
             let open = match held::take(sock) {
                 // The reply to a held request: both in one event.
-                Some((ts, prev_touch, ret, _)) => {
+                Some(held) => {
                     let mut open = false;
                     emit_at::<Reply>(EventKind::Reply, now, pid_tgid, id, |e| {
                         // SAFETY: `e` is a reserved Reply.
                         unsafe {
                             (*e).sent = HeldSend {
-                                ts_ns: ts,
-                                prev_touch,
-                                ret,
-                                _pad: 0,
+                                ts_ns: held.ts,
+                                prev_touch: held.prev_touch,
+                                ret: held.ret,
+                                prev_msg_bytes: held.prev_bytes,
                             };
                             open = fill_message(core::ptr::addr_of_mut!((*e).message), &start);
                         }

@@ -241,7 +241,7 @@ impl Agent {
                 self.check_loss(maps)?;
                 let now = monotonic_ns();
                 self.release_lines(now.saturating_sub(HOLD_LINES.as_nanos() as u64))?;
-                self.feed(Event {
+                self.feed(&mut Event {
                     ts: now,
                     pid: 0,
                     tid: 0,
@@ -300,9 +300,12 @@ impl Agent {
                 self.undecodable += 1;
             }
             drop(item);
-            for ev in decoded.drain(..) {
+            // In place: events are large, and the engine takes only a message's
+            // first line out of them.
+            for ev in decoded.iter_mut() {
                 self.feed(ev)?;
             }
+            decoded.clear();
         }
         self.decoded = decoded;
         Ok(())
@@ -313,19 +316,20 @@ impl Agent {
     fn release_lines(&mut self, before: u64) -> Result<()> {
         let mut decoded = std::mem::take(&mut self.decoded);
         self.decoder.flush(before, &mut decoded);
-        for ev in decoded.drain(..) {
+        for ev in decoded.iter_mut() {
             self.feed(ev)?;
         }
+        decoded.clear();
         self.decoded = decoded;
         Ok(())
     }
 
-    fn feed(&mut self, ev: Event) -> Result<()> {
+    fn feed(&mut self, ev: &mut Event) -> Result<()> {
         if !matches!(ev.kind, EventKind::Tick) {
             self.events += 1;
         }
         if let Some(rec) = &mut self.recorder {
-            rec.write(&ev)?;
+            rec.write(ev)?;
         }
         match &ev.kind {
             EventKind::Fork { child, comm } if self.watched.len() < 65_536 => {
@@ -341,7 +345,7 @@ impl Agent {
             }
             _ => {}
         }
-        self.engine.ingest(ev, &mut self.out);
+        self.engine.ingest_in_place(ev, &mut self.out);
         for r in &self.out {
             self.sink.record(r)?;
         }
@@ -365,7 +369,7 @@ impl Agent {
             None
         };
         for (events, since) in [skipped, map_loss].into_iter().flatten() {
-            self.feed(Event {
+            self.feed(&mut Event {
                 ts: now,
                 pid: 0,
                 tid: 0,

@@ -45,6 +45,9 @@ struct Script {
     engine: Engine,
     t: u64,
     out: Vec<Record>,
+    /// Bytes of each socket's last message, as the probes report them with the
+    /// next one (0 before a socket's first message).
+    last_bytes: std::collections::HashMap<SockId, u64>,
 }
 
 impl Script {
@@ -56,6 +59,7 @@ impl Script {
             }),
             t: 1_000 * MS,
             out: Vec::new(),
+            last_bytes: std::collections::HashMap::new(),
         }
     }
 
@@ -92,25 +96,27 @@ impl Script {
     }
 
     fn recv(&mut self, sock: SockId, head: Head) -> &mut Self {
+        let prev_msg_bytes = self.last_bytes.insert(sock, 80).unwrap_or(0);
         self.ev(EventKind::Message {
             sock,
             dir: Dir::Recv,
             bytes: 80,
             head,
             prev_touch: None,
-            prev_msg_bytes: 0,
+            prev_msg_bytes,
             prev_msg_last: 0,
         })
     }
 
     fn send(&mut self, sock: SockId, head: Head, prev_touch: Option<SockId>) -> &mut Self {
+        let prev_msg_bytes = self.last_bytes.insert(sock, 120).unwrap_or(0);
         self.ev(EventKind::Message {
             sock,
             dir: Dir::Send,
             bytes: 120,
             head,
             prev_touch,
-            prev_msg_bytes: 80,
+            prev_msg_bytes,
             prev_msg_last: 0,
         })
     }
@@ -475,6 +481,7 @@ fn tables_are_bounded_and_evictions_counted() {
         }),
         t: 0,
         out: Vec::new(),
+        last_bytes: std::collections::HashMap::new(),
     };
     for i in 0..5u64 {
         s.client(SockId(100 + i), 5000 + i as u16)
@@ -527,4 +534,43 @@ fn a_loss_found_after_an_exchange_ended_still_marks_it() {
             ("/later".into(), true)
         ]
     );
+}
+
+#[test]
+fn a_reused_connection_whose_first_exchange_was_lost_serves_the_next_request() {
+    let mut s = Script::new();
+    // C1's request opens U1; its request and reply on U1 are lost with the ring
+    // full, so C1's attempt on U1 never saw a request.
+    s.client(C1, 5000)
+        .recv(C1, get("/lost"))
+        .connect(U1, 9000, Some(C1))
+        .established(U1, 40000);
+    s.at(5).ev(EventKind::Lost {
+        events: 2,
+        sockets: 0,
+        since: None,
+    });
+    s.last_bytes.insert(U1, 100);
+    // Later, U1 back in the pool carries C2's request (attributed by the loop
+    // marker): C2's exchange, not C1's attempt waiting for a request.
+    s.client(C2, 5001)
+        .recv(C2, get("/b"))
+        .send(U1, Head::None, Some(C2))
+        .at(1)
+        .recv(U1, status(201))
+        .send(C2, status(201), Some(U1))
+        .destroy(C2, false);
+    let records = s.finish();
+    let b = records
+        .iter()
+        .find(|r| r.request.as_ref().is_some_and(|q| q.target == "/b"))
+        .expect("a record for /b");
+    assert_eq!(b.upstreams.len(), 1, "{b:#?}");
+    assert_eq!(b.upstreams[0].status, Some(201));
+    assert!(b.complete, "started after the loss: {b:#?}");
+    let lost = records
+        .iter()
+        .find(|r| r.request.as_ref().is_some_and(|q| q.target == "/lost"))
+        .expect("a record for /lost");
+    assert!(!lost.complete);
 }
