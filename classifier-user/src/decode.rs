@@ -290,7 +290,9 @@ impl Decoder {
         }
     }
 
-    /// Decodes one record on its own (no joining of split first lines).
+    /// Decodes one record on its own (no joining of split first lines). A `Reply`
+    /// gives only its reply: the request start it carries comes out of
+    /// [`Decoder::push`] alone.
     pub fn decode(&self, bytes: &[u8]) -> Result<Event, DecodeError> {
         if bytes.len() < size_of::<wire::Header>() {
             return Err(DecodeError::Short {
@@ -663,19 +665,23 @@ mod tests {
         assert!(matches!(out[0].kind, EventKind::Message { .. }));
     }
 
-    #[test]
-    fn gaps_in_a_header_become_a_loss_marker_before_the_event() {
+    /// An `Exit` record whose header carries the gap counter at `gaps`.
+    fn exit_with_gaps(gaps: u32) -> Vec<u8> {
         let mut h = header(Kind::Exit);
-        h.gaps = 3;
-        let e = wire::Exit {
+        h.gaps = gaps;
+        bytes_of(&wire::Exit {
             header: h,
             pid: 1,
             group_dead: 1,
             _pad: [0; 3],
-        };
+        })
+    }
+
+    #[test]
+    fn gaps_in_a_header_become_a_loss_marker_before_the_event() {
         let mut d = Decoder::default();
         let mut out = Vec::new();
-        d.push(&bytes_of(&e), &mut out).unwrap();
+        d.push(&exit_with_gaps(3), &mut out).unwrap();
         assert!(
             matches!(out[0].kind, EventKind::Lost { events: 3, .. }),
             "{out:?}"
@@ -683,19 +689,11 @@ mod tests {
         assert!(matches!(out[1].kind, EventKind::Exit { .. }));
         assert_eq!(d.gaps, 3);
         // The counter is shared by all CPUs: the same value again, or a lower one
-        // read by an event reserved at the same time on another CPU, is no new gap;
-        // a rise is, by its size, across the counter's wrap too.
-        let mut again = |gaps: u32| {
-            let mut h = header(Kind::Exit);
-            h.gaps = gaps;
-            let e = wire::Exit {
-                header: h,
-                pid: 1,
-                group_dead: 1,
-                _pad: [0; 3],
-            };
+        // read by an event reserved at the same time on another CPU, is no new
+        // gap; a rise is one, by its size, across the counter's wrap too.
+        let mut lost = |gaps: u32| {
             let mut out = Vec::new();
-            d.push(&bytes_of(&e), &mut out).unwrap();
+            d.push(&exit_with_gaps(gaps), &mut out).unwrap();
             out.iter()
                 .find_map(|e| match e.kind {
                     EventKind::Lost { events, .. } => Some(events),
@@ -703,10 +701,14 @@ mod tests {
                 })
                 .unwrap_or(0)
         };
-        assert_eq!(again(3), 0);
-        assert_eq!(again(2), 0);
-        assert_eq!(again(5), 2);
-        assert_eq!(again(u32::MAX), 0, "far below: an old value, not a rise");
+        assert_eq!(lost(3), 0);
+        assert_eq!(lost(2), 0);
+        assert_eq!(lost(5), 2);
+        assert_eq!(lost(u32::MAX), 0, "far below: an old value, not a rise");
+        assert_eq!(lost(1 << 30), (1 << 30) - 5);
+        assert_eq!(lost(2 << 30), 1 << 30);
+        assert_eq!(lost(3 << 30), 1 << 30);
+        assert_eq!(lost(4), (1 << 30) + 4, "a rise across the wrap");
     }
 
     #[test]

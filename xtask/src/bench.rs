@@ -508,25 +508,15 @@ fn paired(env: &Env, mode: Mode, rounds: usize, opts: &Options) -> Result<Value>
                 .collect(),
         )
     };
-    let evidence = median(
-        runs.iter()
-            .map(|p| p["with"]["events_per_request"].as_f64().unwrap_or(0.0))
-            .collect(),
-    );
-    let records = median(
-        runs.iter()
-            .map(|p| {
-                p["with"]["ring_records_per_request"]
-                    .as_f64()
-                    .unwrap_or(0.0)
-            })
-            .collect(),
-    );
-    let bytes = median(
-        runs.iter()
-            .map(|p| p["with"]["event_bytes_per_request"].as_f64().unwrap_or(0.0))
-            .collect(),
-    );
+    // Median over rounds of a per-request figure of the runs with classify.
+    let with_median = |k: &str| {
+        median(
+            runs.iter()
+                .map(|p| p["with"][k].as_f64().unwrap_or(0.0))
+                .collect(),
+        )
+        .0
+    };
     let lost: u64 = runs
         .iter()
         .map(|p| p["with"]["lost_events"].as_u64().unwrap_or(0))
@@ -544,9 +534,9 @@ fn paired(env: &Env, mode: Mode, rounds: usize, opts: &Options) -> Result<Value>
         "throughput_ratio": triple(ratio("rps")),
         "p50_ratio": triple(ratio("p50_ms")),
         "p99_ratio": triple(ratio("p99_ms")),
-        "events_per_request": evidence.0,
-        "ring_records_per_request": records.0,
-        "event_bytes_per_request": bytes.0,
+        "events_per_request": with_median("events_per_request"),
+        "ring_records_per_request": with_median("ring_records_per_request"),
+        "event_bytes_per_request": with_median("event_bytes_per_request"),
         "lost_events": lost,
         "runs": runs,
     }))
