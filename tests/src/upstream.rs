@@ -54,7 +54,7 @@ impl Upstream {
     }
 
     pub fn bind(addr: &str) -> Self {
-        let listener = TcpListener::bind(addr).expect("bind upstream");
+        let listener = listen_deep(addr);
         let addr = listener.local_addr().expect("upstream addr");
         let log = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
@@ -91,6 +91,21 @@ impl Drop for Upstream {
         // Wake the accept loop so it sees the flag.
         let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
     }
+}
+
+/// Listens with an accept queue of 4,096 instead of std's 128. A burst of 200
+/// concurrent proxied requests overflowed 128: the kernel dropped a SYN, nginx's
+/// connect completed only at the 1 s retransmit, and a client that waits 1 s left
+/// before nginx sent the request (a CI failure on 2026-12-06). Tests about faults
+/// must not get a random extra one from the harness.
+fn listen_deep(addr: &str) -> TcpListener {
+    use socket2::{Domain, Socket, Type};
+    let addr: SocketAddr = addr.parse().expect("upstream address");
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("upstream socket");
+    s.set_reuse_address(true).expect("SO_REUSEADDR");
+    s.bind(&addr.into()).expect("bind upstream");
+    s.listen(4096).expect("listen upstream");
+    s.into()
 }
 
 struct Request {
