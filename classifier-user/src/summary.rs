@@ -1,6 +1,6 @@
 //! The summary table: exchanges grouped by verdict and upstream, with counts and
 //! latency percentiles, so the worst upstream stands out.
-use std::{collections::BTreeMap, fmt, sync::Arc};
+use std::{fmt, sync::Arc};
 
 use hdrhistogram::Histogram;
 
@@ -34,21 +34,38 @@ pub struct Row {
 
 #[derive(Default)]
 pub struct Summary {
-    rows: BTreeMap<Key, Row>,
+    /// A few dozen rows at most (verdicts × upstreams): a scan that compares the
+    /// shared address text by pointer first costs less per record than a map
+    /// whose key must be built (an `Arc` clone and drop) to be looked up.
+    rows: Vec<(Key, Row)>,
     total: u64,
 }
 
 impl Summary {
     pub fn add(&mut self, r: &ExchangeRecord) {
-        let key = Key {
-            verdict: r.verdict,
-            upstream: r.upstreams.last().map(|u| (u.address.clone(), u.port)),
-        };
-        let row = self.rows.entry(key).or_insert_with(|| Row {
-            count: 0,
-            // 1 µs to 1 hour, 3 significant digits.
-            durations: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
+        let upstream = r.upstreams.last().map(|u| (&u.address, u.port));
+        let found = self.rows.iter().position(|(k, _)| {
+            k.verdict == r.verdict
+                && match (&k.upstream, upstream) {
+                    (None, None) => true,
+                    (Some((a, p)), Some((b, q))) => *p == q && (Arc::ptr_eq(a, b) || **a == **b),
+                    _ => false,
+                }
         });
+        let i = found.unwrap_or_else(|| {
+            let key = Key {
+                verdict: r.verdict,
+                upstream: upstream.map(|(a, p)| (a.clone(), p)),
+            };
+            let row = Row {
+                count: 0,
+                // 1 µs to 1 hour, 3 significant digits.
+                durations: Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"),
+            };
+            self.rows.push((key, row));
+            self.rows.len() - 1
+        });
+        let row = &mut self.rows[i].1;
         row.count += 1;
         let _ = row.durations.record(r.duration_us.clamp(1, 3_600_000_000));
         self.total += 1;
@@ -59,13 +76,13 @@ impl Summary {
     }
 
     pub fn rows(&self) -> impl Iterator<Item = (&Key, &Row)> {
-        self.rows.iter()
+        self.rows.iter().map(|(k, r)| (k, r))
     }
 
     /// A plain-text table, failures first by count, then successes.
     pub fn render(&self) -> String {
         use std::fmt::Write as _;
-        let mut rows: Vec<_> = self.rows.iter().collect();
+        let mut rows: Vec<_> = self.rows().collect();
         rows.sort_by(|(ka, ra), (kb, rb)| {
             (ka.verdict == Verdict::Ok, std::cmp::Reverse(ra.count), ka).cmp(&(
                 kb.verdict == Verdict::Ok,
@@ -97,5 +114,53 @@ impl Summary {
         }
         let _ = writeln!(s, "{} exchanges", self.total);
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::Record;
+
+    fn records(text: &str) -> Vec<ExchangeRecord> {
+        text.lines()
+            .filter_map(|l| match serde_json::from_str(l).expect("a record") {
+                Record::Exchange(e) => Some(*e),
+                Record::Stats(_) => None,
+            })
+            .collect()
+    }
+
+    /// Rows group by verdict and upstream text, not by which `Arc` holds the
+    /// text: deserialized records share none.
+    #[test]
+    fn rows_group_by_verdict_and_upstream_text() {
+        let all: Vec<ExchangeRecord> = [
+            include_str!("../../tests/fixtures/statuses_and_keepalive.records.jsonl"),
+            include_str!("../../tests/fixtures/refused_then_retried.records.jsonl"),
+            include_str!("../../tests/fixtures/concurrent_identical.records.jsonl"),
+        ]
+        .into_iter()
+        .flat_map(records)
+        .collect();
+        let mut summary = Summary::default();
+        let mut want: std::collections::BTreeMap<(Verdict, Option<(String, u16)>), u64> =
+            Default::default();
+        for r in &all {
+            summary.add(r);
+            let up = r.upstreams.last().map(|u| (u.address.to_string(), u.port));
+            *want.entry((r.verdict, up)).or_default() += 1;
+        }
+        let got: std::collections::BTreeMap<_, _> = summary
+            .rows()
+            .map(|(k, r)| {
+                let up = k.upstream.as_ref().map(|(a, p)| (a.to_string(), *p));
+                ((k.verdict, up), r.count)
+            })
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(summary.rows().count(), want.len());
+        assert_eq!(summary.total(), all.len() as u64);
+        assert!(want.len() > 1 && want.len() < all.len());
     }
 }
