@@ -130,6 +130,10 @@ pub struct EngineCounters {
     pub late_events: u64,
     /// Responses with no exchange waiting for them.
     pub orphan_responses: u64,
+    /// Upstream attempts moved to the client whose response followed their
+    /// reply: their request was sent from a posted event (pipelined requests),
+    /// where the thread's last touch had named another exchange or none.
+    pub reattributed_attempts: u64,
     /// Held request starts reported twice (see `classifier_ebpf::HeldSend`).
     pub duplicate_held_sends: u64,
     /// Conversations on a watched socket that were not HTTP (no request line, no

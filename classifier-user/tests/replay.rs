@@ -143,7 +143,8 @@ macro_rules! fixture {
 fixture!(
     statuses_and_keepalive,
     concurrent_identical,
-    refused_then_retried
+    refused_then_retried,
+    pipelined_on_many_connections,
 );
 
 #[test]
@@ -152,6 +153,7 @@ fn every_fixture_has_a_test() {
         "statuses_and_keepalive",
         "concurrent_identical",
         "refused_then_retried",
+        "pipelined_on_many_connections",
     ];
     for entry in fs::read_dir(fixtures()).expect("fixtures dir") {
         let file = entry

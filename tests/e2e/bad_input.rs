@@ -167,6 +167,52 @@ fn pipelined_requests_each_get_their_record() {
     );
 }
 
+/// Many connections pipelining at once: nginx runs each connection's next
+/// request from a posted event, after the other ready connections, so the
+/// thread's last touch before that request goes upstream is another
+/// connection's socket. Every request still gets its own record, with the
+/// upstream socket that served it (checked against the upstream's own log).
+#[test]
+fn pipelined_requests_on_many_connections_keep_their_own_upstreams() {
+    let (up, nginx, running) = lab("");
+    let (clients, depth) = (24usize, 12usize);
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(clients));
+    let handles: Vec<_> = (0..clients)
+        .map(|c| {
+            let b = barrier.clone();
+            let port = nginx.port;
+            thread::spawn(move || {
+                let mut conn = Conn::connect(port).unwrap();
+                let mut s = conn.stream().try_clone().unwrap();
+                let batch: String = (0..depth)
+                    .map(|i| format!("GET /p/{c}/{i} HTTP/1.1\r\nHost: t\r\n\r\n"))
+                    .collect();
+                b.wait();
+                s.write_all(batch.as_bytes()).unwrap();
+                for _ in 0..depth {
+                    assert_eq!(conn.read_response().unwrap().status, 200);
+                }
+            })
+        })
+        .collect();
+    handles.into_iter().for_each(|h| h.join().unwrap());
+    let (out, access) = stop_after_log(&nginx, running, clients * depth);
+    assert_schema(&out.records);
+    assert_matches_access_log(&out.exchanges(), &access);
+    let log = up.log();
+    for r in out.exchanges() {
+        let target = r["request"]["target"].as_str().unwrap();
+        let ups = r["upstreams"].as_array().unwrap();
+        assert_eq!(ups.len(), 1, "{r:#}");
+        let local = ups[0]["local_port"].as_u64().unwrap() as u16;
+        assert!(
+            log.iter()
+                .any(|e| e.peer_port == local && e.target == target),
+            "the upstream never saw {target} from port {local}: {r:#}"
+        );
+    }
+}
+
 #[test]
 fn a_protocol_that_is_not_http_gets_no_verdict() {
     require_root();

@@ -63,6 +63,17 @@ pub struct Exchange {
     pub incomplete: bool,
     /// Still waiting for a response when the agent stopped.
     pub in_flight: bool,
+    /// Holds an upstream attempt that no client exchange could be found for when
+    /// its request was sent: nginx ran that request from a posted event (the next
+    /// pipelined request on a connection) after touching other connections, so
+    /// the thread's last touch says nothing. The client response that follows
+    /// the attempt's reply names the owner (see `Engine::reattribute`); an
+    /// orphan never becomes a record of its own.
+    pub orphan: bool,
+    /// An orphan that was an exchange of its own (guessed for a pipelined
+    /// request on a connection that then ended): written as it is if no client
+    /// response claims its attempt.
+    pub unclaimed_record: bool,
 }
 
 impl Exchange {
@@ -86,6 +97,8 @@ impl Exchange {
             response_cut_by_proxy: None,
             incomplete: false,
             in_flight: false,
+            orphan: false,
+            unclaimed_record: false,
         }
     }
 
@@ -106,6 +119,8 @@ impl Exchange {
 /// what came of it.
 #[derive(Clone, Debug)]
 pub struct Attempt {
+    /// The upstream socket (its `attempt` points back here).
+    pub sock: SockId,
     pub peer: Endpoint,
     pub local: Endpoint,
     /// CLOSE → SYN_SENT; `None` on a reused connection.
@@ -135,8 +150,9 @@ pub struct Attempt {
 }
 
 impl Attempt {
-    pub fn new(peer: Endpoint, local: Endpoint) -> Self {
+    pub fn new(sock: SockId, peer: Endpoint, local: Endpoint) -> Self {
         Self {
+            sock,
             peer,
             local,
             connect_start: None,
@@ -159,6 +175,18 @@ impl Attempt {
     /// When the attempt started: the connect, else the request.
     pub fn started(&self) -> Option<u64> {
         self.connect_start.or(self.request_sent)
+    }
+
+    /// The attempt is over as far as the proxy knows: a reply came back, the
+    /// upstream failed, the connect failed, or the proxy closed it.
+    pub fn ended(&self) -> bool {
+        self.first_byte.is_some()
+            || self.invalid
+            || self.error.is_some()
+            || self.local_close.is_some()
+            || self.connect_failed.is_some()
+            || self.upstream_failed().is_some()
+            || self.failure_read().is_some()
     }
 
     /// When the proxy itself read that the upstream broke the connection (EOF or

@@ -65,6 +65,13 @@ impl Default for EngineConfig {
     }
 }
 
+/// Threads whose last unforwarded reply is remembered, at most (nginx has a few
+/// workers; a bound anyway, as thread ids are not recycled soon).
+const MAX_THREADS_REMEMBERED: usize = 4096;
+
+/// The client of an orphan exchange (see `Exchange::orphan`): no socket.
+const ORPHAN_CLIENT: SockId = SockId(0);
+
 /// An ended exchange's record waiting out the hold time. The record is built
 /// when the exchange ends, while its evidence is still in the CPU's caches: built
 /// 300 ms later, every exchange and attempt was read back from memory (a cache
@@ -99,6 +106,10 @@ pub struct Engine {
     order: VecDeque<ExId>,
     next_ex: u64,
     comms: HashMap<u32, Arc<str>>,
+    /// Per thread, the upstream socket whose reply it read last and has not
+    /// forwarded yet: the response it writes next comes from there, even when
+    /// it closed a pooled connection in between (see `reattribute`).
+    last_reply: HashMap<u32, SockId>,
     text: build::AddressText,
     /// Reused buffers: the outcomes of the record being built, and the exchanges
     /// a new request ends (no allocation per request for either).
@@ -127,6 +138,7 @@ impl Engine {
             order: VecDeque::new(),
             next_ex: 1,
             comms: HashMap::default(),
+            last_reply: HashMap::default(),
             text: build::AddressText::default(),
             outcomes: Vec::new(),
             ending: Vec::new(),
@@ -185,6 +197,7 @@ impl Engine {
             let head = std::mem::take(head);
             self.message(
                 ts,
+                ev.tid,
                 *sock,
                 *dir,
                 *bytes,
@@ -368,7 +381,7 @@ impl Engine {
         }
         if side == Side::Upstream && how == Opened::Connect {
             match self.resolve(prev_touch, ts, out) {
-                Some(ex) => self.attach(ex, id, ts, true),
+                Some(ex) => self.attach(ex, id, ts, true, out),
                 None => self.counters.unattributed_attempts += 1,
             }
         }
@@ -388,8 +401,23 @@ impl Engine {
         let sock = self.socks.get_any(touched)?;
         match sock.side {
             Side::Upstream => {
-                let (ex, _) = sock.attempt?;
-                self.exchanges.contains_key(&ex).then_some(ex)
+                // A retry after a failed attempt, unless that exchange has
+                // answered already: nginx starts no attempt for an exchange once
+                // its response has begun (the send came from a posted event).
+                // Nor onto an orphan.
+                // And only once that attempt has ended: nginx retries after it
+                // read a failure, a reply or closed the connection itself, all
+                // seen before the retry; posted requests sent one after another
+                // touch each other's sockets last while those are in flight.
+                let (ex, idx) = sock.attempt?;
+                self.exchanges
+                    .get(&ex)
+                    .is_some_and(|x| {
+                        x.response.is_none()
+                            && !x.orphan
+                            && x.attempts.get(idx).is_some_and(Attempt::ended)
+                    })
+                    .then_some(ex)
             }
             Side::Client => {
                 let waiting = sock
@@ -429,14 +457,21 @@ impl Engine {
     }
 
     /// Attaches a new attempt on upstream socket `sock` to exchange `ex`.
-    fn attach(&mut self, ex: ExId, sock: SockId, ts: u64, connect: bool) {
+    fn attach(&mut self, ex: ExId, sock: SockId, ts: u64, connect: bool, out: &mut Vec<Record>) {
+        let old = self.socks.get(sock).and_then(|s| s.attempt);
+        if let Some((old, _)) = old {
+            // The socket moves on: an orphan nobody claimed ends here.
+            if old != ex && self.exchanges.get(&old).is_some_and(|x| x.orphan) {
+                self.finish(old, End::Settled, out);
+            }
+        }
         let Some(s) = self.socks.get_mut(sock) else {
             return;
         };
         let Some(e) = self.exchanges.get_mut(&ex) else {
             return;
         };
-        let mut a = Attempt::new(s.peer, s.local);
+        let mut a = Attempt::new(sock, s.peer, s.local);
         if connect {
             a.connect_start = Some(ts);
         }
@@ -503,6 +538,7 @@ impl Engine {
     fn message(
         &mut self,
         ts: u64,
+        tid: u32,
         sock: SockId,
         dir: Dir,
         bytes: u32,
@@ -529,11 +565,33 @@ impl Engine {
         let side = s.side;
         match (side, dir) {
             (Side::Client, Dir::Recv) => self.client_request(ts, sock, head, prev_msg_last, out),
-            (Side::Client, Dir::Send) => self.client_response(ts, sock, &head, bytes),
+            (Side::Client, Dir::Send) => {
+                // The upstream socket touched last, else the one whose reply
+                // this thread read last when only upstream sockets were touched
+                // since (nginx may close a pooled connection between reading a
+                // reply and forwarding it).
+                let replied = self.last_reply.remove(&tid);
+                let up_last = prev_touch
+                    .and_then(|t| self.socks.get_any(t))
+                    .is_some_and(|s| s.side == Side::Upstream);
+                let candidates = if up_last {
+                    [prev_touch, replied]
+                } else {
+                    [None, None]
+                };
+                self.reattribute(ts, sock, &head, candidates, out);
+                self.client_response(ts, sock, &head, bytes)
+            }
             (Side::Upstream, Dir::Send) => {
                 self.upstream_request(ts, sock, head, prev_touch, prev_msg_bytes, out)
             }
-            (Side::Upstream, Dir::Recv) => self.upstream_response(ts, sock, &head),
+            (Side::Upstream, Dir::Recv) => {
+                if self.last_reply.len() >= MAX_THREADS_REMEMBERED {
+                    self.last_reply.clear();
+                }
+                self.last_reply.insert(tid, sock);
+                self.upstream_response(ts, sock, &head)
+            }
         }
     }
 
@@ -582,6 +640,178 @@ impl Engine {
                 if !has_any {
                     self.open_exchange(sock, owner, ts, None, out);
                 }
+            }
+        }
+    }
+
+    /// A response starts on `client` right after the thread touched upstream
+    /// socket `prev_touch`: nginx is forwarding that socket's reply (or its
+    /// failure) to this client, so the attempt there serves this client's
+    /// waiting exchange, whatever the attempt's request was attributed to when
+    /// it was sent. Requests run from posted events (the next pipelined request
+    /// on a connection) are sent after nginx touched other connections; without
+    /// this their attempts joined whichever exchange was touched last and their
+    /// responses found no exchange (a burst of pipelined h2load requests: 51 %
+    /// of exchanges without a record, records with dozens of foreign attempts).
+    /// Attempts whose request went out before their exchange's response started
+    /// are that exchange's own and never move.
+    fn reattribute(
+        &mut self,
+        ts: u64,
+        client: SockId,
+        head: &Head,
+        candidates: [Option<SockId>; 2],
+        out: &mut Vec<Record>,
+    ) {
+        if matches!(head, Head::Status(st) if st.code < 200 && st.code != 101) {
+            return;
+        }
+        let Some(c) = self.socks.get(client) else {
+            return;
+        };
+        let owner = c.owner;
+        let waiting = c
+            .exchanges
+            .iter()
+            .find(|e| self.exchanges.get(e).is_some_and(|x| x.response.is_none()))
+            .copied();
+        // The first candidate that decides: one serving the waiting exchange
+        // already (the usual case), or one whose attempt is foreign to the
+        // exchange it sits in.
+        let mut found = None;
+        for via in candidates.into_iter().flatten() {
+            let Some((from, idx)) = self
+                .socks
+                .get_any(via)
+                .filter(|u| u.side == Side::Upstream)
+                .and_then(|u| u.attempt)
+            else {
+                continue;
+            };
+            if waiting == Some(from) {
+                return;
+            }
+            let Some(x) = self.exchanges.get(&from) else {
+                continue;
+            };
+            let Some(a) = x.attempts.get(idx) else {
+                continue;
+            };
+            // Its reply came back, and the exchange it sits in has not
+            // answered, or answered before that reply or before the request was
+            // even sent: that response did not come from here.
+            let foreign = x.orphan
+                || a.first_byte.is_some_and(|fb| match &x.response {
+                    None => true,
+                    Some(r) => fb > r.ts || a.request_sent.is_some_and(|sent| sent > r.ts),
+                });
+            if foreign {
+                found = Some((from, idx));
+                break;
+            }
+        }
+        let Some((from, idx)) = found else {
+            return;
+        };
+        let Some(x) = self.exchanges.get(&from) else {
+            return;
+        };
+        let was_orphan = x.orphan;
+        let Some(x) = self.exchanges.get_mut(&from) else {
+            return;
+        };
+        let attempt = x.attempts.remove(idx);
+        // Later attempts of `from` shift down one place.
+        for (j, later) in x.attempts.iter().enumerate().skip(idx) {
+            if let Some(s) = self.socks.get_any_mut(later.sock) {
+                if s.attempt == Some((from, j + 1)) {
+                    s.attempt = Some((from, j));
+                }
+            }
+        }
+        // An orphan, or an exchange guessed for a pipelined request on the
+        // wrong connection, is left with nothing: it never existed.
+        if x.attempts.is_empty() && (was_orphan || (x.inferred && x.response.is_none())) {
+            let client_of = x.client;
+            self.exchanges.remove(&from);
+            if let Some(s) = self.socks.get_mut(client_of) {
+                s.exchanges.retain(|e| *e != from);
+            }
+        }
+        let to = match waiting {
+            Some(w) => w,
+            None => {
+                // The next pipelined request on this connection: its line is
+                // the one the proxy sent upstream.
+                let start = attempt.request_sent.or(attempt.started()).unwrap_or(ts);
+                let id = self.open_exchange(client, owner, start, None, out);
+                if let Some(e) = self.exchanges.get_mut(&id) {
+                    e.inferred = true;
+                }
+                id
+            }
+        };
+        let Some(e) = self.exchanges.get_mut(&to) else {
+            return;
+        };
+        let sock = attempt.sock;
+        e.attempts.push(attempt);
+        e.touch(ts);
+        let at = e.attempts.len() - 1;
+        if let Some(s) = self.socks.get_any_mut(sock) {
+            s.attempt = Some((to, at));
+        }
+        self.counters.reattributed_attempts += 1;
+        if was_orphan {
+            self.counters.unattributed_attempts =
+                self.counters.unattributed_attempts.saturating_sub(1);
+        }
+    }
+
+    /// An exchange that answered its client ends with an attempt still waiting:
+    /// no reply, no failure, the proxy never closed it. Its response did not come
+    /// from there, and nginx does not wait on an upstream once the response is
+    /// done, so the attempt belongs to a request run from a posted event that the
+    /// thread's last touch pinned on this exchange. It goes on as an orphan, for
+    /// the client response that follows its reply to claim (`reattribute`).
+    fn release_foreign_attempts(&mut self, ex: &mut Exchange, out: &mut Vec<Record>) {
+        let mut i = 0;
+        while i < ex.attempts.len() {
+            let a = &ex.attempts[i];
+            let waiting = a.request_sent.is_some()
+                && a.first_byte.is_none()
+                && a.upstream_failed().is_none()
+                && a.failure_read().is_none()
+                && a.error.is_none()
+                && a.local_close.is_none()
+                && a.connect_failed.is_none();
+            let points_here = self
+                .socks
+                .get_any(a.sock)
+                .is_some_and(|s| s.attempt == Some((ex.id, i)));
+            if !(waiting && points_here) {
+                i += 1;
+                continue;
+            }
+            let attempt = ex.attempts.remove(i);
+            // Sockets of the later attempts still point into `ex`, which is
+            // ending: nothing reads those pointers again.
+            let sock = attempt.sock;
+            let id = self.open_exchange(
+                ORPHAN_CLIENT,
+                ex.pid,
+                attempt.request_sent.unwrap_or(ex.start),
+                None,
+                out,
+            );
+            if let Some(o) = self.exchanges.get_mut(&id) {
+                o.orphan = true;
+                o.inferred = true;
+                o.last_activity = ex.last_activity;
+                o.attempts.push(attempt);
+            }
+            if let Some(s) = self.socks.get_any_mut(sock) {
+                s.attempt = Some((id, 0));
             }
         }
     }
@@ -672,13 +902,24 @@ impl Engine {
                 found
             }
         };
-        let Some(ex) = ex else { return };
+        let ex = match ex {
+            Some(ex) => ex,
+            None => {
+                let owner = self.socks.get(sock).map_or(0, |s| s.owner);
+                let id = self.open_exchange(ORPHAN_CLIENT, owner, ts, None, out);
+                if let Some(e) = self.exchanges.get_mut(&id) {
+                    e.orphan = true;
+                    e.inferred = true;
+                }
+                id
+            }
+        };
         let connect_start = if fresh_unattributed {
             Some(self.socks.get(sock).map_or(ts, |_| ts))
         } else {
             None
         };
-        self.attach(ex, sock, ts, false);
+        self.attach(ex, sock, ts, false, out);
         if let Some((e, idx)) = self.attempt_mut(sock) {
             let a = &mut e.attempts[idx];
             a.request_sent = Some(ts);
@@ -1003,7 +1244,9 @@ impl Engine {
         let quiet: Vec<ExId> = self
             .exchanges
             .values()
-            .filter(|e| e.response.is_some() && now.saturating_sub(e.last_activity) >= settle)
+            .filter(|e| {
+                (e.response.is_some() || e.orphan) && now.saturating_sub(e.last_activity) >= settle
+            })
             .map(|e| e.id)
             .collect();
         for id in quiet {
@@ -1015,6 +1258,30 @@ impl Engine {
         let Some(mut ex) = self.exchanges.remove(&id) else {
             return;
         };
+        if ex.orphan && !ex.unclaimed_record {
+            // Never claimed by a client response: counted as unattributed when
+            // its request was sent.
+            return;
+        }
+        if !ex.orphan
+            && ex.inferred
+            && ex.response.is_none()
+            && end != End::Flushed
+            && ex.attempts.iter().any(|a| !a.ended())
+        {
+            // Guessed for a pipelined request on the connection the thread
+            // touched last, and that connection ended first: the attempt may
+            // still be another client's (a posted request). Wait for its reply's
+            // client response; written as it is if none claims it.
+            if let Some(s) = self.socks.get_mut(ex.client) {
+                s.exchanges.retain(|e| *e != id);
+            }
+            ex.orphan = true;
+            ex.unclaimed_record = true;
+            self.exchanges.insert(id, ex);
+            return;
+        }
+        ex.orphan = false;
         if end == End::Flushed && ex.response.is_none() && ex.client_left().is_none() {
             // Still waiting when the agent stopped.
             ex.incomplete = true;
@@ -1022,6 +1289,9 @@ impl Engine {
         }
         if let Some(s) = self.socks.get_mut(ex.client) {
             s.exchanges.retain(|e| *e != id);
+        }
+        if ex.response.is_some() && end != End::Flushed {
+            self.release_foreign_attempts(&mut ex, out);
         }
         let http = ex.request.is_some()
             || ex.inferred

@@ -105,6 +105,14 @@ impl Sockets {
         self.live.get(&id).or_else(|| self.dead.get(&id))
     }
 
+    /// A live or recently destroyed socket, to update.
+    pub fn get_any_mut(&mut self, id: SockId) -> Option<&mut Sock> {
+        match self.live.get_mut(&id) {
+            Some(s) => Some(s),
+            None => self.dead.get_mut(&id),
+        }
+    }
+
     /// Moves a socket to the graveyard.
     pub fn bury(&mut self, id: SockId) -> Option<&Sock> {
         let sock = self.live.remove(&id)?;

@@ -383,6 +383,169 @@ fn pipelined_requests_open_the_next_exchange_after_the_response() {
     );
 }
 
+/// nginx runs the next pipelined request on a connection from a posted event,
+/// after the other ready connections of that loop iteration: its upstream
+/// request follows a touch of another client's upstream socket. The client
+/// response that follows the reply names the owner; the other exchange keeps
+/// only its own attempt.
+#[test]
+fn a_pipelined_request_run_after_other_connections_goes_to_its_own_client() {
+    let mut s = Script::new();
+    s.client(C1, 5000)
+        .client(C2, 5001)
+        .pooled(U1, 40001, 9000)
+        .pooled(U2, 40002, 9000);
+    // C1's first request (a second one waits in the same receive).
+    s.recv(C1, get("/first"))
+        .send(U1, Head::None, Some(C1))
+        .recv(U1, status(200))
+        .send(C1, status(200), Some(U1));
+    // C2's request in the same iteration.
+    s.recv(C2, get("/other")).send(U2, Head::None, Some(C2));
+    // C1's pipelined request, run last: the thread last touched U2.
+    s.send(U1, get("/second"), Some(U2));
+    s.recv(U2, status(201)).send(C2, status(201), Some(U2));
+    s.recv(U1, status(404)).send(C1, status(404), Some(U1));
+    let rs = s.finish();
+    let view: Vec<_> = rs
+        .iter()
+        .map(|r| {
+            (
+                r.client.port,
+                r.request.as_ref().map(|q| q.target.to_string()),
+                r.response.status,
+                r.upstreams
+                    .iter()
+                    .map(|u| (u.local_port, u.status))
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        view,
+        vec![
+            (
+                5000,
+                Some("/first".into()),
+                Some(200),
+                vec![(40001, Some(200))]
+            ),
+            (
+                5001,
+                Some("/other".into()),
+                Some(201),
+                vec![(40002, Some(201))]
+            ),
+            (
+                5000,
+                Some("/second".into()),
+                Some(404),
+                vec![(40001, Some(404))]
+            ),
+        ],
+        "{rs:#?}"
+    );
+    assert!(
+        !rs[2].complete,
+        "inferred: its request line was not captured"
+    );
+    assert_eq!(s.engine.counters().reattributed_attempts, 1);
+    assert_eq!(s.engine.counters().orphan_responses, 0);
+}
+
+/// A posted request's send follows the last response on connection C2, so it
+/// is first guessed to be C2's next pipelined request; C2 then closes. The
+/// guess waits instead of being written, and the response that follows the
+/// reply (on C1) claims the attempt; C2 gets no phantom record. Unclaimed, the
+/// guess is written as it was.
+#[test]
+fn a_guess_on_a_connection_that_closed_waits_for_the_reply() {
+    for claimed in [true, false] {
+        let mut s = Script::new();
+        s.client(C1, 5000)
+            .client(C2, 5001)
+            .pooled(U1, 40001, 9000)
+            .pooled(U2, 40002, 9000);
+        s.recv(C1, get("/first"))
+            .send(U1, Head::None, Some(C1))
+            .recv(U1, status(200))
+            .send(C1, status(200), Some(U1));
+        s.recv(C2, get("/last"))
+            .send(U2, Head::None, Some(C2))
+            .recv(U2, status(200))
+            .send(C2, status(200), Some(U2));
+        // C1's pipelined request, run after C2's response.
+        s.send(U1, get("/second"), Some(C2));
+        s.destroy(C2, true);
+        s.recv(U1, status(404));
+        if claimed {
+            s.send(C1, status(404), Some(U1));
+        }
+        s.tick_after(1500);
+        let rs = s.finish();
+        let view: Vec<_> = rs
+            .iter()
+            .map(|r| {
+                (
+                    r.client.port,
+                    r.request.as_ref().map(|q| q.target.to_string()),
+                    r.response.status,
+                )
+            })
+            .collect();
+        let second = if claimed {
+            (5000, Some("/second".into()), Some(404))
+        } else {
+            (5001, Some("/second".into()), None)
+        };
+        let mut want = vec![
+            (5000, Some("/first".into()), Some(200)),
+            (5001, Some("/last".into()), Some(200)),
+            second,
+        ];
+        let mut got = view.clone();
+        got.sort();
+        want.sort();
+        assert_eq!(got, want, "claimed {claimed}: {rs:#?}");
+    }
+}
+
+/// The same, when the last touch named no exchange at all (an exchange that had
+/// answered already takes no new attempt): the attempt waits as an orphan for
+/// its client's response, and an orphan nobody claims writes no record.
+#[test]
+fn an_unclaimed_upstream_request_is_held_then_claimed_or_dropped() {
+    let mut s = Script::new();
+    s.client(C1, 5000)
+        .client(C2, 5001)
+        .pooled(U1, 40001, 9000)
+        .pooled(U2, 40002, 9000)
+        .pooled(U3, 40003, 9000);
+    s.recv(C2, get("/other"))
+        .send(U2, Head::None, Some(C2))
+        .recv(U2, status(200))
+        .send(C2, status(200), Some(U2));
+    s.recv(C1, get("/first"))
+        .send(U1, Head::None, Some(C1))
+        .recv(U1, status(200))
+        .send(C1, status(200), Some(U1));
+    // Posted: after C2's exchange answered, the thread's last touch is U2.
+    s.send(U3, get("/second"), Some(U2));
+    s.recv(U3, status(200)).send(C1, status(200), Some(U3));
+    // Another posted request whose reply never reaches a client.
+    s.send(U2, get("/lost"), Some(U3));
+    let rs = s.finish();
+    assert_eq!(rs.len(), 3, "{rs:#?}");
+    assert_eq!(rs[1].upstreams.len(), 1, "{rs:#?}");
+    let second = rs
+        .iter()
+        .find(|r| r.request.as_ref().is_some_and(|q| q.target == "/second"))
+        .expect("the claimed request has its record");
+    assert_eq!(second.client.port, 5000);
+    assert_eq!(second.upstreams[0].local_port, 40003);
+    assert_eq!(s.engine.counters().unattributed_attempts, 1, "/lost");
+}
+
 #[test]
 fn a_client_that_leaves_before_the_response_is_a_client_abort() {
     let mut s = Script::new();
