@@ -11,7 +11,7 @@ use std::{
 
 use classify_tests::{
     classify,
-    client::Conn,
+    client::{self, Conn},
     nginx::{Config, Nginx},
     upstream::Upstream,
 };
@@ -176,26 +176,9 @@ fn pipelined_requests_each_get_their_record() {
 fn pipelined_requests_on_many_connections_keep_their_own_upstreams() {
     let (up, nginx, running) = lab("");
     let (clients, depth) = (24usize, 12usize);
-    let barrier = std::sync::Arc::new(std::sync::Barrier::new(clients));
-    let handles: Vec<_> = (0..clients)
-        .map(|c| {
-            let b = barrier.clone();
-            let port = nginx.port;
-            thread::spawn(move || {
-                let mut conn = Conn::connect(port).unwrap();
-                let mut s = conn.stream().try_clone().unwrap();
-                let batch: String = (0..depth)
-                    .map(|i| format!("GET /p/{c}/{i} HTTP/1.1\r\nHost: t\r\n\r\n"))
-                    .collect();
-                b.wait();
-                s.write_all(batch.as_bytes()).unwrap();
-                for _ in 0..depth {
-                    assert_eq!(conn.read_response().unwrap().status, 200);
-                }
-            })
-        })
-        .collect();
-    handles.into_iter().for_each(|h| h.join().unwrap());
+    for statuses in client::pipeline_many(nginx.port, clients, depth) {
+        assert_eq!(statuses, vec![200; depth]);
+    }
     let (out, access) = stop_after_log(&nginx, running, clients * depth);
     assert_schema(&out.records);
     assert_matches_access_log(&out.exchanges(), &access);

@@ -157,25 +157,7 @@ fn pipelined_on_many_connections() {
         |up| Config::proxy(&[up.addr().to_string()], Some(8), ""),
         |port| {
             let (clients, depth) = (24usize, 12usize);
-            let barrier = Arc::new(Barrier::new(clients));
-            let hs: Vec<_> = (0..clients)
-                .map(|c| {
-                    let b = barrier.clone();
-                    thread::spawn(move || {
-                        let mut conn = Conn::connect(port).unwrap();
-                        let mut s = conn.stream().try_clone().unwrap();
-                        let batch: String = (0..depth)
-                            .map(|i| format!("GET /p/{c}/{i} HTTP/1.1\r\nHost: t\r\n\r\n"))
-                            .collect();
-                        b.wait();
-                        std::io::Write::write_all(&mut s, batch.as_bytes()).unwrap();
-                        for _ in 0..depth {
-                            conn.read_response().unwrap();
-                        }
-                    })
-                })
-                .collect();
-            hs.into_iter().for_each(|h| h.join().unwrap());
+            client::pipeline_many(port, clients, depth);
             clients * depth
         },
     );

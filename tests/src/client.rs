@@ -179,3 +179,31 @@ pub fn one_shot(source: std::net::Ipv4Addr, port: u16, path: &str) -> std::io::R
     c.send("GET", path, &[("Connection", "close")], b"")?;
     Ok(c.read_response()?.status)
 }
+
+/// `clients` connections that each write `depth` requests (`/p/{client}/{i}`) in
+/// one write, all at the same moment, then read every response: nginx runs each
+/// connection's next request from a posted event, after the other connections.
+/// Returns the statuses, per connection in order.
+pub fn pipeline_many(port: u16, clients: usize, depth: usize) -> Vec<Vec<u16>> {
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(clients));
+    let handles: Vec<_> = (0..clients)
+        .map(|c| {
+            let b = barrier.clone();
+            std::thread::spawn(move || {
+                let mut conn = Conn::connect(port).expect("connect");
+                let batch: String = (0..depth)
+                    .map(|i| format!("GET /p/{c}/{i} HTTP/1.1\r\nHost: t\r\n\r\n"))
+                    .collect();
+                b.wait();
+                conn.stream.write_all(batch.as_bytes()).expect("write");
+                (0..depth)
+                    .map(|_| conn.read_response().expect("response").status)
+                    .collect()
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("client thread"))
+        .collect()
+}

@@ -199,6 +199,15 @@ impl Script {
             .collect()
     }
 
+    /// A whole exchange on client `c` through kept-alive upstream `u`, its
+    /// request held by the probe (sent in the handler that read it).
+    fn kept_alive(&mut self, c: SockId, u: SockId, target: &str, code: u16) -> &mut Self {
+        self.recv(c, get(target))
+            .send(u, Head::None, Some(c))
+            .recv(u, status(code))
+            .send(c, status(code), Some(u))
+    }
+
     /// A whole proxied exchange on client `c` through a fresh upstream `u`.
     fn proxied(&mut self, c: SockId, u: SockId, up_local: u16, code: u16) -> &mut Self {
         self.recv(c, get("/a"))
@@ -383,6 +392,26 @@ fn pipelined_requests_open_the_next_exchange_after_the_response() {
     );
 }
 
+/// Clients C1 (port 5000) and C2 (5001), kept-alive upstream connections U1
+/// (local port 40001) and U2 (40002).
+fn two_clients_two_pools() -> Script {
+    let mut s = Script::new();
+    s.client(C1, 5000)
+        .client(C2, 5001)
+        .pooled(U1, 40001, 9000)
+        .pooled(U2, 40002, 9000);
+    s
+}
+
+/// A record's client port, request target and response status.
+fn who_what(r: &ExchangeRecord) -> (u16, Option<String>, Option<u16>) {
+    (
+        r.client.port,
+        r.request.as_ref().map(|q| q.target.to_string()),
+        r.response.status,
+    )
+}
+
 /// nginx runs the next pipelined request on a connection from a posted event,
 /// after the other ready connections of that loop iteration: its upstream
 /// request follows a touch of another client's upstream socket. The client
@@ -390,16 +419,9 @@ fn pipelined_requests_open_the_next_exchange_after_the_response() {
 /// only its own attempt.
 #[test]
 fn a_pipelined_request_run_after_other_connections_goes_to_its_own_client() {
-    let mut s = Script::new();
-    s.client(C1, 5000)
-        .client(C2, 5001)
-        .pooled(U1, 40001, 9000)
-        .pooled(U2, 40002, 9000);
+    let mut s = two_clients_two_pools();
     // C1's first request (a second one waits in the same receive).
-    s.recv(C1, get("/first"))
-        .send(U1, Head::None, Some(C1))
-        .recv(U1, status(200))
-        .send(C1, status(200), Some(U1));
+    s.kept_alive(C1, U1, "/first", 200);
     // C2's request in the same iteration.
     s.recv(C2, get("/other")).send(U2, Head::None, Some(C2));
     // C1's pipelined request, run last: the thread last touched U2.
@@ -410,15 +432,13 @@ fn a_pipelined_request_run_after_other_connections_goes_to_its_own_client() {
     let view: Vec<_> = rs
         .iter()
         .map(|r| {
-            (
-                r.client.port,
-                r.request.as_ref().map(|q| q.target.to_string()),
-                r.response.status,
-                r.upstreams
-                    .iter()
-                    .map(|u| (u.local_port, u.status))
-                    .collect::<Vec<_>>(),
-            )
+            let (port, target, code) = who_what(r);
+            let ups: Vec<_> = r
+                .upstreams
+                .iter()
+                .map(|u| (u.local_port, u.status))
+                .collect();
+            (port, target, code, ups)
         })
         .collect();
     assert_eq!(
@@ -461,19 +481,9 @@ fn a_pipelined_request_run_after_other_connections_goes_to_its_own_client() {
 #[test]
 fn a_guess_on_a_connection_that_closed_waits_for_the_reply() {
     for claimed in [true, false] {
-        let mut s = Script::new();
-        s.client(C1, 5000)
-            .client(C2, 5001)
-            .pooled(U1, 40001, 9000)
-            .pooled(U2, 40002, 9000);
-        s.recv(C1, get("/first"))
-            .send(U1, Head::None, Some(C1))
-            .recv(U1, status(200))
-            .send(C1, status(200), Some(U1));
-        s.recv(C2, get("/last"))
-            .send(U2, Head::None, Some(C2))
-            .recv(U2, status(200))
-            .send(C2, status(200), Some(U2));
+        let mut s = two_clients_two_pools();
+        s.kept_alive(C1, U1, "/first", 200);
+        s.kept_alive(C2, U2, "/last", 200);
         // C1's pipelined request, run after C2's response.
         s.send(U1, get("/second"), Some(C2));
         s.destroy(C2, true);
@@ -483,16 +493,7 @@ fn a_guess_on_a_connection_that_closed_waits_for_the_reply() {
         }
         s.tick_after(1500);
         let rs = s.finish();
-        let view: Vec<_> = rs
-            .iter()
-            .map(|r| {
-                (
-                    r.client.port,
-                    r.request.as_ref().map(|q| q.target.to_string()),
-                    r.response.status,
-                )
-            })
-            .collect();
+        let view: Vec<_> = rs.iter().map(who_what).collect();
         let second = if claimed {
             (5000, Some("/second".into()), Some(404))
         } else {
@@ -515,20 +516,10 @@ fn a_guess_on_a_connection_that_closed_waits_for_the_reply() {
 /// its client's response, and an orphan nobody claims writes no record.
 #[test]
 fn an_unclaimed_upstream_request_is_held_then_claimed_or_dropped() {
-    let mut s = Script::new();
-    s.client(C1, 5000)
-        .client(C2, 5001)
-        .pooled(U1, 40001, 9000)
-        .pooled(U2, 40002, 9000)
-        .pooled(U3, 40003, 9000);
-    s.recv(C2, get("/other"))
-        .send(U2, Head::None, Some(C2))
-        .recv(U2, status(200))
-        .send(C2, status(200), Some(U2));
-    s.recv(C1, get("/first"))
-        .send(U1, Head::None, Some(C1))
-        .recv(U1, status(200))
-        .send(C1, status(200), Some(U1));
+    let mut s = two_clients_two_pools();
+    s.pooled(U3, 40003, 9000);
+    s.kept_alive(C2, U2, "/other", 200);
+    s.kept_alive(C1, U1, "/first", 200);
     // Posted: after C2's exchange answered, the thread's last touch is U2.
     s.send(U3, get("/second"), Some(U2));
     s.recv(U3, status(200)).send(C1, status(200), Some(U3));
