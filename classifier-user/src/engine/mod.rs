@@ -401,14 +401,12 @@ impl Engine {
         let sock = self.socks.get_any(touched)?;
         match sock.side {
             Side::Upstream => {
-                // A retry after a failed attempt, unless that exchange has
-                // answered already: nginx starts no attempt for an exchange once
-                // its response has begun (the send came from a posted event).
-                // Nor onto an orphan.
-                // And only once that attempt has ended: nginx retries after it
-                // read a failure, a reply or closed the connection itself, all
-                // seen before the retry; posted requests sent one after another
-                // touch each other's sockets last while those are in flight.
+                // A retry chains onto that socket's exchange only when the
+                // retry is possible: the attempt there has ended (nginx retries
+                // after it read a failure or a reply, or closed the connection
+                // itself) and the exchange has not started its response. Posted
+                // requests sent one after another touch each other's sockets
+                // while those are still in flight, and an orphan is nobody's.
                 let (ex, idx) = sock.attempt?;
                 self.exchanges
                     .get(&ex)
@@ -644,11 +642,12 @@ impl Engine {
         }
     }
 
-    /// A response starts on `client` right after the thread touched upstream
-    /// socket `prev_touch`: nginx is forwarding that socket's reply (or its
-    /// failure) to this client, so the attempt there serves this client's
-    /// waiting exchange, whatever the attempt's request was attributed to when
-    /// it was sent. Requests run from posted events (the next pipelined request
+    /// A response starts on `client` right after the thread touched an upstream
+    /// socket (the first candidate; the second is the socket whose reply it read
+    /// last, when it only closed pooled connections since): nginx is forwarding
+    /// that socket's reply (or its failure) to this client, so the attempt there
+    /// serves this client's waiting exchange, whatever the attempt's request was
+    /// attributed to when it was sent. Requests run from posted events (the next pipelined request
     /// on a connection) are sent after nginx touched other connections; without
     /// this their attempts joined whichever exchange was touched last and their
     /// responses found no exchange (a burst of pipelined h2load requests: 51 %
@@ -713,13 +712,10 @@ impl Engine {
         let Some((from, idx)) = found else {
             return;
         };
-        let Some(x) = self.exchanges.get(&from) else {
-            return;
-        };
-        let was_orphan = x.orphan;
         let Some(x) = self.exchanges.get_mut(&from) else {
             return;
         };
+        let was_orphan = x.orphan;
         let attempt = x.attempts.remove(idx);
         // Later attempts of `from` shift down one place.
         for (j, later) in x.attempts.iter().enumerate().skip(idx) {
@@ -778,13 +774,7 @@ impl Engine {
         let mut i = 0;
         while i < ex.attempts.len() {
             let a = &ex.attempts[i];
-            let waiting = a.request_sent.is_some()
-                && a.first_byte.is_none()
-                && a.upstream_failed().is_none()
-                && a.failure_read().is_none()
-                && a.error.is_none()
-                && a.local_close.is_none()
-                && a.connect_failed.is_none();
+            let waiting = a.request_sent.is_some() && !a.ended();
             let points_here = self
                 .socks
                 .get_any(a.sock)
@@ -810,6 +800,7 @@ impl Engine {
                 o.last_activity = ex.last_activity;
                 o.attempts.push(attempt);
             }
+            self.counters.unattributed_attempts += 1;
             if let Some(s) = self.socks.get_any_mut(sock) {
                 s.attempt = Some((id, 0));
             }
@@ -1278,10 +1269,16 @@ impl Engine {
             }
             ex.orphan = true;
             ex.unclaimed_record = true;
+            self.counters.unattributed_attempts += 1;
             self.exchanges.insert(id, ex);
             return;
         }
-        ex.orphan = false;
+        if ex.orphan {
+            // A guess nobody claimed: written as it was, attributed after all.
+            ex.orphan = false;
+            self.counters.unattributed_attempts =
+                self.counters.unattributed_attempts.saturating_sub(1);
+        }
         if end == End::Flushed && ex.response.is_none() && ex.client_left().is_none() {
             // Still waiting when the agent stopped.
             ex.incomplete = true;

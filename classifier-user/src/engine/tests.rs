@@ -508,6 +508,7 @@ fn a_guess_on_a_connection_that_closed_waits_for_the_reply() {
         got.sort();
         want.sort();
         assert_eq!(got, want, "claimed {claimed}: {rs:#?}");
+        assert_eq!(s.engine.counters().unattributed_attempts, 0);
     }
 }
 
