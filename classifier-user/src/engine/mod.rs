@@ -430,11 +430,7 @@ impl Engine {
                 self.socks.get(touched)?;
                 // Pipelined: the request arrived in an earlier receive.
                 let owner = sock.owner;
-                let ex = self.open_exchange(touched, owner, ts, None, out);
-                if let Some(e) = self.exchanges.get_mut(&ex) {
-                    e.inferred = true;
-                }
-                Some(ex)
+                Some(self.open_inferred(touched, owner, ts, out))
             }
         }
     }
@@ -512,6 +508,25 @@ impl Engine {
         }
         if let Some(s) = self.socks.get_mut(client) {
             s.exchanges.push_back(id);
+        }
+        id
+    }
+
+    /// An exchange whose request line was not seen on the client connection
+    /// (see `Exchange::inferred`).
+    fn open_inferred(&mut self, client: SockId, pid: u32, ts: u64, out: &mut Vec<Record>) -> ExId {
+        let id = self.open_exchange(client, pid, ts, None, out);
+        if let Some(e) = self.exchanges.get_mut(&id) {
+            e.inferred = true;
+        }
+        id
+    }
+
+    /// An exchange to hold an attempt nobody claimed yet (see `Exchange::orphan`).
+    fn open_orphan(&mut self, pid: u32, ts: u64, out: &mut Vec<Record>) -> ExId {
+        let id = self.open_inferred(ORPHAN_CLIENT, pid, ts, out);
+        if let Some(e) = self.exchanges.get_mut(&id) {
+            e.orphan = true;
         }
         id
     }
@@ -647,13 +662,14 @@ impl Engine {
     /// last, when it only closed pooled connections since): nginx is forwarding
     /// that socket's reply (or its failure) to this client, so the attempt there
     /// serves this client's waiting exchange, whatever the attempt's request was
-    /// attributed to when it was sent. Requests run from posted events (the next pipelined request
-    /// on a connection) are sent after nginx touched other connections; without
-    /// this their attempts joined whichever exchange was touched last and their
-    /// responses found no exchange (a burst of pipelined h2load requests: 51 %
-    /// of exchanges without a record, records with dozens of foreign attempts).
-    /// Attempts whose request went out before their exchange's response started
-    /// are that exchange's own and never move.
+    /// attributed to when it was sent. Requests run from posted events (the
+    /// next pipelined request on a connection) are sent after nginx touched
+    /// other connections; without this their attempts joined whichever exchange
+    /// was touched last and their responses found no exchange (a burst of
+    /// pipelined h2load requests: 51 % of exchanges without a record, records
+    /// with dozens of foreign attempts). An attempt whose reply came back, and
+    /// whose request went out, before its exchange's response started is that
+    /// exchange's own and never moves.
     fn reattribute(
         &mut self,
         ts: u64,
@@ -740,11 +756,7 @@ impl Engine {
                 // The next pipelined request on this connection: its line is
                 // the one the proxy sent upstream.
                 let start = attempt.request_sent.or(attempt.started()).unwrap_or(ts);
-                let id = self.open_exchange(client, owner, start, None, out);
-                if let Some(e) = self.exchanges.get_mut(&id) {
-                    e.inferred = true;
-                }
-                id
+                self.open_inferred(client, owner, start, out)
             }
         };
         let Some(e) = self.exchanges.get_mut(&to) else {
@@ -787,16 +799,8 @@ impl Engine {
             // Sockets of the later attempts still point into `ex`, which is
             // ending: nothing reads those pointers again.
             let sock = attempt.sock;
-            let id = self.open_exchange(
-                ORPHAN_CLIENT,
-                ex.pid,
-                attempt.request_sent.unwrap_or(ex.start),
-                None,
-                out,
-            );
+            let id = self.open_orphan(ex.pid, attempt.request_sent.unwrap_or(ex.start), out);
             if let Some(o) = self.exchanges.get_mut(&id) {
-                o.orphan = true;
-                o.inferred = true;
                 o.last_activity = ex.last_activity;
                 o.attempts.push(attempt);
             }
@@ -897,12 +901,7 @@ impl Engine {
             Some(ex) => ex,
             None => {
                 let owner = self.socks.get(sock).map_or(0, |s| s.owner);
-                let id = self.open_exchange(ORPHAN_CLIENT, owner, ts, None, out);
-                if let Some(e) = self.exchanges.get_mut(&id) {
-                    e.orphan = true;
-                    e.inferred = true;
-                }
-                id
+                self.open_orphan(owner, ts, out)
             }
         };
         let connect_start = if fresh_unattributed {
