@@ -73,17 +73,23 @@ struct Pending {
 /// Messages held for their first line's continuation, at most.
 pub const MAX_PENDING: usize = 4096;
 
-/// Borrows a `T` at the front of `bytes` after checking the length, or copies
-/// it when `bytes` is not aligned for `T`. Ring records are 8-byte aligned, so
-/// the large messages (a 160-byte line each) are read in place: copying each
-/// whole record was a `memmove` call per message, 2.5 % of the agent's samples.
-fn view<T: Copy>(bytes: &[u8], kind: u32) -> Result<std::borrow::Cow<'_, T>, DecodeError> {
+/// `bytes` holds a whole `T` (a record of kind `kind`).
+fn fits<T>(bytes: &[u8], kind: u32) -> Result<(), DecodeError> {
     if bytes.len() < size_of::<T>() {
         return Err(DecodeError::Short {
             kind: Some(kind),
             len: bytes.len(),
         });
     }
+    Ok(())
+}
+
+/// Borrows a `T` at the front of `bytes` after checking the length, or copies
+/// it when `bytes` is not aligned for `T`. Ring records are 8-byte aligned, so
+/// the large messages (a 160-byte line each) are read in place: copying each
+/// whole record was a `memmove` call per message, 2.5 % of the agent's samples.
+fn view<T: Copy>(bytes: &[u8], kind: u32) -> Result<std::borrow::Cow<'_, T>, DecodeError> {
+    fits::<T>(bytes, kind)?;
     let ptr = bytes.as_ptr().cast::<T>();
     if !ptr.is_aligned() {
         return read(bytes, kind).map(std::borrow::Cow::Owned);
@@ -97,12 +103,7 @@ fn view<T: Copy>(bytes: &[u8], kind: u32) -> Result<std::borrow::Cow<'_, T>, Dec
 
 /// Reads a `T` from the front of `bytes` after checking the length.
 fn read<T: Copy>(bytes: &[u8], kind: u32) -> Result<T, DecodeError> {
-    if bytes.len() < size_of::<T>() {
-        return Err(DecodeError::Short {
-            kind: Some(kind),
-            len: bytes.len(),
-        });
-    }
+    fits::<T>(bytes, kind)?;
     // SAFETY: the length was checked above; every `T` used here is a #[repr(C)]
     // struct of integers and byte arrays (classifier_ebpf), valid for any bit
     // pattern; read_unaligned makes no alignment assumption.

@@ -26,11 +26,7 @@ pub fn hold(
     // SAFETY: `sock` points to a map value valid for this program run.
     unsafe {
         (*sock).held_prev_touch = prev_touch;
-        (*sock).held_prev_bytes = if prev_bytes > u32::MAX as u64 {
-            u32::MAX
-        } else {
-            prev_bytes as u32
-        };
+        (*sock).held_prev_bytes = prev_bytes.min(u64::from(u32::MAX)) as u32;
         (*sock).held_ret = ret;
         (*sock).held_tid = pid_tgid as u32;
         (*sock).held_ts = now;
