@@ -316,7 +316,21 @@ pub struct ThreadState {
     /// right after it belongs to that request, found by the loop marker alone, so
     /// its first line is not needed.
     pub last_touch_receiving: u32,
-    pub _pad: u32,
+    /// 1 while the thread is inside a TLS library call that the TLS probes
+    /// watch (`SSL_do_handshake`, `SSL_read`): the socket it reads there
+    /// carries TLS, and its plaintext comes from the library (see `TlsCall`).
+    pub in_tls: u32,
+}
+
+/// A watched thread's TLS library call in progress (map `TLS_CALLS`, key: tid):
+/// the library's connection object, the plaintext buffer it was given (0 for a
+/// handshake), and the socket the call read, once it read one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TlsCall {
+    pub ssl: u64,
+    pub buf: u64,
+    pub sk: u64,
 }
 
 /// Entries of `THREAD_SLOTS`, an array indexed by `tid % THREAD_SLOTS`. Every
@@ -363,7 +377,11 @@ pub struct SockState {
     /// 1 once the socket's `SockOpen` event reached the ring; until then (a full
     /// ring) the probes announce it again at its next use.
     pub announced: u8,
-    pub _pad: [u8; 3],
+    /// 1 once the socket was read inside a TLS library call: its bytes are
+    /// ciphertext, so its messages come from the TLS probes (the plaintext the
+    /// library returns or is given), and its own I/O is only a touch.
+    pub tls: u8,
+    pub _pad: [u8; 2],
     /// Bytes of the message before the held send (the previous reply on this
     /// connection; 0 on a fresh connection), saturated.
     pub held_prev_bytes: u32,

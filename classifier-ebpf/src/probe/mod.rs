@@ -7,4 +7,5 @@ mod maps;
 mod proc;
 mod sock_io;
 mod sock_state;
+mod tls;
 mod tp;

@@ -92,6 +92,10 @@ pub fn sys_enter_epoll_wait(_ctx: TracePointContext) -> u32 {
         unsafe {
             (*thread).last_touch = 0;
             (*thread).last_touch_receiving = 0;
+            // No TLS call spans an epoll_wait: a return probe that never ran
+            // (the kernel's limit on pending returns) must not mark the thread's
+            // plain sockets as TLS.
+            (*thread).in_tls = 0;
         }
     }
     0

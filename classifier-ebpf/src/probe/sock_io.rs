@@ -15,7 +15,7 @@ use aya_ebpf::{
 };
 use classifier_ebpf::{
     dir, how, io, msg, side, stat, Addr, EventKind, HeldSend, Io, Message, Reply, SockOpen,
-    SockState, LINE_CAP,
+    SockState, ThreadState, LINE_CAP,
 };
 
 use super::{
@@ -24,6 +24,7 @@ use super::{
     held,
     maps::{count, gap, next_sock_id, thread_state, LISTEN_PORTS, SOCKS},
     sock_state::{is_inet_tcp, read_endpoints},
+    tls,
 };
 
 const EAGAIN: i32 = 11;
@@ -56,7 +57,24 @@ fn on_io(ctx: &RawTracePointContext, direction: u8) -> Option<()> {
     let sk: u64 = ctx.arg(0);
     let ret = ctx.arg::<u64>(1) as i32;
     let flags = ctx.arg::<u64>(2) as i32;
+    socket_call(thread, pid_tgid, sk, ret, flags, direction, 0)
+}
 
+/// One I/O call of a watched thread on socket `sk`: `ret` bytes moved (or an
+/// error) in `direction`. `plain` is 0 for the socket call itself (its bytes are
+/// found through the syscall's saved registers), or the user buffer holding the
+/// plaintext of a TLS connection, given to or returned by the TLS library
+/// (`tls`), whose socket calls then only count as touches.
+#[inline(always)]
+pub(super) fn socket_call(
+    thread: *mut ThreadState,
+    pid_tgid: u64,
+    sk: u64,
+    ret: i32,
+    flags: i32,
+    direction: u8,
+    plain: u64,
+) -> Option<()> {
     let sock = match SOCKS.get_ptr_mut(sk) {
         Some(sock) => sock,
         None => adopt(sk, pid_tgid)?,
@@ -67,6 +85,14 @@ fn on_io(ctx: &RawTracePointContext, direction: u8) -> Option<()> {
         // could never place this socket's exchanges.
         announce(sk, sock, pid_tgid);
     }
+    // SAFETY: `thread` points to a map value valid for this program run.
+    if plain == 0 && unsafe { (*thread).in_tls } != 0 {
+        // Read inside a TLS library call: this socket carries TLS.
+        tls::claim(pid_tgid as u32, sk, sock);
+    }
+    // Ciphertext: the messages of a TLS socket come from its plaintext.
+    // SAFETY: as above.
+    let ciphertext = plain == 0 && ret > 0 && unsafe { (*sock).tls } != 0;
     // SAFETY: `thread` and `sock` point into map values that stay valid for this
     // program run; concurrent writers only race on counters, never on validity.
     let (id, prev_touch, prev_receiving) = unsafe {
@@ -75,7 +101,7 @@ fn on_io(ctx: &RawTracePointContext, direction: u8) -> Option<()> {
         (*thread).last_touch = id;
         // This socket's current message once this call is done: a call that moves
         // bytes sets its direction (a peek moves none).
-        let msg_dir = if ret > 0 && flags & MSG_PEEK == 0 {
+        let msg_dir = if ret > 0 && flags & MSG_PEEK == 0 && !ciphertext {
             direction
         } else {
             (*sock).dir
@@ -84,7 +110,7 @@ fn on_io(ctx: &RawTracePointContext, direction: u8) -> Option<()> {
             ((*sock).side == side::CLIENT && msg_dir == dir::RECV) as u32;
         (id, prev.0, prev.1)
     };
-    if ret == -EAGAIN || flags & MSG_PEEK != 0 {
+    if ret == -EAGAIN || flags & MSG_PEEK != 0 || ciphertext {
         // A touch and nothing else: nginx checks connections this way.
         return Some(());
     }
@@ -97,7 +123,7 @@ fn on_io(ctx: &RawTracePointContext, direction: u8) -> Option<()> {
         let sniffed = !changed
             && direction == dir::SEND
             && side_ == side::CLIENT
-            && starts_a_response(ret as u64);
+            && starts_a_response(ret as u64, plain);
         let continued = !changed && !sniffed && line_open != 0;
         if changed || sniffed || continued {
             // A request sent upstream in the handler that read its client's
@@ -135,6 +161,7 @@ fn on_io(ctx: &RawTracePointContext, direction: u8) -> Option<()> {
                 0
             };
             let start = MessageStart {
+                plain,
                 prev_touch,
                 prev_bytes,
                 prev_last,
@@ -146,7 +173,7 @@ fn on_io(ctx: &RawTracePointContext, direction: u8) -> Option<()> {
                 // The reply to a held request: both in one event.
                 Some(held) => {
                     let mut open = false;
-                    emit_at::<Reply>(EventKind::Reply, now, pid_tgid, id, |e| {
+                    emit_at::<Reply>(EventKind::Reply, now, pid_tgid, id, #[inline(always)] |e| {
                         // SAFETY: `e` is a reserved Reply.
                         unsafe {
                             (*e).sent = HeldSend {
@@ -162,7 +189,7 @@ fn on_io(ctx: &RawTracePointContext, direction: u8) -> Option<()> {
                 }
                 None => {
                     let mut open = false;
-                    emit_at::<Message>(EventKind::Message, now, pid_tgid, id, |e| {
+                    emit_at::<Message>(EventKind::Message, now, pid_tgid, id, #[inline(always)] |e| {
                         // SAFETY: `e` is a reserved Message.
                         open = unsafe { fill_message(e, &start) };
                     });
@@ -218,6 +245,8 @@ fn on_io(ctx: &RawTracePointContext, direction: u8) -> Option<()> {
 
 /// What a message event says besides its header and first line.
 struct MessageStart {
+    /// The plaintext buffer of a TLS connection, or 0 (see `socket_call`).
+    plain: u64,
     prev_touch: u64,
     prev_bytes: u64,
     prev_last: u64,
@@ -241,7 +270,7 @@ unsafe fn fill_message(e: *mut Message, m: &MessageStart) -> bool {
         (*e).ret = m.ret;
         (*e).dir = m.direction;
         (*e).flags = m.flags;
-        let (len, found_lf) = capture_line(e, m.ret as u64);
+        let (len, found_lf) = capture_line(e, m.ret as u64, m.plain);
         (*e).line_len = len as u16;
         !found_lf && len < LINE_CAP as u64 && len == m.ret as u64
     }
@@ -352,8 +381,8 @@ fn emit_first_use(
 /// are zeroed before the event is submitted, so only the request or status line
 /// ever reaches the agent.
 #[inline(always)]
-unsafe fn capture_line(e: *mut Message, moved: u64) -> (u64, bool) {
-    let Some((buf, len)) = syscall_buffer() else {
+unsafe fn capture_line(e: *mut Message, moved: u64, plain: u64) -> (u64, bool) {
+    let Some((buf, len)) = data_buffer(plain) else {
         return (0, true);
     };
     let mut n = if len < moved { len } else { moved };
@@ -376,13 +405,13 @@ unsafe fn capture_line(e: *mut Message, moved: u64) -> (u64, bool) {
 /// Reads 8 bytes of the caller's buffer, compared in the kernel; nothing is copied
 /// out unless it matches.
 #[inline(always)]
-fn starts_a_response(moved: u64) -> bool {
+fn starts_a_response(moved: u64, plain: u64) -> bool {
     const HTTP1: u64 = u64::from_le_bytes(*b"HTTP/1.\0");
     const MASK: u64 = 0x00ff_ffff_ffff_ffff;
     if moved < 8 {
         return false;
     }
-    let Some((buf, len)) = syscall_buffer() else {
+    let Some((buf, len)) = data_buffer(plain) else {
         return false;
     };
     if len < 8 {
@@ -449,6 +478,17 @@ fn first_flagged_byte(t: u64) -> u64 {
         b += 1;
     }
     7
+}
+
+/// Where the call's data is: the plaintext buffer of a TLS call, else the
+/// syscall's own buffer.
+#[inline(always)]
+fn data_buffer(plain: u64) -> Option<(u64, u64)> {
+    if plain != 0 {
+        Some((plain, u64::MAX))
+    } else {
+        syscall_buffer()
+    }
 }
 
 /// The user buffer of the syscall in progress and its length (only its first

@@ -4,6 +4,7 @@ pub mod listeners;
 pub mod preflight;
 pub mod probes;
 pub mod targets;
+mod tls_files;
 mod wait;
 
 use std::{
@@ -62,6 +63,19 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Probes the TLS library of each process for plaintext. TLS is optional: a
+/// failure is reported and the run goes on (its TLS connections then get no
+/// request or status lines).
+fn attach_tls(probes: &mut Probes, proc_root: &Path, pids: impl IntoIterator<Item = u32>) {
+    for pid in pids {
+        for file in tls_files::tls_files(proc_root, pid) {
+            if let Err(e) = probes.attach_tls(&file) {
+                eprintln!("classify: TLS connections of process {pid} stay opaque: {e:#}");
+            }
+        }
+    }
 }
 
 pub fn run(args: &WatchArgs) -> Result<()> {
@@ -127,6 +141,7 @@ pub fn run(args: &WatchArgs) -> Result<()> {
         }
         p.add_listeners(&listeners::listeners(proc_root, now.keys().copied()))
     })?;
+    attach_tls(&mut probes, proc_root, watched.keys().copied());
     let ring = probes.ring()?;
 
     let realtime_offset_ns = clock_ns(libc::CLOCK_REALTIME) as i64 - monotonic_ns() as i64;
@@ -405,6 +420,7 @@ impl Agent {
             }
         }
         if !new.is_empty() {
+            attach_tls(&mut self.probes, proc_root, new.iter().copied());
             self.probes
                 .add_listeners(&listeners::listeners(proc_root, new))?;
         }

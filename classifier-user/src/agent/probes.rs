@@ -9,8 +9,9 @@ use aya::{
     include_bytes_aligned,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId, Program, ProgramError,
-        RawTracePoint, TracePoint,
+        raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId,
+        uprobe::{UProbeLinkId, UProbeScope},
+        Program, ProgramError, RawTracePoint, TracePoint, UProbe,
     },
     Ebpf, EbpfLoader,
 };
@@ -52,6 +53,16 @@ const RAW_TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sock_recv_length", "sock", "sock_recv_length"),
 ];
 
+/// TLS plaintext (see the probes' `tls` module): (program, library function).
+/// Entries first, so that a return probe never runs without its entry's state.
+const TLS_PROBES: &[(&str, &str)] = &[
+    ("ssl_handshake_enter", "SSL_do_handshake"),
+    ("ssl_read_enter", "SSL_read"),
+    ("ssl_read_exit", "SSL_do_handshake"),
+    ("ssl_read_exit", "SSL_read"),
+    ("ssl_write_enter", "SSL_write"),
+];
+
 /// The agent is woken once this much waits in the ring (or half a smaller ring),
 /// besides its 100 ms timer. At saturation on 2 cores (wrk, kept alive, 6
 /// alternating rounds) the wakeup at half of the 8 MiB ring let a drain run ~10 ms
@@ -85,6 +96,10 @@ pub struct Probes {
     /// Attachments, for `detach`.
     links: Vec<(String, TracePointLinkId)>,
     raw_links: Vec<(String, RawTracePointLinkId)>,
+    uprobe_links: Vec<(String, UProbeLinkId)>,
+    /// TLS libraries probed already, by (device, inode): a library mapped by
+    /// many processes, or under many paths, is probed once.
+    tls_libraries: BTreeSet<(u64, u64)>,
 }
 
 impl Probes {
@@ -154,6 +169,8 @@ impl Probes {
             missing_optional: Vec::new(),
             links: Vec::new(),
             raw_links: Vec::new(),
+            uprobe_links: Vec::new(),
+            tls_libraries: BTreeSet::new(),
         })
     }
 
@@ -193,6 +210,47 @@ impl Probes {
             self.raw_links.push(((*prog).to_owned(), link));
         }
         Ok(())
+    }
+
+    /// Probes a TLS library (or a binary with the library linked in) for
+    /// plaintext, once per file. Returns whether it was probed now: false for a
+    /// file probed already, or one without the library's functions.
+    pub fn attach_tls(&mut self, file: &std::path::Path) -> Result<bool> {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::metadata(file)
+            .with_context(|| format!("reading {}", file.display()))?;
+        if !self.tls_libraries.insert((meta.dev(), meta.ino())) {
+            return Ok(false);
+        }
+        let mut links = Vec::new();
+        for (prog, function) in TLS_PROBES {
+            let program: &mut UProbe = self
+                .ebpf
+                .program_mut(prog)
+                .with_context(|| format!("program {prog} missing from the object"))?
+                .try_into()?;
+            if program.fd().is_err() {
+                program
+                    .load()
+                    .with_context(|| format!("loading program {prog}"))?;
+            }
+            match program.attach(*function, file, UProbeScope::AllProcesses) {
+                Ok(link) => links.push(((*prog).to_owned(), link)),
+                Err(_) if links.is_empty() => {
+                    // No such function: not a TLS library (the first probe
+                    // decides).
+                    return Ok(false);
+                }
+                Err(e) => {
+                    self.uprobe_links.extend(links);
+                    return Err(e).with_context(|| {
+                        format!("attaching to {function} in {}", file.display())
+                    });
+                }
+            }
+        }
+        self.uprobe_links.extend(links);
+        Ok(true)
     }
 
     fn attach_tracepoint(
@@ -242,6 +300,13 @@ impl Probes {
         }
         for (prog, id) in std::mem::take(&mut self.raw_links) {
             let program: Option<&mut RawTracePoint> =
+                self.ebpf.program_mut(&prog).and_then(|p| p.try_into().ok());
+            if let Some(link) = program.and_then(|p| p.take_link(id).ok()) {
+                jobs.push(Box::new(move || drop(link)));
+            }
+        }
+        for (prog, id) in std::mem::take(&mut self.uprobe_links) {
+            let program: Option<&mut UProbe> =
                 self.ebpf.program_mut(&prog).and_then(|p| p.try_into().ok());
             if let Some(link) = program.and_then(|p| p.take_link(id).ok()) {
                 jobs.push(Box::new(move || drop(link)));

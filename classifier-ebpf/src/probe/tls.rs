@@ -1,0 +1,145 @@
+//! TLS plaintext: uprobes on the TLS library the watched process maps (OpenSSL's
+//! `libssl`, or a binary that exports the same functions).
+//!
+//! The bytes on a TLS socket are ciphertext, so its messages are taken from the
+//! library's calls instead, through the same path as socket calls
+//! (`sock_io::socket_call` with the plaintext buffer):
+//! - `SSL_read` returns plaintext: its entry saves the buffer, its return makes
+//!   the call;
+//! - `SSL_write` is given plaintext: its entry makes the call, before the library
+//!   encrypts and sends it;
+//! - `SSL_do_handshake` and `SSL_read` mark the thread as inside a TLS call, and
+//!   the socket it reads meanwhile is marked TLS (`claim`), and remembered as
+//!   the socket of that `SSL` object (`TLS_SOCKS`), which `SSL_write` needs.
+//!
+//! A TLS socket's own calls are then touches only (the attribution rule still
+//! sees them); end of file, errors and the TCP lifecycle come from the socket as
+//! for any other.
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::{map, uprobe, uretprobe},
+    maps::LruHashMap,
+    programs::{ProbeContext, RetProbeContext},
+};
+use classifier_ebpf::{dir, SockState, TlsCall};
+
+use super::{maps::thread_state, sock_io::socket_call};
+
+/// The last TLS call of each watched thread, by tid (least recently used
+/// entries go first: threads that exited leave theirs behind).
+#[map]
+pub static TLS_CALLS: LruHashMap<u32, TlsCall> = LruHashMap::with_max_entries(16384, 0);
+
+/// The socket of each TLS connection object (`SSL *` → `struct sock *`), learned
+/// from the socket its handshake or reads used. Least recently used entries go
+/// first: an `SSL *` reused for a new connection is learned again at its
+/// handshake, before any write.
+#[map]
+pub static TLS_SOCKS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
+
+/// Entry of `SSL_read(ssl, buf, num)`.
+#[uprobe]
+pub fn ssl_read_enter(ctx: ProbeContext) -> u32 {
+    let _ = enter(&ctx, true);
+    0
+}
+
+/// Entry of `SSL_do_handshake(ssl)`.
+#[uprobe]
+pub fn ssl_handshake_enter(ctx: ProbeContext) -> u32 {
+    let _ = enter(&ctx, false);
+    0
+}
+
+/// Return of `SSL_read` and `SSL_do_handshake`.
+#[uretprobe]
+pub fn ssl_read_exit(ctx: RetProbeContext) -> u32 {
+    let _ = read_exit(&ctx);
+    0
+}
+
+/// Entry of `SSL_write(ssl, buf, num)`.
+#[uprobe]
+pub fn ssl_write_enter(ctx: ProbeContext) -> u32 {
+    let _ = write_enter(&ctx);
+    0
+}
+
+#[inline(always)]
+fn enter(ctx: &ProbeContext, reads: bool) -> Option<()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let thread = thread_state(pid_tgid as u32)?;
+    let ssl: u64 = ctx.arg(0)?;
+    let buf: u64 = if reads { ctx.arg(1)? } else { 0 };
+    TLS_CALLS
+        .insert(pid_tgid as u32, TlsCall { ssl, buf, sk: 0 }, 0)
+        .ok()?;
+    // SAFETY: `thread` points to a map value valid for this program run.
+    unsafe { (*thread).in_tls = 1 };
+    Some(())
+}
+
+#[inline(always)]
+fn read_exit(ctx: &RetProbeContext) -> Option<()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    let thread = thread_state(tid)?;
+    // SAFETY: `thread` points to a map value valid for this program run.
+    unsafe { (*thread).in_tls = 0 };
+    let call = TLS_CALLS.get_ptr_mut(&tid)?;
+    // SAFETY: a map value valid for this program run; only this thread writes
+    // it. The entry stays (the next call overwrites it; the map is LRU): its
+    // buffer is cleared so that it is used once.
+    let (ssl, buf, sk) = unsafe {
+        let fields = ((*call).ssl, (*call).buf, (*call).sk);
+        (*call).buf = 0;
+        fields
+    };
+    // int SSL_read(): the plaintext bytes returned, or <= 0.
+    let ret = ctx.ret::<u64>() as i32;
+    if ret <= 0 || buf == 0 {
+        return Some(());
+    }
+    let sk = if sk != 0 {
+        sk
+    } else {
+        // Plaintext the library had already decrypted: no socket read this time.
+        // SAFETY: a map value valid for this program run, copied out at once.
+        unsafe { *TLS_SOCKS.get(&ssl)? }
+    };
+    socket_call(thread, pid_tgid, sk, ret, 0, dir::RECV, buf)
+}
+
+#[inline(always)]
+fn write_enter(ctx: &ProbeContext) -> Option<()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let thread = thread_state(pid_tgid as u32)?;
+    let ssl: u64 = ctx.arg(0)?;
+    let buf: u64 = ctx.arg(1)?;
+    let num = ctx.arg::<u64>(2)? as i32;
+    if num <= 0 || buf == 0 {
+        return Some(());
+    }
+    // SAFETY: a map value valid for this program run, copied out at once.
+    let sk = unsafe { *TLS_SOCKS.get(&ssl)? };
+    socket_call(thread, pid_tgid, sk, num, 0, dir::SEND, buf)
+}
+
+/// The thread read socket `sk` inside a TLS call: the socket carries TLS, and it
+/// is the socket of the call's `SSL` object.
+#[inline(always)]
+pub fn claim(tid: u32, sk: u64, sock: *mut SockState) {
+    // SAFETY: `sock` points to a map value valid for this program run.
+    unsafe { (*sock).tls = 1 };
+    let Some(call) = TLS_CALLS.get_ptr_mut(&tid) else {
+        return;
+    };
+    // SAFETY: a map value valid for this program run (only this thread writes it).
+    unsafe {
+        if (*call).sk == sk {
+            return;
+        }
+        (*call).sk = sk;
+        let _ = TLS_SOCKS.insert(&(*call).ssl, &sk, 0);
+    }
+}
