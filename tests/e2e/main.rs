@@ -10,3 +10,4 @@ mod foundation;
 mod production;
 mod security;
 mod support;
+mod tls;

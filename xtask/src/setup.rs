@@ -93,6 +93,10 @@ const PACKAGES: &[Package] = &[
         why: "single requests in tests and the demo",
     },
     Package {
+        name: "openssl",
+        why: "the test certificate of the TLS end-to-end test",
+    },
+    Package {
         name: "util-linux",
         why: "setpriv, running nginx workers unprivileged",
     },

@@ -1,0 +1,125 @@
+//! TLS in front: nginx terminates TLS, so the bytes on a client socket are
+//! ciphertext. classify takes the requests and responses from the TLS library's
+//! plaintext (uprobes on the `libssl` nginx maps) and must agree with the access
+//! log exactly as it does for plain HTTP, faults and client aborts included.
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use classify_tests::{
+    classify,
+    nginx::{Config, Nginx},
+    upstream::Upstream,
+};
+
+use super::support::{assert_matches_access_log, assert_schema, require_root, stop_after_log};
+
+/// A self-signed certificate and its key, made with the `openssl` tool.
+fn certificate(dir: &Path) -> (String, String) {
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    let status = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .arg("ec_paramgen_curve:prime256v1")
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run openssl (run `cargo xtask setup`)");
+    assert!(status.success(), "openssl could not make a certificate");
+    (cert.display().to_string(), key.display().to_string())
+}
+
+/// `curl` over HTTP/1.1 and TLS: each URL in turn on one kept-alive connection.
+/// Returns the statuses it printed (000 for a request it gave up on).
+fn curl(port: u16, paths: &[&str], extra: &[&str]) -> Vec<u16> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["--http1.1", "-sk", "-o", "/dev/null"])
+        .args(["-w", "%{http_code}\\n"])
+        .args(extra);
+    for p in paths {
+        cmd.arg(format!("https://127.0.0.1:{port}{p}"));
+        cmd.args(["-o", "/dev/null"]);
+    }
+    let out = cmd
+        .stderr(Stdio::null())
+        .output()
+        .expect("run curl (run `cargo xtask setup`)");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().parse().unwrap_or(0))
+        .collect()
+}
+
+#[test]
+fn tls_exchanges_agree_with_the_access_log() {
+    require_root();
+    let upstream = Upstream::start();
+    let certs = tempfile::tempdir().expect("temp dir");
+    let (cert, key) = certificate(certs.path());
+    let up = upstream.addr();
+    let http = format!(
+        r#"  upstream up {{ server {up}; keepalive 16; }}
+  server {{
+    listen 127.0.0.1:{{port}} ssl;
+    ssl_certificate {cert};
+    ssl_certificate_key {key};
+    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    location / {{ proxy_pass http://up; }}
+  }}
+"#
+    );
+    let nginx = Nginx::start(&Config {
+        http,
+        ..Config::proxy(&[], None, "")
+    });
+    let running = classify::start(&["--pid", &nginx.master_pid().to_string()]);
+
+    // One connection, kept alive across statuses of every class.
+    let kept = ["/status/200", "/status/404", "/status/500", "/status/201"];
+    assert_eq!(curl(nginx.port, &kept, &[]), [200, 404, 500, 201]);
+    // A request body larger than a TLS record: its plaintext is no request.
+    let body = certs.path().join("body");
+    std::fs::write(&body, vec![b'x'; 100_000]).expect("write body");
+    let upload = format!("@{}", body.display());
+    assert_eq!(
+        curl(nginx.port, &["/status/200"], &["--data-binary", &upload]),
+        [200]
+    );
+    // The upstream resets: nginx answers 502 itself.
+    assert_eq!(curl(nginx.port, &["/fault/reset"], &[]), [502]);
+    // The client gives up while the upstream is slow: nginx logs 499.
+    assert_eq!(
+        curl(nginx.port, &["/slow/3000"], &["--max-time", "0.5"]),
+        [0]
+    );
+
+    let (out, access) = stop_after_log(&nginx, running, 7);
+    assert_eq!(access.len(), 7, "{access:?}");
+    assert_schema(&out.records);
+    let exchanges = out.exchanges();
+    assert_matches_access_log(&exchanges, &access);
+    for r in &exchanges {
+        let target = r["request"]["target"].as_str().unwrap_or("-");
+        let (verdict, from) = match target {
+            "/status/200" | "/status/201" => ("ok", "upstream"),
+            "/status/404" => ("client_error", "upstream"),
+            "/status/500" => ("upstream_error", "upstream"),
+            "/fault/reset" => ("upstream_reset", "proxy"),
+            "/slow/3000" => ("client_abort", ""),
+            _ => panic!("unexpected record {r}"),
+        };
+        assert_eq!(r["verdict"], verdict, "{r}");
+        if !from.is_empty() {
+            assert_eq!(r["response"]["from"], from, "{r}");
+        }
+        assert_eq!(r["complete"], true, "{r}");
+        assert_eq!(r["server"]["port"], nginx.port, "{r}");
+    }
+}
