@@ -8,6 +8,9 @@
 //!   the call;
 //! - `SSL_write` is given plaintext: its entry makes the call, before the library
 //!   encrypts and sends it;
+//! - where the agent finds them, probes inside the two functions stand in for
+//!   the entries and the return (`ssl_read_done`): far cheaper on a VM (see the
+//!   agent's `tls_sites`);
 //! - `SSL_do_handshake` and `SSL_read` mark the thread as inside a TLS call, and
 //!   the socket it reads meanwhile is marked TLS (`claim`), and remembered as
 //!   the socket of that `SSL` object (`TLS_SOCKS`), which `SSL_write` needs.
@@ -16,7 +19,7 @@
 //! sees them); end of file, errors and the TCP lifecycle come from the socket as
 //! for any other.
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
     macros::{map, uprobe, uretprobe},
     maps::LruHashMap,
     programs::{ProbeContext, RetProbeContext},
@@ -37,7 +40,8 @@ pub static TLS_CALLS: LruHashMap<u32, TlsCall> = LruHashMap::with_max_entries(16
 #[map]
 pub static TLS_SOCKS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
 
-/// Entry of `SSL_read(ssl, buf, num)`.
+/// Entry of `SSL_read(ssl, buf, num)`, or its call of its internal read, where
+/// the arguments are still in their registers.
 #[uprobe]
 pub fn ssl_read_enter(ctx: ProbeContext) -> u32 {
     let _ = enter(&ctx, true);
@@ -58,7 +62,14 @@ pub fn ssl_read_exit(ctx: RetProbeContext) -> u32 {
     0
 }
 
-/// Entry of `SSL_write(ssl, buf, num)`.
+/// `SSL_read`'s result, inside it (the fast sites: see the agent's `tls_sites`).
+#[uprobe]
+pub fn ssl_read_done(ctx: ProbeContext) -> u32 {
+    let _ = read_done(&ctx);
+    0
+}
+
+/// Entry of `SSL_write(ssl, buf, num)`, or its call of its internal write.
 #[uprobe]
 pub fn ssl_write_enter(ctx: ProbeContext) -> u32 {
     let _ = write_enter(&ctx);
@@ -81,6 +92,31 @@ fn enter(ctx: &ProbeContext, reads: bool) -> Option<()> {
 
 #[inline(always)]
 fn read_exit(ctx: &RetProbeContext) -> Option<()> {
+    // int SSL_read(): the plaintext bytes returned, or <= 0 (0 for a handshake,
+    // whose call has no buffer).
+    read_done_with(ctx.ret::<u64>() as i32)
+}
+
+/// Inside `SSL_read`, at the jump on its internal read's result (see the
+/// agent's `tls_sites`): `eax` is 1 on success, and the plaintext length is
+/// the `size_t` on the stack top.
+#[inline(always)]
+fn read_done(ctx: &ProbeContext) -> Option<()> {
+    // SAFETY: `regs` is this probe's context, the saved user registers.
+    let (rax, rsp) = unsafe { ((*ctx.regs).rax, (*ctx.regs).rsp) };
+    let len = if rax as i32 > 0 {
+        // SAFETY: a read of user memory through the probe helper.
+        unsafe { bpf_probe_read_user(rsp as *const u64).ok()? }
+    } else {
+        0
+    };
+    read_done_with(len.min(i32::MAX as u64) as i32)
+}
+
+/// The end of a watched read call that returned `ret` plaintext bytes (or
+/// `ret <= 0`): the bytes become a receive on the call's socket.
+#[inline(always)]
+fn read_done_with(ret: i32) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     let thread = thread_state(tid)?;
@@ -95,8 +131,6 @@ fn read_exit(ctx: &RetProbeContext) -> Option<()> {
         (*call).buf = 0;
         fields
     };
-    // int SSL_read(): the plaintext bytes returned, or <= 0.
-    let ret = ctx.ret::<u64>() as i32;
     if ret <= 0 || buf == 0 {
         return Some(());
     }

@@ -5,6 +5,7 @@ pub mod preflight;
 pub mod probes;
 pub mod targets;
 mod tls_files;
+mod tls_sites;
 mod wait;
 
 use std::{
@@ -71,8 +72,15 @@ fn clock_ns(clock: libc::clockid_t) -> u64 {
 fn attach_tls(probes: &mut Probes, proc_root: &Path, pids: impl IntoIterator<Item = u32>) {
     for pid in pids {
         for file in tls_files::tls_files(proc_root, pid) {
-            if let Err(e) = probes.attach_tls(&file) {
-                eprintln!("classify: TLS connections of process {pid} stay opaque: {e:#}");
+            match probes.attach_tls(&file) {
+                Ok(Some(probes::TlsProbes::AtEntries)) => eprintln!(
+                    "classify: TLS probes at the function entries of {} (its code has an unknown shape): TLS requests cost more",
+                    file.display()
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("classify: TLS connections of process {pid} stay opaque: {e:#}")
+                }
             }
         }
     }

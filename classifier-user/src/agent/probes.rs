@@ -10,14 +10,26 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId,
-        uprobe::{UProbeLinkId, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
         Program, ProgramError, RawTracePoint, TracePoint, UProbe,
     },
     Ebpf, EbpfLoader,
 };
 use classifier_ebpf::{ThreadSlot, ThreadState};
 
-use super::kernel::{Offsets, Syscalls};
+use super::{
+    kernel::{Offsets, Syscalls},
+    tls_sites::{self, FastSites},
+};
+
+/// Where a TLS library's probes went (see `tls_sites`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsProbes {
+    /// Inside `SSL_read` and `SSL_write`, on emulated instructions.
+    Fast,
+    /// At the functions' entries, with a return probe.
+    AtEntries,
+}
 
 /// The probes' object file, built by this crate's build script.
 static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/classifier"));
@@ -53,15 +65,28 @@ const RAW_TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sock_recv_length", "sock", "sock_recv_length"),
 ];
 
-/// TLS plaintext (see the probes' `tls` module): (program, library function).
-/// Entries first, so that a return probe never runs without its entry's state.
-const TLS_PROBES: &[(&str, &str)] = &[
-    ("ssl_handshake_enter", "SSL_do_handshake"),
-    ("ssl_read_enter", "SSL_read"),
-    ("ssl_read_exit", "SSL_do_handshake"),
-    ("ssl_read_exit", "SSL_read"),
-    ("ssl_write_enter", "SSL_write"),
+/// TLS plaintext (see the probes' `tls` module): (program, library function,
+/// offset in it). Entries first, so that a return probe never runs without its
+/// entry's state. This set probes the functions' entries and returns: correct
+/// for any build of the library, and slow where the first instructions are not
+/// emulated (see `tls_sites`).
+const TLS_PROBES_AT_ENTRIES: &[(&str, &str, u64)] = &[
+    ("ssl_handshake_enter", "SSL_do_handshake", 0),
+    ("ssl_read_enter", "SSL_read", 0),
+    ("ssl_read_exit", "SSL_do_handshake", 0),
+    ("ssl_read_exit", "SSL_read", 0),
+    ("ssl_write_enter", "SSL_write", 0),
 ];
+
+/// The same at the fast sites of a library that has them.
+fn tls_probes_at(sites: &FastSites) -> [(&'static str, &'static str, u64); 4] {
+    [
+        ("ssl_handshake_enter", "SSL_do_handshake", 0),
+        ("ssl_read_enter", "SSL_read", sites.read_call),
+        ("ssl_read_done", "SSL_read", sites.read_done),
+        ("ssl_write_enter", "SSL_write", sites.write_call),
+    ]
+}
 
 /// The agent is woken once this much waits in the ring (or half a smaller ring),
 /// besides its 100 ms timer. At saturation on 2 cores (wrk, kept alive, 6
@@ -213,17 +238,26 @@ impl Probes {
     }
 
     /// Probes a TLS library (or a binary with the library linked in) for
-    /// plaintext, once per file. Returns whether it was probed now: false for a
-    /// file probed already, or one without the library's functions.
-    pub fn attach_tls(&mut self, file: &std::path::Path) -> Result<bool> {
+    /// plaintext, once per file. Returns how, or None for a file probed
+    /// already, or one without the library's functions.
+    pub fn attach_tls(&mut self, file: &std::path::Path) -> Result<Option<TlsProbes>> {
         use std::os::unix::fs::MetadataExt as _;
         let meta = std::fs::metadata(file)
             .with_context(|| format!("reading {}", file.display()))?;
         if !self.tls_libraries.insert((meta.dev(), meta.ino())) {
-            return Ok(false);
+            return Ok(None);
         }
+        let fast = tls_sites::fast_sites(file);
+        let fast_set;
+        let (set, how): (&[(&str, &str, u64)], _) = match &fast {
+            Some(sites) => {
+                fast_set = tls_probes_at(sites);
+                (&fast_set, TlsProbes::Fast)
+            }
+            None => (TLS_PROBES_AT_ENTRIES, TlsProbes::AtEntries),
+        };
         let mut links = Vec::new();
-        for (prog, function) in TLS_PROBES {
+        for (prog, function, offset) in set {
             let program: &mut UProbe = self
                 .ebpf
                 .program_mut(prog)
@@ -234,12 +268,13 @@ impl Probes {
                     .load()
                     .with_context(|| format!("loading program {prog}"))?;
             }
-            match program.attach(*function, file, UProbeScope::AllProcesses) {
+            let at = UProbeAttachLocation::SymbolOffset(function, *offset);
+            match program.attach(at, file, UProbeScope::AllProcesses) {
                 Ok(link) => links.push(((*prog).to_owned(), link)),
                 Err(_) if links.is_empty() => {
                     // No such function: not a TLS library (the first probe
                     // decides).
-                    return Ok(false);
+                    return Ok(None);
                 }
                 Err(e) => {
                     self.uprobe_links.extend(links);
@@ -250,7 +285,7 @@ impl Probes {
             }
         }
         self.uprobe_links.extend(links);
-        Ok(true)
+        Ok(Some(how))
     }
 
     fn attach_tracepoint(
