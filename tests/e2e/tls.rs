@@ -5,7 +5,6 @@
 use std::{
     path::Path,
     process::{Command, Stdio},
-    time::Duration,
 };
 
 use classify_tests::{

@@ -173,26 +173,40 @@ pub(super) fn socket_call(
                 // The reply to a held request: both in one event.
                 Some(held) => {
                     let mut open = false;
-                    emit_at::<Reply>(EventKind::Reply, now, pid_tgid, id, #[inline(always)] |e| {
-                        // SAFETY: `e` is a reserved Reply.
-                        unsafe {
-                            (*e).sent = HeldSend {
-                                ts_ns: held.ts,
-                                prev_touch: held.prev_touch,
-                                ret: held.ret,
-                                prev_msg_bytes: held.prev_bytes,
-                            };
-                            open = fill_message(core::ptr::addr_of_mut!((*e).message), &start);
-                        }
-                    });
+                    emit_at::<Reply>(
+                        EventKind::Reply,
+                        now,
+                        pid_tgid,
+                        id,
+                        #[inline(always)]
+                        |e| {
+                            // SAFETY: `e` is a reserved Reply.
+                            unsafe {
+                                (*e).sent = HeldSend {
+                                    ts_ns: held.ts,
+                                    prev_touch: held.prev_touch,
+                                    ret: held.ret,
+                                    prev_msg_bytes: held.prev_bytes,
+                                };
+                                open = fill_message(core::ptr::addr_of_mut!((*e).message), &start);
+                            }
+                        },
+                    );
                     open
                 }
                 None => {
                     let mut open = false;
-                    emit_at::<Message>(EventKind::Message, now, pid_tgid, id, #[inline(always)] |e| {
-                        // SAFETY: `e` is a reserved Message.
-                        open = unsafe { fill_message(e, &start) };
-                    });
+                    emit_at::<Message>(
+                        EventKind::Message,
+                        now,
+                        pid_tgid,
+                        id,
+                        #[inline(always)]
+                        |e| {
+                            // SAFETY: `e` is a reserved Message.
+                            open = unsafe { fill_message(e, &start) };
+                        },
+                    );
                     open
                 }
             };

@@ -9,7 +9,8 @@ use aya::{
     include_bytes_aligned,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        raw_trace_point::RawTracePointLinkId, trace_point::TracePointLinkId,
+        raw_trace_point::RawTracePointLinkId,
+        trace_point::TracePointLinkId,
         uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
         Program, ProgramError, RawTracePoint, TracePoint, UProbe,
     },
@@ -242,8 +243,8 @@ impl Probes {
     /// already, or one without the library's functions.
     pub fn attach_tls(&mut self, file: &std::path::Path) -> Result<Option<TlsProbes>> {
         use std::os::unix::fs::MetadataExt as _;
-        let meta = std::fs::metadata(file)
-            .with_context(|| format!("reading {}", file.display()))?;
+        let meta =
+            std::fs::metadata(file).with_context(|| format!("reading {}", file.display()))?;
         if !self.tls_libraries.insert((meta.dev(), meta.ino())) {
             return Ok(None);
         }
@@ -278,9 +279,8 @@ impl Probes {
                 }
                 Err(e) => {
                     self.uprobe_links.extend(links);
-                    return Err(e).with_context(|| {
-                        format!("attaching to {function} in {}", file.display())
-                    });
+                    return Err(e)
+                        .with_context(|| format!("attaching to {function} in {}", file.display()));
                 }
             }
         }

@@ -85,21 +85,13 @@ fn wrapper_sites(code: &[u8]) -> Option<(u64, u64)> {
     }
     let jle = after + 2;
     // jle rel8 (7e) or jle rel32 (0f 8e).
-    let is_jle = match code.get(jle..jle + 2)? {
-        [0x7e, _] => true,
-        [0x0f, 0x8e] => true,
-        _ => false,
-    };
+    let is_jle = matches!(code.get(jle..jle + 2)?, [0x7e, _] | [0x0f, 0x8e]);
     is_jle.then_some((call as u64, jle as u64))
 }
 
 /// A `push` of a register: `push %r` (50–57) or `push %r8–15` (41 50–57).
 fn starts_with_push(code: &[u8]) -> bool {
-    match code {
-        [0x50..=0x57, ..] => true,
-        [0x41, 0x50..=0x57, ..] => true,
-        _ => false,
-    }
+    matches!(code, [0x50..=0x57, ..] | [0x41, 0x50..=0x57, ..])
 }
 
 #[cfg(test)]
