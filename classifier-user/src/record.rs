@@ -139,6 +139,11 @@ pub struct EngineCounters {
     /// Conversations on a watched socket that were not HTTP (no request line, no
     /// status line either way, e.g. an nginx `stream` proxy): no record.
     pub non_http_conversations: u64,
+    /// Client connections that spoke HTTP/2 (the connection preface seen), and
+    /// the upstream exchanges made for them: no records yet (see
+    /// `docs/architecture.md`, HTTP/2).
+    pub http2_connections: u64,
+    pub http2_exchanges: u64,
     /// Sockets and exchanges evicted because a table was full.
     pub evicted_sockets: u64,
     pub evicted_exchanges: u64,

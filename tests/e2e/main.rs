@@ -7,6 +7,7 @@ mod cli;
 mod faults;
 mod fixtures;
 mod foundation;
+mod http2;
 mod production;
 mod security;
 mod support;

@@ -74,6 +74,9 @@ pub struct Exchange {
     /// request on a connection that then ended): written as it is if no client
     /// response claims its attempt.
     pub unclaimed_record: bool,
+    /// Made for an upstream request of an HTTP/2 client connection: it holds the
+    /// attempt, and ends without a record (see `Sock::http2`).
+    pub http2: bool,
 }
 
 impl Exchange {
@@ -98,6 +101,7 @@ impl Exchange {
             incomplete: false,
             in_flight: false,
             orphan: false,
+            http2: false,
             unclaimed_record: false,
         }
     }

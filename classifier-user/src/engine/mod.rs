@@ -69,6 +69,12 @@ impl Default for EngineConfig {
 /// workers; a bound anyway, as thread ids are not recycled soon).
 const MAX_THREADS_REMEMBERED: usize = 4096;
 
+/// Whether a client's first bytes are the HTTP/2 connection preface
+/// (`PRI * HTTP/2.0`, RFC 9113 §3.4).
+fn is_http2_preface(head: &Head) -> bool {
+    matches!(head, Head::Request(r) if r.method == "PRI" && r.target == "*" && r.version == "HTTP/2.0")
+}
+
 /// The client of an orphan exchange (see `Exchange::orphan`): no socket.
 const ORPHAN_CLIENT: SockId = SockId(0);
 
@@ -408,6 +414,18 @@ impl Engine {
                 // requests sent one after another touch each other's sockets
                 // while those are still in flight, and an orphan is nobody's.
                 let (ex, idx) = sock.attempt?;
+                if let Some(x) = self.exchanges.get(&ex).filter(|x| x.http2) {
+                    // nginx sends the requests of the streams one read brought
+                    // one after another: after a stream's request, the next
+                    // send is the next stream's (once that attempt ended, a
+                    // retry of the same stream's).
+                    let ended = x.attempts.get(idx).is_some_and(Attempt::ended);
+                    if !ended {
+                        let (client, owner) = (x.client, x.pid);
+                        return Some(self.open_http2(client, owner, ts, out));
+                    }
+                    return Some(ex);
+                }
                 self.exchanges
                     .get(&ex)
                     .is_some_and(|x| {
@@ -416,6 +434,12 @@ impl Engine {
                             && x.attempts.get(idx).is_some_and(Attempt::ended)
                     })
                     .then_some(ex)
+            }
+            Side::Client if sock.http2 => {
+                // A stream's request: an exchange of its own (see `Sock::http2`).
+                let owner = sock.owner;
+                self.socks.get(touched)?;
+                Some(self.open_http2(touched, owner, ts, out))
             }
             Side::Client => {
                 let waiting = sock
@@ -522,6 +546,16 @@ impl Engine {
         id
     }
 
+    /// An exchange for a stream of an HTTP/2 client connection (see
+    /// `Exchange::http2`).
+    fn open_http2(&mut self, client: SockId, pid: u32, ts: u64, out: &mut Vec<Record>) -> ExId {
+        let id = self.open_inferred(client, pid, ts, out);
+        if let Some(e) = self.exchanges.get_mut(&id) {
+            e.http2 = true;
+        }
+        id
+    }
+
     /// An exchange to hold an attempt nobody claimed yet (see `Exchange::orphan`).
     fn open_orphan(&mut self, pid: u32, ts: u64, out: &mut Vec<Record>) -> ExId {
         let id = self.open_inferred(ORPHAN_CLIENT, pid, ts, out);
@@ -576,6 +610,16 @@ impl Engine {
         };
         s.last_activity = ts;
         let side = s.side;
+        if side == Side::Client && (s.http2 || is_http2_preface(&head)) {
+            if !s.http2 {
+                s.http2 = true;
+                self.counters.http2_connections += 1;
+            }
+            if dir == Dir::Send {
+                self.last_reply.remove(&tid);
+            }
+            return;
+        }
         match (side, dir) {
             (Side::Client, Dir::Recv) => self.client_request(ts, sock, head, prev_msg_last, out),
             (Side::Client, Dir::Send) => {
@@ -715,11 +759,14 @@ impl Engine {
             // Its reply came back, and the exchange it sits in has not
             // answered, or answered before that reply or before the request was
             // even sent: that response did not come from here.
-            let foreign = x.orphan
-                || a.first_byte.is_some_and(|fb| match &x.response {
-                    None => true,
-                    Some(r) => fb > r.ts || a.request_sent.is_some_and(|sent| sent > r.ts),
-                });
+            // An HTTP/2 stream's attempt stays with its stream: its client
+            // responses are not read, so none can claim it.
+            let foreign = !x.http2
+                && (x.orphan
+                    || a.first_byte.is_some_and(|fb| match &x.response {
+                        None => true,
+                        Some(r) => fb > r.ts || a.request_sent.is_some_and(|sent| sent > r.ts),
+                    }));
             if foreign {
                 found = Some((from, idx));
                 break;
@@ -1235,7 +1282,8 @@ impl Engine {
             .exchanges
             .values()
             .filter(|e| {
-                (e.response.is_some() || e.orphan) && now.saturating_sub(e.last_activity) >= settle
+                (e.response.is_some() || e.orphan || e.http2)
+                    && now.saturating_sub(e.last_activity) >= settle
             })
             .map(|e| e.id)
             .collect();
@@ -1248,6 +1296,13 @@ impl Engine {
         let Some(mut ex) = self.exchanges.remove(&id) else {
             return;
         };
+        if ex.http2 {
+            if let Some(s) = self.socks.get_mut(ex.client) {
+                s.exchanges.retain(|e| *e != id);
+            }
+            self.counters.http2_exchanges += 1;
+            return;
+        }
         if ex.orphan && !ex.unclaimed_record {
             // Never claimed by a client response: counted as unattributed when
             // its request was sent.

@@ -23,6 +23,13 @@ pub struct Sock {
     pub attempt: Option<(ExId, usize)>,
     /// Upstream side: number of attempts this connection has carried.
     pub uses: u32,
+    /// Client side: the client opened with the HTTP/2 preface. Its streams
+    /// interleave on the connection, and their requests and responses are
+    /// HPACK-coded frames, which the exchange model (one message each way at a
+    /// time, a request or status line at the start) cannot read: its messages
+    /// are skipped, and each upstream request made for it gets an exchange that
+    /// holds the attempt and writes no record.
+    pub http2: bool,
 }
 
 impl Sock {
@@ -44,6 +51,7 @@ impl Sock {
             exchanges: VecDeque::new(),
             attempt: None,
             uses: 0,
+            http2: false,
         }
     }
 }

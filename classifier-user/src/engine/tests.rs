@@ -729,3 +729,45 @@ fn a_reused_connection_whose_first_exchange_was_lost_serves_the_next_request() {
         .expect("a record for /lost");
     assert!(!lost.complete);
 }
+
+fn http2_preface() -> Head {
+    Head::Request(RequestLine {
+        method: "PRI".into(),
+        target: "*".into(),
+        version: "HTTP/2.0".into(),
+        truncated: false,
+    })
+}
+
+#[test]
+fn http2_connections_write_no_records_and_leave_others_alone() {
+    let mut s = Script::new();
+    s.client(C1, 5000).client(C2, 5001).pooled(U1, 40000, 9000);
+    s.pooled(U2, 40001, 9000).pooled(U3, 40002, 9000);
+    // An HTTP/2 client: the preface, then one read with two streams' requests,
+    // sent upstream one after the other; frames back to the client, which
+    // carry no status line this engine can read.
+    s.recv(C1, http2_preface())
+        .send(C1, Head::None, Some(C1))
+        .recv(C1, Head::None)
+        .send(U1, Head::None, Some(C1))
+        .send(U2, Head::None, Some(U1))
+        .recv(U1, status(500))
+        .send(C1, Head::None, Some(U1))
+        .recv(U2, status(200))
+        .send(C1, Head::None, Some(U2));
+    // An HTTP/1.1 client meanwhile, on the pool's third connection.
+    s.kept_alive(C2, U3, "/h1", 502);
+    s.tick_after(1_100);
+    let records = s.finish();
+    assert_eq!(records.len(), 1, "{records:#?}");
+    let r = &records[0];
+    assert_eq!(r.request.as_ref().map(|q| q.target.as_str()), Some("/h1"));
+    assert_eq!(r.upstreams.len(), 1);
+    assert_eq!(r.upstreams[0].local_port, 40002);
+    let c = s.engine.counters();
+    assert_eq!(c.http2_connections, 1);
+    assert_eq!(c.http2_exchanges, 2, "one per stream's request");
+    assert_eq!(c.unattributed_attempts, 0);
+    assert_eq!(c.orphan_responses, 0);
+}
