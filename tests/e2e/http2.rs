@@ -16,23 +16,9 @@ use super::support::{assert_matches_access_log, assert_schema, require_root, sto
 fn http2_clients_get_no_invented_records() {
     require_root();
     let upstream = Upstream::start();
-    let up = upstream.addr();
     let h2_port = free_port();
-    let http = format!(
-        r#"  upstream up {{ server {up}; keepalive 16; }}
-  server {{
-    listen 127.0.0.1:{{port}};
-    listen 127.0.0.1:{h2_port} http2;
-    proxy_http_version 1.1;
-    proxy_set_header Connection "";
-    location / {{ proxy_pass http://up; }}
-  }}
-"#
-    );
-    let nginx = Nginx::start(&Config {
-        http,
-        ..Config::proxy(&[], None, "")
-    });
+    let server = format!("    listen 127.0.0.1:{h2_port} http2;\n");
+    let nginx = Nginx::start(&Config::front(upstream.addr(), "", &server));
     let running = classify::start(&["--pid", &nginx.master_pid().to_string()]);
 
     // HTTP/2 without TLS (prior knowledge): 2 connections, 4 streams at a time,

@@ -61,23 +61,8 @@ fn tls_exchanges_agree_with_the_access_log() {
     let upstream = Upstream::start();
     let certs = tempfile::tempdir().expect("temp dir");
     let (cert, key) = certificate(certs.path());
-    let up = upstream.addr();
-    let http = format!(
-        r#"  upstream up {{ server {up}; keepalive 16; }}
-  server {{
-    listen 127.0.0.1:{{port}} ssl;
-    ssl_certificate {cert};
-    ssl_certificate_key {key};
-    proxy_http_version 1.1;
-    proxy_set_header Connection "";
-    location / {{ proxy_pass http://up; }}
-  }}
-"#
-    );
-    let nginx = Nginx::start(&Config {
-        http,
-        ..Config::proxy(&[], None, "")
-    });
+    let server = format!("    ssl_certificate {cert};\n    ssl_certificate_key {key};\n");
+    let nginx = Nginx::start(&Config::front(upstream.addr(), " ssl", &server));
     let running = classify::start(&["--pid", &nginx.master_pid().to_string()]);
 
     // One connection, kept alive across statuses of every class.

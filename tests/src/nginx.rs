@@ -124,6 +124,26 @@ impl Config {
         }
     }
 
+    /// nginx in front of `upstream` through a kept-alive pool: `listen` on
+    /// `{port}` with `listen_params` (e.g. ` ssl`), `server_extra` directives in
+    /// the server (certificates, more `listen`s), and `location /` proxying.
+    pub fn front(upstream: std::net::SocketAddr, listen_params: &str, server_extra: &str) -> Self {
+        let http = format!(
+            r#"  upstream up {{ server {upstream}; keepalive 16; }}
+  server {{
+    listen 127.0.0.1:{{port}}{listen_params};
+{server_extra}    proxy_http_version 1.1;
+    proxy_set_header Connection "";
+    location / {{ proxy_pass http://up; }}
+  }}
+"#
+        );
+        Self {
+            http,
+            ..Self::proxy(&[], None, "")
+        }
+    }
+
     /// One upstream group `up` with `servers`, a keep-alive pool, and `location /`
     /// proxying to it, plus whatever `extra_locations` holds.
     pub fn proxy(servers: &[String], keepalive: Option<u32>, extra_locations: &str) -> Self {

@@ -9,8 +9,8 @@
 //! - `SSL_write` is given plaintext: its entry makes the call, before the library
 //!   encrypts and sends it;
 //! - where the agent finds them, probes inside the two functions stand in for
-//!   the entries and the return (`ssl_read_done`): far cheaper on a VM (see the
-//!   agent's `tls_sites`);
+//!   their entries and `SSL_read`'s return (`ssl_read_done`): far cheaper on a
+//!   VM (see the agent's `tls_sites`);
 //! - `SSL_do_handshake` and `SSL_read` mark the thread as inside a TLS call, and
 //!   the socket it reads meanwhile is marked TLS (`claim`), and remembered as
 //!   the socket of that `SSL` object (`TLS_SOCKS`), which `SSL_write` needs.

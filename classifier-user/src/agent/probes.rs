@@ -79,13 +79,18 @@ const TLS_PROBES_AT_ENTRIES: &[(&str, &str, u64)] = &[
     ("ssl_write_enter", "SSL_write", 0),
 ];
 
-/// The same at the fast sites of a library that has them.
-fn tls_probes_at(sites: &FastSites) -> [(&'static str, &'static str, u64); 4] {
+/// The same at the fast sites of a library that has them. `SSL_do_handshake`
+/// keeps its return probe: its first instruction (a `push`) is emulated, and
+/// without it the thread would stay marked as inside a TLS call after the
+/// handshake, and any other socket it touched before its next `epoll_wait` (an
+/// upstream's, another client's) would be taken for TLS.
+fn tls_probes_at(sites: &FastSites) -> [(&'static str, &'static str, u64); 5] {
     [
         ("ssl_handshake_enter", "SSL_do_handshake", 0),
         ("ssl_read_enter", "SSL_read", sites.read_call),
         ("ssl_read_done", "SSL_read", sites.read_done),
         ("ssl_write_enter", "SSL_write", sites.write_call),
+        ("ssl_read_exit", "SSL_do_handshake", 0),
     ]
 }
 
@@ -220,16 +225,7 @@ impl Probes {
                     "this kernel has no tracepoint {category}/{name}, which classify needs (sock/* I/O tracepoints need Linux 6.5 or newer)"
                 );
             }
-            let program: &mut RawTracePoint = self
-                .ebpf
-                .program_mut(prog)
-                .with_context(|| format!("program {prog} missing from the object"))?
-                .try_into()?;
-            if program.fd().is_err() {
-                program
-                    .load()
-                    .with_context(|| format!("loading program {prog}"))?;
-            }
+            let program: &mut RawTracePoint = program_mut(&mut self.ebpf, prog)?;
             let link = program
                 .attach(name)
                 .with_context(|| format!("attaching to raw tracepoint {name}"))?;
@@ -259,16 +255,7 @@ impl Probes {
         };
         let mut links = Vec::new();
         for (prog, function, offset) in set {
-            let program: &mut UProbe = self
-                .ebpf
-                .program_mut(prog)
-                .with_context(|| format!("program {prog} missing from the object"))?
-                .try_into()?;
-            if program.fd().is_err() {
-                program
-                    .load()
-                    .with_context(|| format!("loading program {prog}"))?;
-            }
+            let program: &mut UProbe = program_mut(&mut self.ebpf, prog)?;
             let at = UProbeAttachLocation::SymbolOffset(function, *offset);
             match program.attach(at, file, UProbeScope::AllProcesses) {
                 Ok(link) => links.push(((*prog).to_owned(), link)),
@@ -304,16 +291,7 @@ impl Probes {
                     "this kernel has no tracepoint {category}/{name}, which classify needs (sock/* I/O tracepoints need Linux 6.5 or newer)"
                 );
         }
-        let program: &mut TracePoint = self
-            .ebpf
-            .program_mut(prog)
-            .with_context(|| format!("program {prog} missing from the object"))?
-            .try_into()?;
-        if program.fd().is_err() {
-            program.load().with_context(|| {
-                format!("loading program {prog} (the kernel verifier refused it)")
-            })?;
-        }
+        let program: &mut TracePoint = program_mut(&mut self.ebpf, prog)?;
         let link = program
             .attach(category, name)
             .with_context(|| format!("attaching to tracepoint {category}/{name}"))?;
@@ -431,6 +409,17 @@ impl Probes {
     }
 }
 
+/// Program `prog` of the object, as its type (`verify_all` loaded it).
+fn program_mut<'a, T>(ebpf: &'a mut Ebpf, prog: &str) -> Result<&'a mut T>
+where
+    &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
+{
+    let program = ebpf
+        .program_mut(prog)
+        .with_context(|| format!("program {prog} missing from the object"))?;
+    Ok(program.try_into()?)
+}
+
 /// Loads (verifies) every program, in parallel: the verifier takes a few hundred
 /// ms for each socket I/O program, and start-up waits for the slowest alone.
 fn verify_all(ebpf: &mut Ebpf) -> Result<()> {
@@ -443,6 +432,9 @@ fn verify_all(ebpf: &mut Ebpf) -> Result<()> {
                     let result = match program {
                         Program::TracePoint(p) => p.load(),
                         Program::RawTracePoint(p) => p.load(),
+                        // TLS probes, attached only where a TLS library is
+                        // mapped (nearly always: Debian's nginx links libssl).
+                        Program::UProbe(p) => p.load(),
                         _ => Ok(()),
                     };
                     (name.to_owned(), result)
