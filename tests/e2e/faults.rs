@@ -334,6 +334,19 @@ fn client_abort_while_the_upstream_is_slow() {
 }
 
 #[test]
+fn a_request_sent_with_the_clients_fin_is_a_client_abort() {
+    // Request and FIN back to back: the FIN is in before nginx reads the
+    // request; nginx proxies it, then finds the client gone (499).
+    let lab = Lab::start();
+    abort_after(lab.port(), "/slow/3000", Duration::ZERO, false);
+    let run = lab.finish(1);
+    assert_eq!(run.access[0].status, "499");
+    let r = run.only();
+    assert_record(r, "client_abort", None, None, &["aborted"]);
+    assert_eq!(r["origin"], "client");
+}
+
+#[test]
 fn client_reset_while_the_upstream_is_slow() {
     let lab = Lab::start();
     abort_after(lab.port(), "/slow/3000", Duration::from_millis(400), true);

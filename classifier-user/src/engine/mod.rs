@@ -532,6 +532,13 @@ impl Engine {
         }
         if let Some(s) = self.socks.get_mut(client) {
             s.exchanges.push_back(id);
+            if let Some(fin) = s.fin {
+                // The request came with the FIN (or before it) and was read
+                // after it: the client had already left.
+                if let Some(e) = self.exchanges.get_mut(&id) {
+                    e.client_fin = Some(fin);
+                }
+            }
         }
         id
     }
@@ -1078,9 +1085,12 @@ impl Engine {
 
     /// The client left (FIN or RST) while exchanges were in flight on `sock`.
     fn client_left(&mut self, sock: SockId, ts: u64, reset: bool) {
-        let Some(s) = self.socks.get(sock) else {
+        let Some(s) = self.socks.get_mut(sock) else {
             return;
         };
+        if !reset {
+            s.fin.get_or_insert(ts);
+        }
         let ids: Vec<ExId> = s.exchanges.iter().copied().collect();
         for id in ids {
             if let Some(ex) = self.exchanges.get_mut(&id) {
@@ -1142,9 +1152,15 @@ impl Engine {
         if peer.port != 0 {
             s.peer = peer;
         }
-        let (side, local_ep) = (s.side, s.local);
+        let (side, local_ep, seen_since, fin) = (s.side, s.local, s.seen_since, s.fin);
         match side {
             Side::Client => {
+                if old == TcpState::CloseWait && fin.is_none() {
+                    // Leaving CLOSE_WAIT with no FIN seen: it came before the
+                    // probes first saw the socket (a request sent with its FIN,
+                    // read only after both were in).
+                    self.client_left(sock, seen_since, false);
+                }
                 if msg.dir == Some(Dir::Send) {
                     if let Some(ex) = self.current_mut(sock) {
                         if ex.response.is_some() && msg.last > 0 {

@@ -30,6 +30,12 @@ pub struct Sock {
     /// are skipped, and each upstream request made for it gets an exchange that
     /// holds the attempt and writes no record.
     pub http2: bool,
+    /// Client side: when the client's FIN arrived. A request read after it
+    /// (sent just before the FIN, read by the proxy only after) opens an
+    /// exchange whose client has already left.
+    pub fin: Option<u64>,
+    /// When the socket was first seen (its start, or its first use).
+    pub seen_since: u64,
 }
 
 impl Sock {
@@ -52,6 +58,8 @@ impl Sock {
             attempt: None,
             uses: 0,
             http2: false,
+            fin: None,
+            seen_since: ts,
         }
     }
 }
