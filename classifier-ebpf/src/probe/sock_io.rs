@@ -88,7 +88,7 @@ pub(super) fn socket_call(
     // SAFETY: `thread` points to a map value valid for this program run.
     if plain == 0 && unsafe { (*thread).in_tls } != 0 {
         // Read inside a TLS library call: this socket carries TLS.
-        tls::claim(pid_tgid as u32, sk, sock);
+        tls::claim(pid_tgid, sk, sock);
     }
     // Ciphertext: the messages of a TLS socket come from its plaintext.
     // SAFETY: as above.

@@ -34,11 +34,21 @@ use super::{maps::thread_state, sock_io::socket_call};
 pub static TLS_CALLS: LruHashMap<u32, TlsCall> = LruHashMap::with_max_entries(16384, 0);
 
 /// The socket of each TLS connection object (`SSL *` → `struct sock *`), learned
-/// from the socket its handshake or reads used. Least recently used entries go
-/// first: an `SSL *` reused for a new connection is learned again at its
-/// handshake, before any write.
+/// from the socket its handshake or reads used. Keyed by process too: nginx's
+/// workers are forks of one master with the same heap layout, and two of them
+/// hold `SSL` objects at the same address (one worker's writes then went to the
+/// other's socket). Least recently used entries go first: an `SSL *` reused for
+/// a new connection is learned again at its handshake, before any write.
 #[map]
-pub static TLS_SOCKS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(65536, 0);
+pub static TLS_SOCKS: LruHashMap<SslKey, u64> = LruHashMap::with_max_entries(65536, 0);
+
+/// Key of `TLS_SOCKS`: [`SSL *`, process id].
+type SslKey = [u64; 2];
+
+#[inline(always)]
+fn ssl_key(ssl: u64, pid_tgid: u64) -> SslKey {
+    [ssl, pid_tgid >> 32]
+}
 
 /// Entry of `SSL_read(ssl, buf, num)`, or its call of its internal read, where
 /// the arguments are still in their registers.
@@ -139,7 +149,7 @@ fn read_done_with(ret: i32) -> Option<()> {
     } else {
         // Plaintext the library had already decrypted: no socket read this time.
         // SAFETY: a map value valid for this program run, copied out at once.
-        unsafe { *TLS_SOCKS.get(&ssl)? }
+        unsafe { *TLS_SOCKS.get(ssl_key(ssl, pid_tgid))? }
     };
     socket_call(thread, pid_tgid, sk, ret, 0, dir::RECV, buf)
 }
@@ -155,17 +165,17 @@ fn write_enter(ctx: &ProbeContext) -> Option<()> {
         return Some(());
     }
     // SAFETY: a map value valid for this program run, copied out at once.
-    let sk = unsafe { *TLS_SOCKS.get(&ssl)? };
+    let sk = unsafe { *TLS_SOCKS.get(ssl_key(ssl, pid_tgid))? };
     socket_call(thread, pid_tgid, sk, num, 0, dir::SEND, buf)
 }
 
 /// The thread read socket `sk` inside a TLS call: the socket carries TLS, and it
 /// is the socket of the call's `SSL` object.
 #[inline(always)]
-pub fn claim(tid: u32, sk: u64, sock: *mut SockState) {
+pub fn claim(pid_tgid: u64, sk: u64, sock: *mut SockState) {
     // SAFETY: `sock` points to a map value valid for this program run.
     unsafe { (*sock).tls = 1 };
-    let Some(call) = TLS_CALLS.get_ptr_mut(&tid) else {
+    let Some(call) = TLS_CALLS.get_ptr_mut(pid_tgid as u32) else {
         return;
     };
     // SAFETY: a map value valid for this program run (only this thread writes it).
@@ -174,6 +184,6 @@ pub fn claim(tid: u32, sk: u64, sock: *mut SockState) {
             return;
         }
         (*call).sk = sk;
-        let _ = TLS_SOCKS.insert(&(*call).ssl, &sk, 0);
+        let _ = TLS_SOCKS.insert(ssl_key((*call).ssl, pid_tgid), sk, 0);
     }
 }
