@@ -117,6 +117,20 @@ pub struct StatsRecord {
     pub engine: EngineCounters,
 }
 
+impl StatsRecord {
+    /// What was not classified because it was HTTP/2, if anything was (for the
+    /// summary and the last stderr line).
+    pub fn unclassified_http2(&self) -> Option<String> {
+        let e = &self.engine;
+        (e.http2_connections > 0).then(|| {
+            format!(
+                "{} HTTP/2 client connections ({} upstream requests) were not classified: HTTP/2 is not decoded yet",
+                e.http2_connections, e.http2_exchanges
+            )
+        })
+    }
+}
+
 /// The engine's own counters: anything it could not place or had to drop.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EngineCounters {

@@ -54,4 +54,10 @@ fn http2_clients_get_no_invented_records() {
     assert_eq!(stats["engine"]["http2_connections"], 4, "{stats}");
     let counted = stats["engine"]["http2_exchanges"].as_u64().unwrap_or(0);
     assert!(counted > 0 && counted <= h2 as u64, "{stats}");
+    // Whoever reads stderr is told too.
+    assert!(
+        out.stderr.contains("4 HTTP/2 client connections"),
+        "{}",
+        out.stderr
+    );
 }

@@ -311,6 +311,9 @@ impl Agent {
             "classify: stopped after {:.1} s: {} exchanges ({} incomplete), {} events ({} ring records, {} bytes), {} lost, {} sockets untracked, {} probe runs skipped, {} undecodable",
             s.uptime_s, s.exchanges, s.incomplete_exchanges, s.events, s.ring_records, s.event_bytes, s.lost_events, s.untracked_sockets, s.skipped_probe_runs, s.undecodable_events
         );
+        if let Some(line) = s.unclassified_http2() {
+            eprintln!("classify: {line}");
+        }
         Ok(())
     }
 

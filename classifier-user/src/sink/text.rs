@@ -62,5 +62,8 @@ pub fn write_summary(out: &mut dyn Write, summary: &Summary, s: &StatsRecord) ->
             "evidence was lost: records of affected exchanges say \"complete\": false"
         )?;
     }
+    if let Some(line) = s.unclassified_http2() {
+        writeln!(out, "{line}")?;
+    }
     Ok(())
 }
