@@ -265,7 +265,13 @@ impl Probes {
                     return Ok(None);
                 }
                 Err(e) => {
-                    self.uprobe_links.extend(links);
+                    // Half a set would mark sockets TLS and then miss their
+                    // writes: none of it stays.
+                    for (prog, id) in links {
+                        if let Ok(p) = program_mut::<UProbe>(&mut self.ebpf, &prog) {
+                            let _ = p.detach(id);
+                        }
+                    }
                     return Err(e)
                         .with_context(|| format!("attaching to {function} in {}", file.display()));
                 }
