@@ -12,3 +12,4 @@ mod production;
 mod security;
 mod support;
 mod tls;
+mod upgrade;

@@ -12,6 +12,7 @@
 //! | `/fault/badheader` | answers a valid status line followed by an invalid header line |
 //! | `/fault/silent` | reads the request and never answers |
 //! | `/fault/truncate` | sends a head with `Content-Length: 1000`, 10 body bytes, then RST |
+//! | `/upgrade` | answers `101 Switching Protocols`, then echoes every byte until the peer closes (a WebSocket's shape) |
 //! | anything else | answers 200 |
 //!
 //! Every request is logged with the peer port, so tests can check which upstream
@@ -256,9 +257,14 @@ fn serve(mut conn: TcpStream, log: &Mutex<Vec<LogEntry>>) {
                 entry.action = "truncate";
                 Some(200)
             }
+            ["upgrade", ..] => {
+                entry.action = "upgrade";
+                Some(101)
+            }
             _ => Some(200),
         };
-        entry.status = status.filter(|_| entry.action == "respond" || entry.action == "truncate");
+        entry.status =
+            status.filter(|_| matches!(entry.action, "respond" | "truncate" | "upgrade"));
         // Logged when the request arrives, before any delay.
         log.lock().expect("log lock").push(entry.clone());
         thread::sleep(delay);
@@ -295,6 +301,20 @@ fn serve(mut conn: TcpStream, log: &Mutex<Vec<LogEntry>>) {
                 let _ = conn.flush();
                 thread::sleep(Duration::from_millis(50));
                 set_linger_zero(&conn);
+                false
+            }
+            "upgrade" => {
+                let _ = conn.write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+                );
+                // Whatever came after the head, then everything until EOF.
+                let _ = conn.write_all(&std::mem::take(&mut buf));
+                let mut chunk = [0u8; 4096];
+                while let Ok(n @ 1..) = conn.read(&mut chunk) {
+                    if conn.write_all(&chunk[..n]).is_err() {
+                        break;
+                    }
+                }
                 false
             }
             _ => false,

@@ -617,6 +617,10 @@ impl Engine {
         };
         s.last_activity = ts;
         let side = s.side;
+        if s.tunnel {
+            // The protocol the connection switched to (see `Sock::tunnel`).
+            return;
+        }
         if side == Side::Client && (s.http2 || is_http2_preface(&head)) {
             if !s.http2 {
                 s.http2 = true;
@@ -644,7 +648,10 @@ impl Engine {
                     [None, None]
                 };
                 self.reattribute(ts, sock, &head, candidates, out);
-                self.client_response(ts, sock, &head, bytes)
+                self.client_response(ts, sock, &head, bytes);
+                if matches!(&head, Head::Status(st) if st.code == 101) {
+                    self.start_tunnel(sock);
+                }
             }
             (Side::Upstream, Dir::Send) => {
                 self.upstream_request(ts, sock, head, prev_touch, prev_msg_bytes, out)
@@ -861,6 +868,24 @@ impl Engine {
             self.counters.unattributed_attempts += 1;
             if let Some(s) = self.socks.get_any_mut(sock) {
                 s.attempt = Some((id, 0));
+            }
+        }
+    }
+
+    /// The proxy forwarded `101 Switching Protocols` on client connection
+    /// `client`: the connection and the upstream connection that answered carry
+    /// another protocol from now on (WebSocket frames both ways), and each
+    /// message there had become an exchange of its own with an "invalid" reply.
+    fn start_tunnel(&mut self, client: SockId) {
+        let upstream = self
+            .current_mut(client)
+            .filter(|e| e.response.as_ref().is_some_and(|r| r.status == Some(101)))
+            .and_then(|e| e.attempts.last())
+            .filter(|a| a.status == Some(101))
+            .map(|a| a.sock);
+        for sock in [Some(client), upstream].into_iter().flatten() {
+            if let Some(s) = self.socks.get_mut(sock) {
+                s.tunnel = true;
             }
         }
     }

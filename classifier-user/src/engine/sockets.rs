@@ -34,6 +34,10 @@ pub struct Sock {
     /// (sent just before the FIN, read by the proxy only after) opens an
     /// exchange whose client has already left.
     pub fin: Option<u64>,
+    /// The connection switched protocols (a forwarded `101`, e.g. WebSocket):
+    /// its bytes are no longer HTTP messages, on the client connection and on
+    /// the upstream connection that answered 101.
+    pub tunnel: bool,
     /// When the socket was first seen (its start, or its first use).
     pub seen_since: u64,
 }
@@ -59,6 +63,7 @@ impl Sock {
             uses: 0,
             http2: false,
             fin: None,
+            tunnel: false,
             seen_since: ts,
         }
     }

@@ -799,3 +799,34 @@ fn a_request_whose_client_left_before_it_was_read_is_a_client_abort() {
         assert_eq!(r.upstreams[0].outcome, Outcome::Aborted);
     }
 }
+
+#[test]
+fn a_forwarded_101_makes_the_connection_a_tunnel() {
+    // A WebSocket: the upgrade is one exchange; the frames both ways after it
+    // are not HTTP, even one that reads like a request line.
+    let frame = || Head::Other {
+        len: 7,
+        binary: true,
+    };
+    let mut s = Script::new();
+    s.client(C1, 5000).pooled(U1, 40000, 9000);
+    s.kept_alive(C1, U1, "/ws", 101);
+    for _ in 0..3 {
+        s.at(50)
+            .recv(C1, frame())
+            .send(U1, frame(), Some(C1))
+            .recv(U1, frame())
+            .send(C1, frame(), Some(U1));
+    }
+    s.recv(C1, get("/in-band"))
+        .send(U1, get("/in-band"), Some(C1))
+        .recv(U1, frame())
+        .send(C1, frame(), Some(U1));
+    s.state(C1, TcpState::Established, TcpState::CloseWait, 8080, false)
+        .destroy(C1, false);
+    let records = s.finish();
+    assert_eq!(records.len(), 1, "{records:#?}");
+    assert_eq!(records[0].verdict, Verdict::Ok);
+    assert_eq!(records[0].response.status, Some(101));
+    assert_eq!(s.engine.counters().unattributed_attempts, 0);
+}
