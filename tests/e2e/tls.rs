@@ -161,3 +161,76 @@ fn tls_handshakes_amid_plain_traffic_leave_plain_sockets_alone() {
     assert!(access.len() > 1_000, "{} requests", access.len());
     assert_matches_access_log(&out.exchanges(), &access);
 }
+
+/// A kept-alive TLS connection through `openssl s_client`, opened before classify
+/// attaches.
+struct TlsConn {
+    child: std::process::Child,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl TlsConn {
+    fn connect(port: u16) -> Self {
+        let mut child = Command::new("openssl")
+            .args(["s_client", "-quiet", "-connect"])
+            .arg(format!("127.0.0.1:{port}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run openssl s_client (run `cargo xtask setup`)");
+        let out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        Self { child, out }
+    }
+
+    /// Sends a GET for `/status/{code}` and reads until the test upstream's body
+    /// (`status {code}`).
+    fn status(&mut self, code: u16) {
+        use std::io::{BufRead as _, Write as _};
+        let stdin = self.child.stdin.as_mut().expect("stdin");
+        stdin
+            .write_all(format!("GET /status/{code} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+            .and_then(|()| stdin.flush())
+            .expect("send the request");
+        let body = format!("status {code}");
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = self.out.read_line(&mut line).expect("read the response");
+            assert!(n > 0, "the TLS connection closed");
+            if line.trim_end() == body {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for TlsConn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn tls_connections_older_than_the_agent_are_picked_up_at_their_next_request() {
+    // Its handshake was never seen: the socket is taken for TLS at the first
+    // read inside SSL_read after classify attached.
+    require_root();
+    let upstream = Upstream::start();
+    let certs = tempfile::tempdir().expect("temp dir");
+    let (cert, key) = certificate(certs.path());
+    let server = format!("    ssl_certificate {cert};\n    ssl_certificate_key {key};\n");
+    let nginx = Nginx::start(&Config::front(upstream.addr(), " ssl", &server));
+    let mut old = TlsConn::connect(nginx.port);
+    old.status(200);
+    let running = classify::start(&["--pid", &nginx.master_pid().to_string()]);
+    old.status(500);
+    old.status(404);
+    old.status(200);
+    drop(old);
+    let (out, access) = stop_after_log(&nginx, running, 4);
+    assert_schema(&out.records);
+    // The request served before classify attached has no record; the others do.
+    assert_matches_access_log(&out.exchanges(), &access[1..]);
+}
