@@ -170,20 +170,23 @@ fn write_enter(ctx: &ProbeContext) -> Option<()> {
 }
 
 /// The thread read socket `sk` inside a TLS call: the socket carries TLS, and it
-/// is the socket of the call's `SSL` object.
+/// is the socket of the call's `SSL` object. That pairing is learned once per
+/// connection, when the socket is first marked (its handshake, or for a
+/// connection older than the agent its first read): every later read of a
+/// kept-alive connection only names the socket to its call. An `SSL *` reused
+/// for a new connection comes with a new socket, learned at its handshake.
 #[inline(always)]
 pub fn claim(pid_tgid: u64, sk: u64, sock: *mut SockState) {
     // SAFETY: `sock` points to a map value valid for this program run.
-    unsafe { (*sock).tls = 1 };
+    let first = unsafe { core::mem::replace(&mut (*sock).tls, 1) } == 0;
     let Some(call) = TLS_CALLS.get_ptr_mut(pid_tgid as u32) else {
         return;
     };
     // SAFETY: a map value valid for this program run (only this thread writes it).
     unsafe {
-        if (*call).sk == sk {
-            return;
-        }
         (*call).sk = sk;
-        let _ = TLS_SOCKS.insert(ssl_key((*call).ssl, pid_tgid), sk, 0);
+        if first {
+            let _ = TLS_SOCKS.insert(ssl_key((*call).ssl, pid_tgid), sk, 0);
+        }
     }
 }
