@@ -553,6 +553,14 @@ impl Engine {
         id
     }
 
+    /// Takes exchange `id` off its client connection's list (it ended, or it
+    /// never was that connection's).
+    fn forget_exchange(&mut self, client: SockId, id: ExId) {
+        if let Some(s) = self.socks.get_mut(client) {
+            s.exchanges.retain(|e| *e != id);
+        }
+    }
+
     /// An exchange for a stream of an HTTP/2 client connection (see
     /// `Exchange::http2`).
     fn open_http2(&mut self, client: SockId, pid: u32, ts: u64, out: &mut Vec<Record>) -> ExId {
@@ -807,9 +815,7 @@ impl Engine {
         if x.attempts.is_empty() && (was_orphan || (x.inferred && x.response.is_none())) {
             let client_of = x.client;
             self.exchanges.remove(&from);
-            if let Some(s) = self.socks.get_mut(client_of) {
-                s.exchanges.retain(|e| *e != from);
-            }
+            self.forget_exchange(client_of, from);
         }
         let to = match waiting {
             Some(w) => w,
@@ -1338,9 +1344,7 @@ impl Engine {
             return;
         };
         if ex.http2 {
-            if let Some(s) = self.socks.get_mut(ex.client) {
-                s.exchanges.retain(|e| *e != id);
-            }
+            self.forget_exchange(ex.client, id);
             self.counters.http2_exchanges += 1;
             return;
         }
@@ -1359,9 +1363,7 @@ impl Engine {
             // touched last, and that connection ended first: the attempt may
             // still be another client's (a posted request). Wait for its reply's
             // client response; written as it is if none claims it.
-            if let Some(s) = self.socks.get_mut(ex.client) {
-                s.exchanges.retain(|e| *e != id);
-            }
+            self.forget_exchange(ex.client, id);
             ex.orphan = true;
             ex.unclaimed_record = true;
             self.counters.unattributed_attempts += 1;
@@ -1379,9 +1381,7 @@ impl Engine {
             ex.incomplete = true;
             ex.in_flight = true;
         }
-        if let Some(s) = self.socks.get_mut(ex.client) {
-            s.exchanges.retain(|e| *e != id);
-        }
+        self.forget_exchange(ex.client, id);
         if ex.response.is_some() && end != End::Flushed {
             self.release_foreign_attempts(&mut ex, out);
         }
