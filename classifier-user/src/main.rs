@@ -4,6 +4,7 @@
 
 mod agent;
 mod cli;
+mod memory;
 mod replay;
 mod sink;
 

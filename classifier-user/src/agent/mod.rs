@@ -90,6 +90,7 @@ pub fn run(args: &WatchArgs) -> Result<()> {
     if args.pids.is_empty() {
         bail!("name the process to watch: classify --pid <PID|NAME> (e.g. --pid nginx)");
     }
+    let start_up = crate::memory::StartUp::begin();
     let specs: Vec<Spec> = args.pids.iter().map(|s| Spec::parse(s)).collect();
     preflight::check_privileges()?;
     preflight::check_btf(Path::new(kernel::BTF_PATH))?;
@@ -175,6 +176,7 @@ pub fn run(args: &WatchArgs) -> Result<()> {
     };
     let sink = Sink::open(&args.output)?;
     let names: Vec<String> = watched.iter().map(|(p, c)| format!("{c} {p}")).collect();
+    start_up.done();
     eprintln!(
         "classify: watching {} process{} ({}); listening ports {:?}; ready in {} ms",
         watched.len(),
