@@ -17,6 +17,11 @@ pub enum Head {
     None,
     Request(RequestLine),
     Status(StatusLine),
+    /// The start of a gateway protocol's response (a FastCGI record) whose
+    /// status these bytes do not show: PHP-FPM sends `Status:` only for codes
+    /// other than 200, and the application's warnings (`FCGI_STDERR`) may come
+    /// first. The proxy's own status then tells what it forwarded.
+    ResponseUnread,
     /// Bytes that are neither a request line nor a status line. Only their length
     /// and whether they look binary are kept.
     Other {
@@ -66,7 +71,64 @@ pub fn parse(line: &[u8], query: QueryPolicy) -> Head {
     if line.starts_with(b"HTTP/") {
         return parse_status(line);
     }
+    if let Some(head) = parse_gateway_response(line) {
+        return head;
+    }
     parse_request(line, query).unwrap_or_else(|| other(line))
+}
+
+/// A response in one of the protocols nginx speaks to application servers
+/// besides HTTP: FastCGI (`fastcgi_pass`: records of 8-byte headers, the
+/// response's CGI header lines inside `FCGI_STDOUT`) and SCGI (`scgi_pass`: the
+/// CGI header lines themselves). A CGI response names its status in a `Status:`
+/// header, which the common servers write first (PHP-FPM, Go's `net/http/fcgi`,
+/// flup) and PHP-FPM leaves out for a 200.
+fn parse_gateway_response(line: &[u8]) -> Option<Head> {
+    if let Some(code) = cgi_status(line) {
+        return Some(Head::Status(StatusLine {
+            version: Cow::Borrowed("CGI"),
+            code,
+        }));
+    }
+    // FastCGI version 1; a record type that opens a response (`FCGI_END_REQUEST`,
+    // `FCGI_STDOUT`, `FCGI_STDERR`); the reserved byte, when captured, zero. A
+    // header byte may be a `\n` (a content length of 10 mod 256), which ends the
+    // capture early: such a record is still a response, its status unread.
+    const END_REQUEST: u8 = 3;
+    const STDOUT: u8 = 6;
+    const STDERR: u8 = 7;
+    let [1, kind, ..] = *line else {
+        return None;
+    };
+    if !matches!(kind, END_REQUEST | STDOUT | STDERR) || line.get(7).is_some_and(|&r| r != 0) {
+        return None;
+    }
+    let code = (kind == STDOUT)
+        .then(|| line.get(8..).and_then(cgi_status))
+        .flatten();
+    Some(code.map_or(Head::ResponseUnread, |code| {
+        Head::Status(StatusLine {
+            version: Cow::Borrowed("FastCGI"),
+            code,
+        })
+    }))
+}
+
+/// The code of a CGI `Status: NNN reason` header line.
+fn cgi_status(line: &[u8]) -> Option<u16> {
+    const NAME: &[u8] = b"status:";
+    if !line.get(..NAME.len())?.eq_ignore_ascii_case(NAME) {
+        return None;
+    }
+    let value = line[NAME.len()..].trim_ascii_start();
+    let digits = value.get(..3)?;
+    if !digits.iter().all(u8::is_ascii_digit) || value.get(3).is_some_and(u8::is_ascii_digit) {
+        return None;
+    }
+    let code = digits
+        .iter()
+        .fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+    (100..=999).contains(&code).then_some(code)
 }
 
 fn other(line: &[u8]) -> Head {
@@ -270,5 +332,61 @@ mod tests {
             }
         );
         assert_eq!(parse(b"", QueryPolicy::Elide), Head::None);
+    }
+
+    fn status(version: &'static str, code: u16) -> Head {
+        Head::Status(StatusLine {
+            version: version.into(),
+            code,
+        })
+    }
+
+    #[test]
+    fn fastcgi_responses() {
+        let p = |b: &[u8]| parse(b, QueryPolicy::Elide);
+        // FCGI_STDOUT, request 1, 47 bytes, 1 byte of padding: PHP-FPM's 500.
+        let stdout = b"\x01\x06\x00\x01\x00\x2f\x01\x00";
+        assert_eq!(
+            p(&[&stdout[..], b"Status: 500 Internal Server Error\r\n"].concat()),
+            status("FastCGI", 500)
+        );
+        assert_eq!(
+            p(&[&stdout[..], b"status:404\r\n"].concat()),
+            status("FastCGI", 404)
+        );
+        // PHP-FPM's 200 has no Status header; warnings come first on stderr; a
+        // content length of 10 mod 256 puts a `\n` inside the header.
+        for unread in [
+            &[&stdout[..], b"X-Powered-By: PHP/8.2.7\r\n"].concat()[..],
+            b"\x01\x07\x00\x01\x00\x90\x00\x00PHP message: PHP Deprecated:  x",
+            b"\x01\x06\x00\x01\x00\x0a",
+            b"\x01\x03\x00\x01\x00\x08\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00",
+            &[&stdout[..], b"Status: 2000 X\r\n"].concat()[..],
+        ] {
+            assert_eq!(p(unread), Head::ResponseUnread, "{unread:?}");
+        }
+        // FastCGI's request records (nginx's side) and other bytes that start
+        // with 1 are not responses.
+        for other in [
+            &b"\x01\x01\x00\x01\x00\x08\x00\x00\x00\x01\x01"[..],
+            b"\x01\x06\x00\x01\x00\x2f\x01\x05Status: 200 OK\r\n",
+        ] {
+            assert!(
+                matches!(p(other), Head::Other { binary: true, .. }),
+                "{other:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn scgi_responses() {
+        assert_eq!(
+            parse(b"Status: 503 Service Unavailable\r\n", QueryPolicy::Elide),
+            status("CGI", 503)
+        );
+        assert!(matches!(
+            parse(b"Status: OK\r\n", QueryPolicy::Elide),
+            Head::Other { .. }
+        ));
     }
 }

@@ -66,6 +66,8 @@ proptest! {
             Head::Status(s) => prop_assert!((100..1000).contains(&s.code)),
             Head::Other { len, .. } => prop_assert_eq!(usize::from(len), line.len()),
             Head::None => prop_assert!(line.is_empty()),
+            // A FastCGI response record's header, version 1.
+            Head::ResponseUnread => prop_assert_eq!(line.first(), Some(&1)),
         }
     }
 

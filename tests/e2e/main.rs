@@ -4,6 +4,7 @@
 mod bad_input;
 mod churn;
 mod cli;
+mod fastcgi;
 mod faults;
 mod fixtures;
 mod foundation;

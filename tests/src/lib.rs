@@ -3,6 +3,7 @@
 //! the `classify` binary. Nothing here mocks the kernel.
 pub mod classify;
 pub mod client;
+pub mod fastcgi;
 pub mod netfilter;
 pub mod nginx;
 pub mod upstream;

@@ -99,7 +99,7 @@ impl Drop for Upstream {
 /// connect completed only at the 1 s retransmit, and a client that waits 1 s left
 /// before nginx sent the request (a CI failure on 2026-12-06). Tests about faults
 /// must not get a random extra one from the harness.
-fn listen_deep(addr: &str) -> TcpListener {
+pub(crate) fn listen_deep(addr: &str) -> TcpListener {
     use socket2::{Domain, Socket, Type};
     let addr: SocketAddr = addr.parse().expect("upstream address");
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("upstream socket");

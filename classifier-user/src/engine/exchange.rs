@@ -137,6 +137,10 @@ pub struct Attempt {
     pub first_byte: Option<u64>,
     /// Status of a valid response head.
     pub status: Option<u16>,
+    /// The first bytes back were a gateway protocol's response (FastCGI) whose
+    /// status they did not show: the status the proxy then writes is this one's
+    /// (see `Engine::client_response`).
+    pub status_unread: bool,
     /// The first bytes back were not an HTTP status line.
     pub invalid: bool,
     pub last_recv: Option<u64>,
@@ -165,6 +169,7 @@ impl Attempt {
             upstream_request: None,
             first_byte: None,
             status: None,
+            status_unread: false,
             invalid: false,
             last_recv: None,
             peer_fin: None,

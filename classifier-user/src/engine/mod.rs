@@ -918,6 +918,13 @@ impl Engine {
             Head::Status(st) => Some(st.code),
             _ => None,
         };
+        // What the proxy forwards from an upstream whose status was unread (a
+        // FastCGI reply) is that upstream's status. A 502 or 504 is the proxy's
+        // own: it rejected the reply's header, or gave up waiting for its end
+        // (`outcome::attempt_outcome` says which).
+        if let Some(a) = ex.attempts.last_mut().filter(|a| a.status_unread) {
+            a.status = a.status.or(status.filter(|s| !matches!(s, 502 | 504)));
+        }
         ex.response = Some(ResponseStart { status, ts });
         ex.last_send = ts;
         ex.response_bytes = u64::from(bytes);
@@ -1053,6 +1060,7 @@ impl Engine {
         match head {
             Head::Status(st) if (100..200).contains(&st.code) && st.code != 101 => {}
             Head::Status(st) => a.status = Some(st.code),
+            Head::ResponseUnread => a.status_unread = true,
             Head::Request(_) | Head::Other { .. } => a.invalid = true,
             Head::None => {}
         }
@@ -1232,10 +1240,11 @@ impl Engine {
         }
     }
 
-    /// The proxy closed a client connection: a response in progress ends here.
+    /// The proxy closed a client connection: a response in progress ends here,
+    /// unless the client had left first (the close answers the client's).
     fn proxy_closed_client(&mut self, sock: SockId, ts: u64) {
         if let Some(ex) = self.current_mut(sock) {
-            if ex.response.is_some() {
+            if ex.response.is_some() && ex.client_left().is_none() {
                 ex.response_cut_by_proxy.get_or_insert(ts);
             }
         }

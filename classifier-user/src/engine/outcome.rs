@@ -34,13 +34,7 @@ fn attempt_outcome(a: &Attempt, ex: &Exchange, last: bool) -> Outcome {
             // What the proxy read decides (a FIN that merely arrived after a
             // rejected head does not).
             if let Some(failed) = a.failure_read().filter(|f| *f <= at) {
-                let reset = a.rst_in.is_some_and(|r| r <= failed)
-                    || a.error.is_some_and(|(e, _)| e == libc::ECONNRESET);
-                return if reset {
-                    Outcome::Reset
-                } else {
-                    Outcome::Closed
-                };
+                return broken(a, failed);
             }
             if written == 504 {
                 return Outcome::Timeout;
@@ -51,13 +45,32 @@ fn attempt_outcome(a: &Attempt, ex: &Exchange, last: bool) -> Outcome {
         // head and the proxy could not finish the response: it closed the client
         // connection right after, or a send to the client failed.
         if let Some(failed) = a.upstream_failed() {
-            if failed >= a.first_byte.unwrap_or(0) && response_cut(ex, failed) {
+            if failed >= a.first_byte.unwrap_or(0)
+                && response_cut(ex, failed)
+                && !ended_by_close(a, ex)
+            {
                 return Outcome::Truncated;
             }
         }
         return Outcome::Response;
     }
     if a.invalid {
+        return Outcome::Invalid;
+    }
+    // A gateway reply whose status was unread, answered by the proxy with a 502
+    // of its own (it forwards any other status, see `Engine::client_response`):
+    // the upstream broke the connection before the reply's header was whole
+    // (nginx: "upstream prematurely closed FastCGI stdout"), or the proxy
+    // rejected the header ("upstream sent invalid header").
+    if let Some(at) = ex
+        .response
+        .as_ref()
+        .filter(|r| a.status_unread && last && r.status == Some(502))
+        .map(|r| r.ts)
+    {
+        if let Some(failed) = a.failure_read().filter(|f| *f <= at) {
+            return broken(a, failed);
+        }
         return Outcome::Invalid;
     }
     if a.connect_start.is_some() && a.established.is_none() {
@@ -87,11 +100,35 @@ fn attempt_outcome(a: &Attempt, ex: &Exchange, last: bool) -> Outcome {
         }
         return Outcome::Aborted;
     }
+    // A gateway reply whose status was unread and which the proxy answered with
+    // a 502 of its own (it forwards any other status): the proxy rejected it
+    // (nginx: "upstream sent invalid header").
     match (client_left, a.local_close) {
         (Some(c), Some(l)) if c <= l => Outcome::Aborted,
         (Some(_), None) => Outcome::Aborted,
         _ => Outcome::Timeout,
     }
+}
+
+/// The upstream broke the connection, as the proxy read at `failed`: reset or
+/// closed.
+fn broken(a: &Attempt, failed: u64) -> Outcome {
+    let reset = a.rst_in.is_some_and(|r| r <= failed)
+        || a.error.is_some_and(|(e, _)| e == libc::ECONNRESET);
+    if reset {
+        Outcome::Reset
+    } else {
+        Outcome::Closed
+    }
+}
+
+/// The upstream ended its response by closing the connection, as HTTP/1.0
+/// without a length does and a FastCGI server without `fastcgi_keep_conn`: the
+/// proxy read the FIN (no reset) and wrote to the client after it, finishing
+/// the response. A proxy that finds a response cut writes nothing more.
+fn ended_by_close(a: &Attempt, ex: &Exchange) -> bool {
+    let reset = a.rst_in.is_some() || a.error.is_some_and(|(e, _)| e == libc::ECONNRESET);
+    !reset && a.eof_read.is_some_and(|eof| ex.last_send > eof)
 }
 
 /// Whether the response to the client was cut after the upstream failed at `failed`.

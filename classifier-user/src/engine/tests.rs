@@ -7,7 +7,7 @@ use crate::{
     event::{Endpoint, MsgCursor},
     head::{Head, RequestLine, StatusLine},
     record::ExchangeRecord,
-    verdict::{Outcome, Verdict},
+    verdict::{Outcome, ResponseFrom, Verdict},
 };
 
 const MS: u64 = 1_000_000;
@@ -829,4 +829,139 @@ fn a_forwarded_101_makes_the_connection_a_tunnel() {
     assert_eq!(records[0].verdict, Verdict::Ok);
     assert_eq!(records[0].response.status, Some(101));
     assert_eq!(s.engine.counters().unattributed_attempts, 0);
+}
+
+/// FastCGI (`fastcgi_pass`): a reply whose `Status:` the capture shows is read
+/// as any status; one whose status it does not show (PHP-FPM's 200 has no
+/// `Status:`, warnings come first on stderr) takes the status the proxy
+/// forwards, unless the proxy answered 502 itself (it rejected the reply).
+#[test]
+fn fastcgi_replies_with_and_without_a_status_line() {
+    let fastcgi = |code| {
+        Head::Status(StatusLine {
+            version: "FastCGI".into(),
+            code,
+        })
+    };
+    let mut s = Script::new();
+    s.client(C1, 5000).pooled(U1, 40000, 9000);
+    for (target, reply, written) in [
+        ("/ok", Head::ResponseUnread, 200),
+        ("/fatal", Head::ResponseUnread, 500),
+        ("/missing", fastcgi(404), 404),
+        ("/broken", Head::ResponseUnread, 502),
+        ("/php-500", fastcgi(500), 500),
+    ] {
+        s.recv(C1, get(target))
+            .send(
+                U1,
+                Head::Other {
+                    len: 40,
+                    binary: true,
+                },
+                Some(C1),
+            )
+            .recv(U1, reply)
+            .send(C1, status(written), Some(U1));
+    }
+    let records = s.finish();
+    const UPSTREAM: ResponseFrom = ResponseFrom::Upstream;
+    const PROXY: ResponseFrom = ResponseFrom::Proxy;
+    let seen: Vec<_> = records
+        .iter()
+        .map(|r| {
+            let u = &r.upstreams[0];
+            (
+                r.response.status,
+                r.response.from,
+                r.verdict,
+                u.outcome,
+                u.status,
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (
+                Some(200),
+                Some(UPSTREAM),
+                Verdict::Ok,
+                Outcome::Response,
+                Some(200)
+            ),
+            (
+                Some(500),
+                Some(UPSTREAM),
+                Verdict::UpstreamError,
+                Outcome::Response,
+                Some(500)
+            ),
+            (
+                Some(404),
+                Some(UPSTREAM),
+                Verdict::ClientError,
+                Outcome::Response,
+                Some(404)
+            ),
+            (
+                Some(502),
+                Some(PROXY),
+                Verdict::UpstreamInvalid,
+                Outcome::Invalid,
+                None
+            ),
+            (
+                Some(500),
+                Some(UPSTREAM),
+                Verdict::UpstreamError,
+                Outcome::Response,
+                Some(500)
+            ),
+        ]
+    );
+}
+
+/// The upstream's FIN after its response's head: a cut response when the
+/// proxy then closes the client connection with nothing more written; a
+/// response ended by the close (HTTP/1.0 without a length, FastCGI without
+/// `fastcgi_keep_conn`) when the proxy wrote to the client after reading the
+/// FIN; and no cut when the proxy's close answers the client's own.
+#[test]
+fn an_upstream_fin_after_the_head_truncates_only_a_response_left_unfinished() {
+    let run = |finished_after_eof: bool, client_first: bool| {
+        let mut s = Script::new();
+        s.client(C1, 5000)
+            .recv(C1, get("/a"))
+            .connect(U1, 9000, Some(C1))
+            .established(U1, 40000)
+            .send(U1, get("/a"), Some(U1))
+            .recv(U1, status(200));
+        if !finished_after_eof {
+            s.send(C1, status(200), Some(U1));
+        }
+        s.state(U1, TcpState::Established, TcpState::CloseWait, 40000, false)
+            .ev(EventKind::Eof {
+                sock: U1,
+                prev_touch: None,
+            });
+        if finished_after_eof {
+            s.send(C1, status(200), Some(U1));
+        }
+        s.state(U1, TcpState::CloseWait, TcpState::LastAck, 40000, true);
+        if client_first {
+            s.state(C1, TcpState::Established, TcpState::CloseWait, 8080, false)
+                .state(C1, TcpState::CloseWait, TcpState::LastAck, 8080, true);
+        } else {
+            s.state(C1, TcpState::Established, TcpState::FinWait1, 8080, true);
+        }
+        let r = s.finish().remove(0);
+        (r.verdict, r.upstreams[0].outcome)
+    };
+    assert_eq!(
+        run(false, false),
+        (Verdict::UpstreamTruncated, Outcome::Truncated)
+    );
+    assert_eq!(run(true, false), (Verdict::Ok, Outcome::Response));
+    assert_eq!(run(false, true), (Verdict::Ok, Outcome::Response));
 }
