@@ -11,6 +11,13 @@
 /// header or body byte beyond the first line ever leaves the kernel.
 pub const LINE_CAP: usize = 160;
 
+/// Longest path of a unix socket upstream a probe copies (the peer's bound
+/// path, `sun_path`), NUL-padded; a longer path is cut.
+pub const UNIX_PATH_CAP: usize = 64;
+
+/// `Addr::family` of a unix socket (its path is in `SockOpen::unix_path`).
+pub const AF_UNIX: u16 = 1;
+
 /// Direction of socket I/O as seen from the proxy.
 pub mod dir {
     pub const RECV: u8 = 1;
@@ -141,7 +148,7 @@ pub struct Header {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Addr {
-    /// AF_INET (2) or AF_INET6 (10).
+    /// AF_INET (2), AF_INET6 (10), or AF_UNIX (1: no address or port).
     pub family: u16,
     /// Host byte order.
     pub port: u16,
@@ -163,6 +170,9 @@ pub struct SockOpen {
     pub side: u8,
     pub how: u8,
     pub _pad: [u8; 2],
+    /// A unix socket's peer path (the server's bound path), NUL-padded; all
+    /// zero for TCP.
+    pub unix_path: [u8; UNIX_PATH_CAP],
 }
 
 /// First bytes moved in a new direction on a socket: a message starts.
@@ -396,6 +406,10 @@ pub struct SockState {
     pub held_ret: i32,
     /// The thread that made the held send (its process is `owner_tgid`).
     pub held_tid: u32,
+    /// For a unix socket, its inode number when first seen (0 for TCP): the
+    /// kernel reports no unix socket's end, so a new socket at a freed one's
+    /// address is told apart by its inode.
+    pub unix_ino: u64,
 }
 
 #[cfg(feature = "user")]
@@ -413,7 +427,7 @@ mod user {
 const _: () = {
     assert!(core::mem::size_of::<Header>() == 32);
     assert!(core::mem::size_of::<Addr>() == 24);
-    assert!(core::mem::size_of::<SockOpen>() == 32 + 48 + 16);
+    assert!(core::mem::size_of::<SockOpen>() == 32 + 48 + 16 + UNIX_PATH_CAP);
     assert!(core::mem::size_of::<Message>() == 32 + 24 + 8 + LINE_CAP);
     assert!(core::mem::size_of::<Io>() == 32 + 16 + 8);
     assert!(core::mem::size_of::<State>() == 32 + 48 + 16 + 8);
@@ -422,7 +436,7 @@ const _: () = {
     assert!(core::mem::size_of::<Destroy>() == 56);
     assert!(core::mem::size_of::<Fork>() == 56);
     assert!(core::mem::size_of::<Exit>() == 40);
-    assert!(core::mem::size_of::<SockState>() == 72);
+    assert!(core::mem::size_of::<SockState>() == 80);
     assert!(core::mem::size_of::<HeldSend>() == 24);
     assert!(core::mem::size_of::<Reply>() == 32 + 24 + 8 + LINE_CAP + 24);
     assert!(core::mem::size_of::<ThreadState>() == 16);

@@ -135,6 +135,17 @@ fn cursor(d: u8, bytes: u64, last: u64) -> MsgCursor {
 }
 
 fn endpoint(a: &wire::Addr) -> Result<Endpoint, DecodeError> {
+    endpoint_of(a, &[])
+}
+
+/// An endpoint of a `SockOpen`: a unix socket's is named by the peer's path.
+fn endpoint_of(a: &wire::Addr, unix_path: &[u8]) -> Result<Endpoint, DecodeError> {
+    if a.family == wire::AF_UNIX {
+        return Ok(Endpoint {
+            unix: Some(crate::event::UnixPath::new(unix_path)),
+            ..Endpoint::default()
+        });
+    }
     let addr = match a.family {
         2 => IpAddr::V4(Ipv4Addr::new(a.addr[0], a.addr[1], a.addr[2], a.addr[3])),
         10 => {
@@ -145,7 +156,7 @@ fn endpoint(a: &wire::Addr) -> Result<Endpoint, DecodeError> {
         0 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         _ => return Err(DecodeError::BadField("family")),
     };
-    Ok(Endpoint { addr, port: a.port })
+    Ok(Endpoint::ip(addr, a.port))
 }
 
 impl Decoder {
@@ -343,8 +354,8 @@ impl Decoder {
                         wire::how::FIRST_USE => Opened::FirstUse,
                         _ => return Err(DecodeError::BadField("how")),
                     },
-                    local: endpoint(&e.local)?,
-                    peer: endpoint(&e.peer)?,
+                    local: endpoint_of(&e.local, &e.unix_path)?,
+                    peer: endpoint_of(&e.peer, &e.unix_path)?,
                     prev_touch: touch(e.prev_touch),
                 }
             }

@@ -85,28 +85,94 @@ impl From<u8> for TcpState {
     }
 }
 
-/// An IP address and port.
+/// An IP address and port, or a unix socket's path (`addr` unspecified, port 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Endpoint {
     pub addr: IpAddr,
     pub port: u16,
+    /// The path of a unix socket (the server's, for both ends of a connection
+    /// to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unix: Option<UnixPath>,
+}
+
+impl Endpoint {
+    pub fn ip(addr: IpAddr, port: u16) -> Self {
+        Self {
+            addr,
+            port,
+            unix: None,
+        }
+    }
 }
 
 impl Default for Endpoint {
     fn default() -> Self {
-        Self {
-            addr: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            port: 0,
-        }
+        Self::ip(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0)
     }
 }
 
 impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(path) = &self.unix {
+            return write!(f, "{path}");
+        }
         match self.addr {
             IpAddr::V4(a) => write!(f, "{a}:{}", self.port),
             IpAddr::V6(a) => write!(f, "[{a}]:{}", self.port),
         }
+    }
+}
+
+/// A unix socket's path as the probes copied it (at most
+/// `classifier_ebpf::UNIX_PATH_CAP` bytes), shown as nginx shows it:
+/// `unix:/run/php/php-fpm.sock`. Inline, so that endpoints stay `Copy`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct UnixPath {
+    len: u8,
+    bytes: [u8; classifier_ebpf::UNIX_PATH_CAP],
+}
+
+impl UnixPath {
+    /// The path up to its first NUL (cut at the capacity).
+    pub fn new(path: &[u8]) -> Self {
+        let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
+        let len = end.min(classifier_ebpf::UNIX_PATH_CAP);
+        let mut bytes = [0; classifier_ebpf::UNIX_PATH_CAP];
+        bytes[..len].copy_from_slice(&path[..len]);
+        Self {
+            len: len as u8,
+            bytes,
+        }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+impl std::fmt::Display for UnixPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "unix:{}", String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+impl std::fmt::Debug for UnixPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+impl Serialize for UnixPath {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+impl<'de> Deserialize<'de> for UnixPath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(Self::new(s.as_bytes()))
     }
 }
 

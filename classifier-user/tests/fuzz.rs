@@ -6,7 +6,10 @@
 //! `tests/fuzz.proptest-regressions` and replayed first.
 use classifier::{
     decode::Decoder,
-    event::{Dir, Endpoint, Event, EventKind, MsgCursor, Opened, ResetDir, Side, SockId, TcpState},
+    event::{
+        Dir, Endpoint, Event, EventKind, MsgCursor, Opened, ResetDir, Side, SockId, TcpState,
+        UnixPath,
+    },
     head::{self, Head, QueryPolicy, RequestLine, StatusLine},
     record::Record,
     recording, Engine, EngineConfig,
@@ -119,9 +122,13 @@ fn sock() -> impl Strategy<Value = SockId> {
 }
 
 fn endpoint() -> impl Strategy<Value = Endpoint> {
-    (0u16..4).prop_map(|p| Endpoint {
-        addr: "127.0.0.1".parse().unwrap(),
-        port: 8000 + p,
+    // Three TCP endpoints and a unix socket's path.
+    (0u16..4).prop_map(|p| match p {
+        3 => Endpoint {
+            unix: Some(UnixPath::new(b"/run/php/php8.2-fpm.sock")),
+            ..Endpoint::default()
+        },
+        p => Endpoint::ip("127.0.0.1".parse().unwrap(), 8000 + p),
     })
 }
 

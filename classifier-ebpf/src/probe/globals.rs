@@ -26,6 +26,18 @@ global! {
     // struct sock.sk_err, struct sock.sk_protocol (u16).
     OFF_SK_ERR: u32 = 0;
     OFF_SK_PROTOCOL: u32 = 0;
+    // Unix stream sockets (an upstream behind `unix:/path`): struct sock's
+    // sk_type (u16) and sk_socket, struct unix_sock's addr and peer, struct
+    // unix_address's name, the inode after a struct socket (socket_alloc), and
+    // struct inode's i_ino.
+    UNIX_SOCKETS: u32 = 0;
+    OFF_SK_TYPE: u32 = 0;
+    OFF_SK_SOCKET: u32 = 0;
+    OFF_UNIX_ADDR: u32 = 0;
+    OFF_UNIX_PEER: u32 = 0;
+    OFF_UNIX_ADDRESS_NAME: u32 = 0;
+    OFF_SOCKET_INODE: u32 = 0;
+    OFF_INODE_INO: u32 = 0;
     // struct pt_regs members (user registers saved at syscall entry).
     OFF_REGS_SI: u32 = 104;
     OFF_REGS_ORIG_AX: u32 = 120;

@@ -9,3 +9,4 @@ mod sock_io;
 mod sock_state;
 mod tls;
 mod tp;
+mod unix;

@@ -15,7 +15,7 @@ use aya_ebpf::{
 };
 use classifier_ebpf::{
     dir, how, io, msg, side, stat, Addr, EventKind, HeldSend, Io, Message, Reply, SockOpen,
-    SockState, ThreadState, LINE_CAP,
+    SockState, ThreadState, LINE_CAP, UNIX_PATH_CAP,
 };
 
 use super::{
@@ -23,8 +23,8 @@ use super::{
     globals::*,
     held,
     maps::{count, gap, next_sock_id, thread_state, LISTEN_PORTS, SOCKS},
-    sock_state::{is_inet_tcp, read_endpoints},
-    tls,
+    sock_state::{end_entry, is_inet_tcp, read_endpoints},
+    tls, unix,
 };
 
 const EAGAIN: i32 = 11;
@@ -76,6 +76,11 @@ pub(super) fn socket_call(
     plain: u64,
 ) -> Option<()> {
     let sock = match SOCKS.get_ptr_mut(sk) {
+        Some(sock) if unix::replaced(sk, sock) => {
+            // A unix socket ended unseen and a new one took its address.
+            end_entry(sk, sock, pid_tgid, false);
+            adopt(sk, pid_tgid)?
+        }
         Some(sock) => sock,
         None => adopt(sk, pid_tgid)?,
     };
@@ -324,10 +329,12 @@ fn emit_io(
 /// existed before the agent attached. Its side comes from its local port.
 #[inline(always)]
 fn adopt(sk: u64, pid_tgid: u64) -> Option<*mut SockState> {
-    // Only TCP over IPv4 or IPv6 (the thread's unix and UDP sockets pass here too,
-    // and stop here, every time: they never enter SOCKS).
+    // TCP over IPv4 or IPv6, and the connecting end of a unix stream socket (an
+    // upstream behind `unix:/path`). The thread's other sockets (UDP, its
+    // socketpairs, a unix listener's connections) pass here too, and stop here,
+    // every time: they never enter SOCKS.
     if !is_inet_tcp(sk) {
-        return None;
+        return unix::adopt(sk, pid_tgid);
     }
     let (local, peer) = read_endpoints(sk)?;
     let is_client = LISTEN_PORTS.get_ptr(local.port).is_some();
@@ -356,6 +363,11 @@ fn adopt(sk: u64, pid_tgid: u64) -> Option<*mut SockState> {
 /// Announces a socket whose start event was lost, as first used now.
 #[inline(always)]
 fn announce(sk: u64, sock: *mut SockState, pid_tgid: u64) {
+    // SAFETY: `sock` points to a map value valid for this program run.
+    if unsafe { (*sock).unix_ino } != 0 {
+        unix::announce(sk, sock, pid_tgid);
+        return;
+    }
     let Some((local, peer)) = read_endpoints(sk) else {
         return;
     };
@@ -383,6 +395,7 @@ fn emit_first_use(
             (*e).side = sock_side;
             (*e).how = how::FIRST_USE;
             (*e)._pad = [0; 2];
+            (*e).unix_path = [0; UNIX_PATH_CAP];
         }
     });
     // SAFETY: `sock` points to a map value valid for this program run.

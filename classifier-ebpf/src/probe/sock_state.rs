@@ -13,6 +13,7 @@ use aya_ebpf::{
 };
 use classifier_ebpf::{
     how, reset, side, stat, Addr, Destroy, EventKind, Reset, SockError, SockOpen, SockState, State,
+    UNIX_PATH_CAP,
 };
 
 use super::{
@@ -142,6 +143,7 @@ fn on_connect(sk: u64, pid_tgid: u64) -> Option<()> {
             (*e).side = side::UPSTREAM;
             (*e).how = how::CONNECT;
             (*e)._pad = [0; 2];
+            (*e).unix_path = [0; UNIX_PATH_CAP];
         }
     });
     if sent {
@@ -290,7 +292,7 @@ fn on_destroy(sk: u64) -> Option<()> {
 /// Reports a socket's end (`Destroy`, with where its last message stood) and
 /// forgets it.
 #[inline(always)]
-fn end_entry(sk: u64, sock: *mut SockState, pid_tgid: u64, local_close: bool) {
+pub(super) fn end_entry(sk: u64, sock: *mut SockState, pid_tgid: u64, local_close: bool) {
     held::release(sock);
     // SAFETY: `sock` points to a map value valid for this program run.
     let (id, msg_bytes, msg_last_ns, msg_dir) = unsafe {

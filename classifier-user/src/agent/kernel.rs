@@ -21,8 +21,24 @@ pub struct Offsets {
     pub skc_v6_rcv_saddr: u32,
     pub sk_err: u32,
     pub sk_protocol: u32,
+    /// Unix stream sockets (upstreams behind `unix:/path`), if this kernel's
+    /// BTF describes them (not when AF_UNIX is a module).
+    pub unix: Option<UnixOffsets>,
     pub regs_si: u32,
     pub regs_orig_ax: u32,
+}
+
+/// Byte offsets for unix stream sockets (see `probe/unix.rs`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UnixOffsets {
+    pub sk_type: u32,
+    pub sk_socket: u32,
+    pub unix_addr: u32,
+    pub unix_peer: u32,
+    pub unix_address_name: u32,
+    /// From a `struct socket` to the inode allocated with it (`socket_alloc`).
+    pub socket_inode: u32,
+    pub inode_ino: u32,
 }
 
 impl Offsets {
@@ -49,6 +65,19 @@ impl Offsets {
             skc_v6_rcv_saddr: off("sock_common", "skc_v6_rcv_saddr")?,
             sk_err: off("sock", "sk_err")?,
             sk_protocol: off("sock", "sk_protocol")?,
+            unix: (|| {
+                Ok::<_, anyhow::Error>(UnixOffsets {
+                    sk_type: off("sock", "sk_type")?,
+                    sk_socket: off("sock", "sk_socket")?,
+                    unix_addr: off("unix_sock", "addr")?,
+                    unix_peer: off("unix_sock", "peer")?,
+                    unix_address_name: off("unix_address", "name")?,
+                    socket_inode: off("socket_alloc", "vfs_inode")?
+                        - off("socket_alloc", "socket")?,
+                    inode_ino: off("inode", "i_ino")?,
+                })
+            })()
+            .ok(),
             regs_si,
             regs_orig_ax,
         })

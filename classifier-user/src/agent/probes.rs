@@ -143,6 +143,8 @@ impl Probes {
     ) -> Result<Self> {
         let wakeup = u64::from((limits.ring_bytes / 2).min(WAKEUP_BYTES));
         let progress_ns: u64 = 200_000_000;
+        let unix = offsets.unix.unwrap_or_default();
+        let unix_sockets = u32::from(offsets.unix.is_some());
         let mut loader = EbpfLoader::new();
         loader
             .map_max_entries("EVENTS", limits.ring_bytes)
@@ -158,6 +160,14 @@ impl Probes {
             .override_global("OFF_SKC_V6_RCV_SADDR", &offsets.skc_v6_rcv_saddr, true)
             .override_global("OFF_SK_ERR", &offsets.sk_err, true)
             .override_global("OFF_SK_PROTOCOL", &offsets.sk_protocol, true)
+            .override_global("UNIX_SOCKETS", &unix_sockets, true)
+            .override_global("OFF_SK_TYPE", &unix.sk_type, true)
+            .override_global("OFF_SK_SOCKET", &unix.sk_socket, true)
+            .override_global("OFF_UNIX_ADDR", &unix.unix_addr, true)
+            .override_global("OFF_UNIX_PEER", &unix.unix_peer, true)
+            .override_global("OFF_UNIX_ADDRESS_NAME", &unix.unix_address_name, true)
+            .override_global("OFF_SOCKET_INODE", &unix.socket_inode, true)
+            .override_global("OFF_INODE_INO", &unix.inode_ino, true)
             .override_global("OFF_REGS_SI", &offsets.regs_si, true)
             .override_global("OFF_REGS_ORIG_AX", &offsets.regs_orig_ax, true)
             .override_global("SYS_READ", &sys.read, true)

@@ -74,6 +74,9 @@ pub fn us(from: u64, to: u64) -> u64 {
 #[derive(Default)]
 pub struct AddressText {
     cache: rustc_hash::FxHashMap<IpAddr, Arc<str>>,
+    unix: rustc_hash::FxHashMap<crate::event::UnixPath, Arc<str>>,
+    /// The (empty) local address of the proxy's end of a unix connection.
+    unnamed: Arc<str>,
 }
 
 impl AddressText {
@@ -91,9 +94,27 @@ impl AddressText {
         t
     }
 
+    /// The text of an endpoint's address: its IP, or `unix:PATH`.
+    pub fn endpoint(&mut self, e: &Endpoint) -> Arc<str> {
+        match &e.unix {
+            Some(path) => {
+                if let Some(t) = self.unix.get(path) {
+                    return t.clone();
+                }
+                if self.unix.len() >= Self::MAX {
+                    self.unix.clear();
+                }
+                let t: Arc<str> = path.to_string().into();
+                self.unix.insert(*path, t.clone());
+                t
+            }
+            None => self.get(e.addr),
+        }
+    }
+
     fn address(&mut self, e: &Endpoint) -> Address {
         Address {
-            address: self.get(e.addr),
+            address: self.endpoint(e),
             port: e.port,
         }
     }
@@ -132,9 +153,14 @@ pub fn build(
         ),
     };
     let upstreams = ex.attempts.iter().zip(outcomes).map(|(a, o)| Upstream {
-        address: text.get(a.peer.addr),
+        address: text.endpoint(&a.peer),
         port: a.peer.port,
-        local_address: text.get(a.local.addr),
+        // The proxy's end of a unix connection has no name of its own.
+        local_address: if a.local.unix.is_some() {
+            text.unnamed.clone()
+        } else {
+            text.get(a.local.addr)
+        },
         local_port: a.local.port,
         outcome: *o,
         status: a.status,

@@ -18,10 +18,7 @@ const U2: SockId = SockId(12);
 const U3: SockId = SockId(13);
 
 fn ep(port: u16) -> Endpoint {
-    Endpoint {
-        addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        port,
-    }
+    Endpoint::ip(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
 }
 
 fn get(target: &str) -> Head {
