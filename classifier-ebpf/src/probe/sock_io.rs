@@ -132,12 +132,16 @@ pub(super) fn socket_call(
         let continued = !changed && !sniffed && line_open != 0;
         if changed || sniffed || continued {
             // A request sent upstream in the handler that read its client's
-            // request: held back, without its line (see `held`).
+            // request: held back, without its line (see `held`). Not on a unix
+            // socket: no TCP state change or destroy would release it when no
+            // reply comes (a timeout, a client that left).
+            // SAFETY: as above.
             let hold = changed
                 && direction == dir::SEND
                 && side_ == side::UPSTREAM
                 && prev_touch != 0
-                && prev_receiving != 0;
+                && prev_receiving != 0
+                && unsafe { (*sock).unix_ino } == 0;
             // SAFETY: as above.
             let (prev_bytes, prev_last) = unsafe {
                 let prev = ((*sock).msg_bytes, (*sock).msg_last_ns);

@@ -853,7 +853,10 @@ impl Engine {
         let mut i = 0;
         while i < ex.attempts.len() {
             let a = &ex.attempts[i];
-            let waiting = a.request_sent.is_some() && !a.ended();
+            // The proxy's close of a unix socket shows nowhere (no TCP state):
+            // an attempt there that got no reply is this exchange's own, given
+            // up (a timeout, a client that left).
+            let waiting = a.request_sent.is_some() && !a.ended() && a.peer.unix.is_none();
             let points_here = self
                 .socks
                 .get_any(a.sock)

@@ -103,9 +103,13 @@ fn attempt_outcome(a: &Attempt, ex: &Exchange, last: bool) -> Outcome {
     // A gateway reply whose status was unread and which the proxy answered with
     // a 502 of its own (it forwards any other status): the proxy rejected it
     // (nginx: "upstream sent invalid header").
+    // No close of the proxy's own to compare with (a unix socket's shows
+    // nowhere): a client that left after the proxy had answered (a 504) did
+    // not abort this attempt.
+    let answered_before = |c: u64| ex.response.as_ref().is_some_and(|r| r.ts < c);
     match (client_left, a.local_close) {
         (Some(c), Some(l)) if c <= l => Outcome::Aborted,
-        (Some(_), None) => Outcome::Aborted,
+        (Some(c), None) if !answered_before(c) => Outcome::Aborted,
         _ => Outcome::Timeout,
     }
 }
