@@ -391,7 +391,10 @@ pub struct SockState {
     /// ciphertext, so its messages come from the TLS probes (the plaintext the
     /// library returns or is given), and its own I/O is only a touch.
     pub tls: u8,
-    pub _pad: [u8; 2],
+    /// 1 for a unix socket (its inode is in `unix_ino`): a flag where every
+    /// call reads anyway, so TCP sockets pay nothing for the check.
+    pub unix: u8,
+    pub _pad: [u8; 1],
     /// Bytes of the message before the held send (the previous reply on this
     /// connection; 0 on a fresh connection), saturated.
     pub held_prev_bytes: u32,

@@ -13,4 +13,5 @@ mod production;
 mod security;
 mod support;
 mod tls;
+mod unix_upstream;
 mod upgrade;

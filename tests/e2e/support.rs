@@ -57,7 +57,11 @@ pub fn record_key(r: &Value) -> Key {
             .as_array()
             .map(|a| {
                 a.iter()
-                    .map(|u| format!("{}:{}", u["address"].as_str().unwrap_or("?"), u["port"]))
+                    .map(|u| match u["address"].as_str().unwrap_or("?") {
+                        // nginx logs a unix socket upstream as `unix:/path`.
+                        unix if unix.starts_with("unix:") => unix.to_owned(),
+                        address => format!("{address}:{}", u["port"]),
+                    })
                     .collect()
             })
             .unwrap_or_default(),

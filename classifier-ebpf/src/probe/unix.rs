@@ -74,6 +74,7 @@ pub fn adopt(sk: u64, pid_tgid: u64) -> Option<*mut SockState> {
         id,
         owner_tgid: (pid_tgid >> 32) as u32,
         side: side::UPSTREAM,
+        unix: 1,
         unix_ino: ino,
         ..SockState::default()
     };
@@ -101,8 +102,12 @@ pub fn announce(sk: u64, sock: *mut SockState, pid_tgid: u64) {
 #[inline(always)]
 pub fn replaced(sk: u64, sock: *mut SockState) -> bool {
     // SAFETY: `sock` points to a map value valid for this program run.
+    if unsafe { (*sock).unix } == 0 {
+        return false;
+    }
+    // SAFETY: as above.
     let known = unsafe { (*sock).unix_ino };
-    known != 0 && inode_number(sk).is_some_and(|ino| ino != known)
+    inode_number(sk).is_some_and(|ino| ino != known)
 }
 
 #[inline(always)]
