@@ -134,11 +134,26 @@ pub fn hint(verdict: Verdict, f: &HintFacts) -> Option<String> {
             let why = match f.errno {
                 Some(113) => "no route to host",
                 Some(101) => "network unreachable",
+                Some(2) => "no such socket file",
+                Some(11) => "its accept queue is full",
+                Some(13) => "permission denied",
                 _ => "connection refused",
             };
-            format!(
-                "Connecting to {up} failed ({why}){retried}: nothing listens there. Check that the service is running, its port and target port, and recent restarts."
-            )
+            // The unix socket causes: the server is alive but does not keep up,
+            // or the proxy's user may not open the socket file.
+            if f.errno == Some(11) {
+                format!(
+                    "Connecting to {up} failed ({why}){retried}: the server does not accept connections as fast as they come. Check its worker count (PHP-FPM's pm.max_children), what its workers wait on, and its listen backlog."
+                )
+            } else if f.errno == Some(13) {
+                format!(
+                    "Connecting to {up} failed ({why}){retried}: the proxy's user may not open the socket file. Check the socket's owner, group and mode (PHP-FPM's listen.owner, listen.group, listen.mode) against the user the proxy's workers run as."
+                )
+            } else {
+                format!(
+                    "Connecting to {up} failed ({why}){retried}: nothing listens there. Check that the service is running, its port and target port, and recent restarts."
+                )
+            }
         }
         Verdict::UpstreamReset => format!(
             "{up} reset the connection{after}, before sending a complete response header{retried}: check it for crashes, OOM kills or restarts.{}",

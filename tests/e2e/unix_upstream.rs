@@ -105,14 +105,26 @@ fn unix_socket_upstreams_agree_with_the_access_log() {
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("app.sock");
     serve_unix(&socket);
+    // A socket file nobody listens on (connect: ECONNREFUSED), and a path with
+    // no socket file (ENOENT).
+    let bound_only = dir.path().join("bound.sock");
+    let _bound = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None)
+        .and_then(|s| s.bind(&socket2::SockAddr::unix(&bound_only)?).map(|()| s))
+        .expect("bind a socket that never listens");
+    let (bound_only, missing) = (bound_only.display(), dir.path().join("missing.sock"));
+    let missing = missing.display();
     let socket = socket.display();
     // nginx's default (HTTP/1.0, a connection per request), and a kept-alive pool.
     let http = format!(
         r#"  upstream pool {{ server unix:{socket}; keepalive 8; }}
+  upstream second_serves {{ server unix:{missing} max_fails=0; server unix:{socket} max_fails=0; }}
   server {{
     listen 127.0.0.1:{{port}};
     proxy_read_timeout 1s;
     location / {{ proxy_pass http://unix:{socket}; }}
+    location /refused/ {{ proxy_pass http://unix:{bound_only}:/; }}
+    location /missing/ {{ proxy_pass http://unix:{missing}:/; }}
+    location /retry/ {{ proxy_pass http://second_serves/; }}
     location /pool/ {{
       proxy_pass http://pool/;
       proxy_http_version 1.1;
@@ -139,6 +151,17 @@ fn unix_socket_upstreams_agree_with_the_access_log() {
             }
         }
     }
+    // Connects that fail at once, and a retry on the second server (nginx
+    // round-robins: the first request may go to either).
+    for path in [
+        "/refused/x",
+        "/missing/x",
+        "/retry/status/200",
+        "/retry/status/200",
+    ] {
+        let _ = client::get(nginx.port, path);
+        sent += 1;
+    }
     let (out, access) = stop_after_log(&nginx, running, sent);
     assert_eq!(access.len(), sent, "{access:?}");
     assert_schema(&out.records);
@@ -146,6 +169,28 @@ fn unix_socket_upstreams_agree_with_the_access_log() {
     assert_matches_access_log(&exchanges, &access);
     for r in &exchanges {
         let target = r["request"]["target"].as_str().unwrap_or("");
+        let outcomes: Vec<&str> = r["upstreams"]
+            .as_array()
+            .expect("upstreams")
+            .iter()
+            .map(|u| u["outcome"].as_str().unwrap_or(""))
+            .collect();
+        match target {
+            "/refused/x" | "/missing/x" => {
+                assert_eq!(r["verdict"], "upstream_refused", "{r}");
+                assert_eq!(outcomes, ["refused"], "{r}");
+                continue;
+            }
+            "/retry/status/200" => {
+                assert_eq!(r["verdict"], "ok", "{r}");
+                assert!(
+                    outcomes == ["response"] || outcomes == ["refused", "response"],
+                    "{r}"
+                );
+                continue;
+            }
+            _ => {}
+        }
         let path = target.strip_prefix("/pool").unwrap_or(target);
         let (_, verdict) = CASES
             .iter()

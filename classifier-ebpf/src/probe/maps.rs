@@ -2,9 +2,15 @@
 //! `STATS`, never silent.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use classifier_ebpf::{stat, SockState, ThreadSlot, ThreadState};
+
+/// The address a watched thread passed to `connect` on a unix socket (key:
+/// tid), from the call's entry to its return (see `unix::sys_exit_connect`).
+/// LRU: an entry whose return was never seen makes room.
+#[map]
+pub static UNIX_CONNECTS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(1024, 0);
 
 /// The event stream to the agent. The agent resizes it at load time.
 #[map]

@@ -22,3 +22,9 @@ pub mod exit {
     pub const PID: usize = 24;
     pub const GROUP_DEAD: usize = 32;
 }
+
+/// `syscalls/sys_enter_connect` and `syscalls/sys_exit_connect`.
+pub mod connect {
+    pub const USERVADDR: usize = 24;
+    pub const RET: usize = 16;
+}

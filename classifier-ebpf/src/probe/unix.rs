@@ -12,14 +12,32 @@
 //! `SOCKS` after its socket is gone; the socket's inode number, kept in the
 //! entry, tells a new socket at the same address apart (slab addresses are
 //! reused soon), and the old entry is then ended (`Destroy`) and replaced.
-use aya_ebpf::helpers::{bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes};
-use classifier_ebpf::{how, side, stat, Addr, EventKind, SockOpen, SockState, AF_UNIX};
+//!
+//! A connect that fails (nothing listens: `ECONNREFUSED`; no such path:
+//! `ENOENT`; the server's accept queue is full: `EAGAIN`) never makes a socket
+//! the I/O probes see; `connect`'s own tracepoints report it, as a socket that
+//! opened, failed and ended at once.
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
+        bpf_probe_read_user, bpf_probe_read_user_str_bytes,
+    },
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use classifier_ebpf::{
+    how, side, stat, Addr, Destroy, EventKind, SockError, SockOpen, SockState, AF_UNIX,
+    UNIX_PATH_CAP,
+};
 
 use super::{
     emit::emit,
     globals::*,
-    maps::{count, gap, next_sock_id, SOCKS},
+    maps::{count, gap, next_sock_id, thread_state, SOCKS, UNIX_CONNECTS},
+    tp,
 };
+
+const EINPROGRESS: i64 = 115;
 
 const SOCK_STREAM: u16 = 1;
 
@@ -127,10 +145,93 @@ fn emit_open(sock: *mut SockState, id: u64, path: u64, pid_tgid: u64) {
             (*e).side = side::UPSTREAM;
             (*e).how = how::FIRST_USE;
             (*e)._pad = [0; 2];
-            (*e).unix_path = [0; classifier_ebpf::UNIX_PATH_CAP];
+            (*e).unix_path = [0; UNIX_PATH_CAP];
             let _ = bpf_probe_read_kernel_str_bytes(path as *const u8, &mut (*e).unix_path);
         }
     });
     // SAFETY: `sock` points to a map value valid for this program run.
     unsafe { (*sock).announced = sent as u8 };
+}
+
+/// A watched thread calls `connect`: keeps a unix address for the return.
+#[tracepoint]
+pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if UNIX_SOCKETS.load() == 0 || thread_state(tid).is_none() {
+        return 0;
+    }
+    let addr: u64 = tp::field(&ctx, tp::connect::USERVADDR);
+    // SAFETY: a read of the caller's memory through the probe helper.
+    let family = unsafe { bpf_probe_read_user(addr as *const u16) }.unwrap_or(0);
+    if family == AF_UNIX {
+        let _ = UNIX_CONNECTS.insert(&tid, &addr, 0);
+    }
+    0
+}
+
+/// `connect` returns: a unix connect that failed is reported as a socket that
+/// opened (for the thread's exchange), failed with the call's errno, and ended.
+#[tracepoint]
+pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tid = pid_tgid as u32;
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(addr) = (unsafe { UNIX_CONNECTS.get(&tid) }).copied() else {
+        return 0;
+    };
+    let _ = UNIX_CONNECTS.remove(&tid);
+    let ret: i64 = tp::field(&ctx, tp::connect::RET);
+    if ret >= 0 || ret == -EINPROGRESS {
+        return 0;
+    }
+    let Some(thread) = thread_state(tid) else {
+        return 0;
+    };
+    let id = next_sock_id();
+    // SAFETY: `thread` points to a map value valid for this program run.
+    let prev_touch = unsafe {
+        let prev = (*thread).last_touch;
+        // The failed socket is the thread's last touch: a retry chains to it.
+        (*thread).last_touch = id;
+        (*thread).last_touch_receiving = 0;
+        prev
+    };
+    let unix = Addr {
+        family: AF_UNIX,
+        ..Addr::default()
+    };
+    emit::<SockOpen>(EventKind::SockOpen, pid_tgid, id, |e| {
+        // SAFETY: `e` is a reserved SockOpen; the path comes from the caller's
+        // `sockaddr_un` (after its 2-byte family), up to its NUL.
+        unsafe {
+            (*e).local = unix;
+            (*e).peer = unix;
+            (*e).prev_touch = prev_touch;
+            (*e).owner_tgid = (pid_tgid >> 32) as u32;
+            (*e).side = side::UPSTREAM;
+            (*e).how = how::CONNECT;
+            (*e)._pad = [0; 2];
+            (*e).unix_path = [0; UNIX_PATH_CAP];
+            let _ = bpf_probe_read_user_str_bytes((addr + 2) as *const u8, &mut (*e).unix_path);
+        }
+    });
+    emit::<SockError>(EventKind::SockError, pid_tgid, id, |e| {
+        // SAFETY: `e` is a reserved SockError.
+        unsafe {
+            (*e).errno = (-ret) as i32;
+            (*e).state = 0;
+            (*e)._pad = [0; 3];
+        }
+    });
+    emit::<Destroy>(EventKind::Destroy, pid_tgid, id, |e| {
+        // SAFETY: `e` is a reserved Destroy.
+        unsafe {
+            (*e).msg_bytes = 0;
+            (*e).msg_last_ns = 0;
+            (*e).msg_dir = 0;
+            (*e).local_close = 1;
+            (*e)._pad = [0; 6];
+        }
+    });
+    0
 }

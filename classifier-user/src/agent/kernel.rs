@@ -189,6 +189,16 @@ pub const FIELDS: &[Field] = &[
         name: "group_dead",
         offset: 32,
     },
+    Field {
+        tracepoint: "syscalls/sys_enter_connect",
+        name: "uservaddr",
+        offset: 24,
+    },
+    Field {
+        tracepoint: "syscalls/sys_exit_connect",
+        name: "ret",
+        offset: 16,
+    },
 ];
 
 /// Checks that every field the probes read sits where they expect it.

@@ -49,6 +49,9 @@ const TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("sys_enter_epoll_wait", "syscalls", "sys_enter_epoll_wait"),
     ("sys_enter_epoll_wait", "syscalls", "sys_enter_epoll_pwait"),
     ("sys_enter_epoll_wait", "syscalls", "sys_enter_epoll_pwait2"),
+    // Failed connects of unix sockets (see the probes' `unix` module).
+    ("sys_enter_connect", "syscalls", "sys_enter_connect"),
+    ("sys_exit_connect", "syscalls", "sys_exit_connect"),
 ];
 
 /// Socket I/O and TCP lifecycle, as raw tracepoints: the kernel builds no record

@@ -74,8 +74,12 @@ fn attempt_outcome(a: &Attempt, ex: &Exchange, last: bool) -> Outcome {
         return Outcome::Invalid;
     }
     if a.connect_start.is_some() && a.established.is_none() {
+        // A unix socket's connect fails at once, whatever the reason: nothing
+        // listens (ECONNREFUSED), no such path (ENOENT), no permission on the
+        // socket file (EACCES), the server's accept queue is full (EAGAIN).
+        let unix = a.peer.unix.is_some();
         let refused = a.error.is_some_and(|(e, _)| {
-            e == libc::ECONNREFUSED || e == libc::EHOSTUNREACH || e == libc::ENETUNREACH
+            e == libc::ECONNREFUSED || e == libc::EHOSTUNREACH || e == libc::ENETUNREACH || unix
         }) || a.rst_in.is_some();
         if refused {
             return Outcome::Refused;
