@@ -10,7 +10,9 @@ use classify_tests::{
     nginx::{Config, Nginx},
 };
 
-use super::support::{assert_matches_access_log, assert_schema, require_root, stop_after_log};
+use super::support::{
+    assert_matches_access_log, assert_schema, expected_verdict, require_root, stop_after_log,
+};
 
 /// Path (after the location prefix) and the verdict it must get.
 const CASES: [(&str, &str); 11] = [
@@ -63,12 +65,7 @@ fn fastcgi_exchanges_agree_with_the_access_log() {
     assert_matches_access_log(&exchanges, &access);
     for r in &exchanges {
         let target = r["request"]["target"].as_str().unwrap_or("");
-        let path = target.strip_prefix("/fresh").unwrap_or(target);
-        let (_, verdict) = CASES
-            .iter()
-            .find(|(p, _)| *p == path)
-            .unwrap_or_else(|| panic!("unexpected record {r}"));
-        assert_eq!(r["verdict"], *verdict, "{r}");
+        let verdict = expected_verdict(r, &CASES, &["/fresh"]);
         // The last attempt's status is nginx's `$upstream_status` (a number
         // only when the upstream's reply was read: not for a reset, a close or
         // a timeout, nor for the 502 of a rejected header).
@@ -82,7 +79,7 @@ fn fastcgi_exchanges_agree_with_the_access_log() {
             .expect("upstreams")
             .last()
             .expect("an attempt")["status"];
-        match *verdict {
+        match verdict {
             "ok" | "client_error" | "upstream_error" => {
                 assert_eq!(last.to_string(), last_logged, "{r}\n{logged:?}")
             }

@@ -143,3 +143,20 @@ pub fn stop_after_log(
     assert!(out.status.success(), "{}", out.stderr);
     (out, access)
 }
+
+/// Each record's verdict is the one its case calls for: `cases` maps a request
+/// path to a verdict, and a record's target is that path behind one of
+/// `prefixes` (a location per connection mode). Returns the verdict found.
+pub fn expected_verdict<'a>(r: &Value, cases: &'a [(&str, &str)], prefixes: &[&str]) -> &'a str {
+    let target = r["request"]["target"].as_str().unwrap_or("");
+    let path = prefixes
+        .iter()
+        .find_map(|p| target.strip_prefix(p).filter(|rest| rest.starts_with('/')))
+        .unwrap_or(target);
+    let (_, verdict) = cases
+        .iter()
+        .find(|(p, _)| *p == path)
+        .unwrap_or_else(|| panic!("unexpected record {r}"));
+    assert_eq!(r["verdict"], *verdict, "{r}");
+    verdict
+}

@@ -17,7 +17,9 @@ use classify_tests::{
     nginx::{Config, Nginx},
 };
 
-use super::support::{assert_matches_access_log, assert_schema, require_root, stop_after_log};
+use super::support::{
+    assert_matches_access_log, assert_schema, expected_verdict, require_root, stop_after_log,
+};
 
 /// Path and the verdict it must get.
 const CASES: [(&str, &str); 8] = [
@@ -191,12 +193,7 @@ fn unix_socket_upstreams_agree_with_the_access_log() {
             }
             _ => {}
         }
-        let path = target.strip_prefix("/pool").unwrap_or(target);
-        let (_, verdict) = CASES
-            .iter()
-            .find(|(p, _)| *p == path)
-            .unwrap_or_else(|| panic!("unexpected record {r}"));
-        assert_eq!(r["verdict"], *verdict, "{r}");
+        expected_verdict(r, &CASES, &["/pool"]);
         let upstreams = r["upstreams"].as_array().expect("upstreams");
         assert!(
             upstreams

@@ -5,7 +5,7 @@ use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::bpf_ktime_get_ns,
 };
-use classifier_ebpf::{stat, EventKind, Header};
+use classifier_ebpf::{stat, Addr, EventKind, Header, SockOpen, UNIX_PATH_CAP};
 
 use super::{
     globals::RING_WAKEUP_BYTES,
@@ -65,4 +65,37 @@ fn wakeup_flag() -> u64 {
     } else {
         BPF_RB_NO_WAKEUP as u64
     }
+}
+
+/// What a `SockOpen` says besides its header.
+pub struct Opening {
+    pub local: Addr,
+    pub peer: Addr,
+    pub prev_touch: u64,
+    pub side: u8,
+    pub how: u8,
+}
+
+/// Emits socket `id`'s `SockOpen`. `path` may write a unix socket's path into
+/// its field, zeroed first. Returns whether the event reached the ring.
+#[inline(always)]
+pub fn emit_open(
+    id: u64,
+    pid_tgid: u64,
+    o: &Opening,
+    path: impl FnOnce(&mut [u8; UNIX_PATH_CAP]),
+) -> bool {
+    emit::<SockOpen>(EventKind::SockOpen, pid_tgid, id, |e| {
+        // SAFETY: `e` is a reserved SockOpen, ours until it is submitted.
+        let e = unsafe { &mut *e };
+        e.local = o.local;
+        e.peer = o.peer;
+        e.prev_touch = o.prev_touch;
+        e.owner_tgid = (pid_tgid >> 32) as u32;
+        e.side = o.side;
+        e.how = o.how;
+        e._pad = [0; 2];
+        e.unix_path = [0; UNIX_PATH_CAP];
+        path(&mut e.unix_path);
+    })
 }

@@ -161,6 +161,18 @@ pub fn count(index: u32) {
     }
 }
 
+/// Enters a new socket in `SOCKS` (replacing any entry at `sk`); a full map is
+/// counted and leaves a gap in the evidence.
+#[inline(always)]
+pub fn track(sk: u64, state: SockState) -> Option<*mut SockState> {
+    if SOCKS.insert(sk, state, 0).is_err() {
+        count(stat::SOCKS_FULL);
+        gap();
+        return None;
+    }
+    SOCKS.get_ptr_mut(sk)
+}
+
 /// A socket id unique for the agent's lifetime: CPU number in the top 16 bits, a
 /// per-CPU counter below.
 #[inline(always)]

@@ -14,15 +14,15 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use classifier_ebpf::{
-    dir, how, io, msg, side, stat, Addr, EventKind, HeldSend, Io, Message, Reply, SockOpen,
-    SockState, ThreadState, LINE_CAP, UNIX_PATH_CAP,
+    dir, how, io, msg, side, stat, Addr, EventKind, HeldSend, Io, Message, Reply, SockState,
+    ThreadState, LINE_CAP,
 };
 
 use super::{
-    emit::{emit, emit_at},
+    emit::{emit_at, emit_open, Opening},
     globals::*,
     held,
-    maps::{count, gap, next_sock_id, thread_state, LISTEN_PORTS, SOCKS},
+    maps::{count, next_sock_id, thread_state, track, LISTEN_PORTS, SOCKS},
     sock_state::{end_entry, is_inet_tcp, read_endpoints},
     tls, unix,
 };
@@ -348,18 +348,15 @@ fn adopt(sk: u64, pid_tgid: u64) -> Option<*mut SockState> {
         side::UPSTREAM
     };
     let id = next_sock_id();
-    let state = SockState {
-        id,
-        owner_tgid: (pid_tgid >> 32) as u32,
-        side: sock_side,
-        ..SockState::default()
-    };
-    if SOCKS.insert(sk, state, 0).is_err() {
-        count(stat::SOCKS_FULL);
-        gap();
-        return None;
-    }
-    let sock = SOCKS.get_ptr_mut(sk)?;
+    let sock = track(
+        sk,
+        SockState {
+            id,
+            owner_tgid: (pid_tgid >> 32) as u32,
+            side: sock_side,
+            ..SockState::default()
+        },
+    )?;
     emit_first_use(sock, id, local, peer, sock_side, pid_tgid);
     Some(sock)
 }
@@ -389,19 +386,14 @@ fn emit_first_use(
     sock_side: u8,
     pid_tgid: u64,
 ) {
-    let sent = emit::<SockOpen>(EventKind::SockOpen, pid_tgid, id, |e| {
-        // SAFETY: `e` is a reserved SockOpen.
-        unsafe {
-            (*e).local = local;
-            (*e).peer = peer;
-            (*e).prev_touch = 0;
-            (*e).owner_tgid = (pid_tgid >> 32) as u32;
-            (*e).side = sock_side;
-            (*e).how = how::FIRST_USE;
-            (*e)._pad = [0; 2];
-            (*e).unix_path = [0; UNIX_PATH_CAP];
-        }
-    });
+    let opening = Opening {
+        local,
+        peer,
+        prev_touch: 0,
+        side: sock_side,
+        how: how::FIRST_USE,
+    };
+    let sent = emit_open(id, pid_tgid, &opening, |_| {});
     // SAFETY: `sock` points to a map value valid for this program run.
     unsafe { (*sock).announced = sent as u8 };
 }

@@ -12,15 +12,14 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use classifier_ebpf::{
-    how, reset, side, stat, Addr, Destroy, EventKind, Reset, SockError, SockOpen, SockState, State,
-    UNIX_PATH_CAP,
+    how, reset, side, stat, Addr, Destroy, EventKind, Reset, SockError, SockState, State,
 };
 
 use super::{
-    emit::emit,
+    emit::{emit, emit_open, Opening},
     globals::*,
     held,
-    maps::{count, gap, next_sock_id, thread_state, LISTEN_PORTS, SOCKS},
+    maps::{count, next_sock_id, thread_state, track, LISTEN_PORTS, SOCKS},
 };
 
 const TCP_ESTABLISHED: i32 = 1;
@@ -112,19 +111,17 @@ fn on_connect(sk: u64, pid_tgid: u64) -> Option<()> {
     }
     end_stale(sk, pid_tgid);
     let id = next_sock_id();
-    let state = SockState {
-        id,
-        owner_tgid: (pid_tgid >> 32) as u32,
-        side: side::UPSTREAM,
-        ..SockState::default()
-    };
     // A reused socket pointer whose destroy we missed is replaced: the identity
     // starts here.
-    if SOCKS.insert(sk, state, 0).is_err() {
-        count(stat::SOCKS_FULL);
-        gap();
-        return None;
-    }
+    let sock = track(
+        sk,
+        SockState {
+            id,
+            owner_tgid: (pid_tgid >> 32) as u32,
+            side: side::UPSTREAM,
+            ..SockState::default()
+        },
+    )?;
     // SAFETY: `thread` points to a map value valid for this program run.
     let prev_touch = unsafe {
         let prev = (*thread).last_touch;
@@ -133,25 +130,16 @@ fn on_connect(sk: u64, pid_tgid: u64) -> Option<()> {
         prev
     };
     let (local, peer) = read_endpoints(sk).unwrap_or_default();
-    let sent = emit::<SockOpen>(EventKind::SockOpen, pid_tgid, id, |e| {
-        // SAFETY: `e` is a reserved SockOpen.
-        unsafe {
-            (*e).local = local;
-            (*e).peer = peer;
-            (*e).prev_touch = prev_touch;
-            (*e).owner_tgid = (pid_tgid >> 32) as u32;
-            (*e).side = side::UPSTREAM;
-            (*e).how = how::CONNECT;
-            (*e)._pad = [0; 2];
-            (*e).unix_path = [0; UNIX_PATH_CAP];
-        }
-    });
-    if sent {
-        if let Some(sock) = SOCKS.get_ptr_mut(sk) {
-            // SAFETY: `sock` points to a map value valid for this program run.
-            unsafe { (*sock).announced = 1 };
-        }
-    }
+    let opening = Opening {
+        local,
+        peer,
+        prev_touch,
+        side: side::UPSTREAM,
+        how: how::CONNECT,
+    };
+    let sent = emit_open(id, pid_tgid, &opening, |_| {});
+    // SAFETY: `sock` points to a map value valid for this program run.
+    unsafe { (*sock).announced = sent as u8 };
     Some(())
 }
 

@@ -25,15 +25,12 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use classifier_ebpf::{
-    how, side, stat, Addr, Destroy, EventKind, SockError, SockOpen, SockState, AF_UNIX,
-    UNIX_PATH_CAP,
-};
+use classifier_ebpf::{how, side, Addr, Destroy, EventKind, SockError, SockState, AF_UNIX};
 
 use super::{
-    emit::emit,
+    emit::{emit, emit_open, Opening},
     globals::*,
-    maps::{count, gap, next_sock_id, thread_state, SOCKS, UNIX_CONNECTS},
+    maps::{next_sock_id, thread_state, track, UNIX_CONNECTS},
     tp,
 };
 
@@ -88,21 +85,18 @@ fn connecting_end(sk: u64) -> Option<(u64, u64)> {
 pub fn adopt(sk: u64, pid_tgid: u64) -> Option<*mut SockState> {
     let (ino, path) = connecting_end(sk)?;
     let id = next_sock_id();
-    let state = SockState {
-        id,
-        owner_tgid: (pid_tgid >> 32) as u32,
-        side: side::UPSTREAM,
-        unix: 1,
-        unix_ino: ino,
-        ..SockState::default()
-    };
-    if SOCKS.insert(sk, state, 0).is_err() {
-        count(stat::SOCKS_FULL);
-        gap();
-        return None;
-    }
-    let sock = SOCKS.get_ptr_mut(sk)?;
-    emit_open(sock, id, path, pid_tgid);
+    let sock = track(
+        sk,
+        SockState {
+            id,
+            owner_tgid: (pid_tgid >> 32) as u32,
+            side: side::UPSTREAM,
+            unix: 1,
+            unix_ino: ino,
+            ..SockState::default()
+        },
+    )?;
+    announce_at(sock, id, path, pid_tgid);
     Some(sock)
 }
 
@@ -111,7 +105,7 @@ pub fn adopt(sk: u64, pid_tgid: u64) -> Option<*mut SockState> {
 pub fn announce(sk: u64, sock: *mut SockState, pid_tgid: u64) {
     if let Some((_, path)) = connecting_end(sk) {
         // SAFETY: `sock` points to a map value valid for this program run.
-        emit_open(sock, unsafe { (*sock).id }, path, pid_tgid);
+        announce_at(sock, unsafe { (*sock).id }, path, pid_tgid);
     }
 }
 
@@ -128,29 +122,33 @@ pub fn replaced(sk: u64, sock: *mut SockState) -> bool {
     inode_number(sk).is_some_and(|ino| ino != known)
 }
 
+/// Emits the `SockOpen` of a tracked unix socket, its peer's path read at
+/// `path` (kernel memory), and notes whether it reached the ring.
 #[inline(always)]
-fn emit_open(sock: *mut SockState, id: u64, path: u64, pid_tgid: u64) {
+fn announce_at(sock: *mut SockState, id: u64, path: u64, pid_tgid: u64) {
+    let sent = emit_open(id, pid_tgid, &opening(0, how::FIRST_USE), |dest| {
+        // SAFETY: a read of kernel memory through the probe helper, up to the
+        // path's NUL: nothing after it leaves the kernel.
+        let _ = unsafe { bpf_probe_read_kernel_str_bytes(path as *const u8, dest) };
+    });
+    // SAFETY: `sock` points to a map value valid for this program run.
+    unsafe { (*sock).announced = sent as u8 };
+}
+
+/// A unix upstream socket's opening: no addresses, no ports.
+#[inline(always)]
+fn opening(prev_touch: u64, how: u8) -> Opening {
     let unix = Addr {
         family: AF_UNIX,
         ..Addr::default()
     };
-    let sent = emit::<SockOpen>(EventKind::SockOpen, pid_tgid, id, |e| {
-        // SAFETY: `e` is a reserved SockOpen; the path is read into its own
-        // zeroed field, up to its NUL (nothing after it leaves the kernel).
-        unsafe {
-            (*e).local = unix;
-            (*e).peer = unix;
-            (*e).prev_touch = 0;
-            (*e).owner_tgid = (pid_tgid >> 32) as u32;
-            (*e).side = side::UPSTREAM;
-            (*e).how = how::FIRST_USE;
-            (*e)._pad = [0; 2];
-            (*e).unix_path = [0; UNIX_PATH_CAP];
-            let _ = bpf_probe_read_kernel_str_bytes(path as *const u8, &mut (*e).unix_path);
-        }
-    });
-    // SAFETY: `sock` points to a map value valid for this program run.
-    unsafe { (*sock).announced = sent as u8 };
+    Opening {
+        local: unix,
+        peer: unix,
+        prev_touch,
+        side: side::UPSTREAM,
+        how,
+    }
 }
 
 /// A watched thread calls `connect`: keeps a unix address for the return.
@@ -196,24 +194,10 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
         (*thread).last_touch_receiving = 0;
         prev
     };
-    let unix = Addr {
-        family: AF_UNIX,
-        ..Addr::default()
-    };
-    emit::<SockOpen>(EventKind::SockOpen, pid_tgid, id, |e| {
-        // SAFETY: `e` is a reserved SockOpen; the path comes from the caller's
-        // `sockaddr_un` (after its 2-byte family), up to its NUL.
-        unsafe {
-            (*e).local = unix;
-            (*e).peer = unix;
-            (*e).prev_touch = prev_touch;
-            (*e).owner_tgid = (pid_tgid >> 32) as u32;
-            (*e).side = side::UPSTREAM;
-            (*e).how = how::CONNECT;
-            (*e)._pad = [0; 2];
-            (*e).unix_path = [0; UNIX_PATH_CAP];
-            let _ = bpf_probe_read_user_str_bytes((addr + 2) as *const u8, &mut (*e).unix_path);
-        }
+    emit_open(id, pid_tgid, &opening(prev_touch, how::CONNECT), |dest| {
+        // SAFETY: a read of the caller's `sockaddr_un` (after its 2-byte
+        // family) through the probe helper, up to the path's NUL.
+        let _ = unsafe { bpf_probe_read_user_str_bytes((addr + 2) as *const u8, dest) };
     });
     emit::<SockError>(EventKind::SockError, pid_tgid, id, |e| {
         // SAFETY: `e` is a reserved SockError.
