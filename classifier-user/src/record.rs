@@ -171,3 +171,30 @@ impl Record {
         }
     }
 }
+
+/// How text output names an endpoint: `address:port`, `[v6]:port`, or a unix
+/// socket's `unix:/path` alone (its port is 0).
+pub fn endpoint_name(address: &str, port: u16) -> String {
+    if address.starts_with("unix:") {
+        address.to_owned()
+    } else if address.contains(':') {
+        format!("[{address}]:{port}")
+    } else {
+        format!("{address}:{port}")
+    }
+}
+
+#[cfg(test)]
+mod endpoint_name_tests {
+    use super::endpoint_name;
+
+    #[test]
+    fn endpoints_read_as_nginx_writes_them() {
+        assert_eq!(endpoint_name("10.0.3.7", 8080), "10.0.3.7:8080");
+        assert_eq!(endpoint_name("::1", 19881), "[::1]:19881");
+        assert_eq!(
+            endpoint_name("unix:/run/php/php8.2-fpm.sock", 0),
+            "unix:/run/php/php8.2-fpm.sock"
+        );
+    }
+}

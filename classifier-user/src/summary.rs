@@ -21,7 +21,7 @@ struct UpstreamText<'a>(&'a Option<(Arc<str>, u16)>);
 impl fmt::Display for UpstreamText<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.0 {
-            Some((addr, port)) => f.pad(&format!("{addr}:{port}")),
+            Some((addr, port)) => f.pad(&crate::record::endpoint_name(addr, *port)),
             None => f.pad("-"),
         }
     }

@@ -22,7 +22,13 @@ pub fn write_exchange(out: &mut dyn Write, e: &ExchangeRecord) -> io::Result<()>
     let upstream = e
         .upstreams
         .iter()
-        .map(|u| format!("{}:{} {}", u.address, u.port, u.outcome.as_str()))
+        .map(|u| {
+            format!(
+                "{} {}",
+                classifier::record::endpoint_name(&u.address, u.port),
+                u.outcome.as_str()
+            )
+        })
         .collect::<Vec<_>>()
         .join(" → ");
     let mark = if e.verdict.is_failure() { "!" } else { " " };
