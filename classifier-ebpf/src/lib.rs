@@ -376,6 +376,11 @@ pub struct SockState {
     pub msg_last_ns: u64,
     /// When the last event about this socket was emitted (progress throttling).
     pub emitted_ns: u64,
+    /// For a unix socket, its inode number when first seen; 0 for TCP, so it
+    /// also tells the kind, next to the fields every call reads. The kernel
+    /// reports no unix socket's end: a new socket at a freed one's address is
+    /// told apart by its inode.
+    pub unix_ino: u64,
     pub owner_tgid: u32,
     pub side: u8,
     pub dir: u8,
@@ -391,10 +396,7 @@ pub struct SockState {
     /// ciphertext, so its messages come from the TLS probes (the plaintext the
     /// library returns or is given), and its own I/O is only a touch.
     pub tls: u8,
-    /// 1 for a unix socket (its inode is in `unix_ino`): a flag where every
-    /// call reads anyway, so TCP sockets pay nothing for the check.
-    pub unix: u8,
-    pub _pad: [u8; 1],
+    pub _pad: [u8; 2],
     /// Bytes of the message before the held send (the previous reply on this
     /// connection; 0 on a fresh connection), saturated.
     pub held_prev_bytes: u32,
@@ -409,10 +411,6 @@ pub struct SockState {
     pub held_ret: i32,
     /// The thread that made the held send (its process is `owner_tgid`).
     pub held_tid: u32,
-    /// For a unix socket, its inode number when first seen (0 for TCP): the
-    /// kernel reports no unix socket's end, so a new socket at a freed one's
-    /// address is told apart by its inode.
-    pub unix_ino: u64,
 }
 
 #[cfg(feature = "user")]

@@ -141,7 +141,7 @@ pub(super) fn socket_call(
                 && side_ == side::UPSTREAM
                 && prev_touch != 0
                 && prev_receiving != 0
-                && unsafe { (*sock).unix } == 0;
+                && unsafe { (*sock).unix_ino } == 0;
             // SAFETY: as above.
             let (prev_bytes, prev_last) = unsafe {
                 let prev = ((*sock).msg_bytes, (*sock).msg_last_ns);
@@ -365,7 +365,7 @@ fn adopt(sk: u64, pid_tgid: u64) -> Option<*mut SockState> {
 #[inline(always)]
 fn announce(sk: u64, sock: *mut SockState, pid_tgid: u64) {
     // SAFETY: `sock` points to a map value valid for this program run.
-    if unsafe { (*sock).unix } != 0 {
+    if unsafe { (*sock).unix_ino } != 0 {
         unix::announce(sk, sock, pid_tgid);
         return;
     }

@@ -91,7 +91,6 @@ pub fn adopt(sk: u64, pid_tgid: u64) -> Option<*mut SockState> {
             id,
             owner_tgid: (pid_tgid >> 32) as u32,
             side: side::UPSTREAM,
-            unix: 1,
             unix_ino: ino,
             ..SockState::default()
         },
@@ -114,12 +113,8 @@ pub fn announce(sk: u64, sock: *mut SockState, pid_tgid: u64) {
 #[inline(always)]
 pub fn replaced(sk: u64, sock: *mut SockState) -> bool {
     // SAFETY: `sock` points to a map value valid for this program run.
-    if unsafe { (*sock).unix } == 0 {
-        return false;
-    }
-    // SAFETY: as above.
     let known = unsafe { (*sock).unix_ino };
-    inode_number(sk).is_some_and(|ino| ino != known)
+    known != 0 && inode_number(sk).is_some_and(|ino| ino != known)
 }
 
 /// Emits the `SockOpen` of a tracked unix socket, its peer's path read at
