@@ -131,29 +131,23 @@ pub fn hint(verdict: Verdict, f: &HintFacts) -> Option<String> {
             timeout_note(Some(f.duration_us))
         ),
         Verdict::UpstreamRefused => {
-            let why = match f.errno {
-                Some(113) => "no route to host",
-                Some(101) => "network unreachable",
-                Some(2) => "no such socket file",
-                Some(11) => "its accept queue is full",
-                Some(13) => "permission denied",
-                _ => "connection refused",
+            let (why, check) = match f.errno {
+                Some(113) => ("no route to host", NOTHING_LISTENS),
+                Some(101) => ("network unreachable", NOTHING_LISTENS),
+                Some(2) => ("no such socket file", NOTHING_LISTENS),
+                // The two unix socket causes: the server is alive but does not
+                // keep up, or the proxy's user may not open the socket file.
+                Some(11) => (
+                    "its accept queue is full",
+                    "the server does not accept connections as fast as they come. Check its worker count (PHP-FPM's pm.max_children), what its workers wait on, and its listen backlog.",
+                ),
+                Some(13) => (
+                    "permission denied",
+                    "the proxy's user may not open the socket file. Check the socket's owner, group and mode (PHP-FPM's listen.owner, listen.group, listen.mode) against the user the proxy's workers run as.",
+                ),
+                _ => ("connection refused", NOTHING_LISTENS),
             };
-            // The unix socket causes: the server is alive but does not keep up,
-            // or the proxy's user may not open the socket file.
-            if f.errno == Some(11) {
-                format!(
-                    "Connecting to {up} failed ({why}){retried}: the server does not accept connections as fast as they come. Check its worker count (PHP-FPM's pm.max_children), what its workers wait on, and its listen backlog."
-                )
-            } else if f.errno == Some(13) {
-                format!(
-                    "Connecting to {up} failed ({why}){retried}: the proxy's user may not open the socket file. Check the socket's owner, group and mode (PHP-FPM's listen.owner, listen.group, listen.mode) against the user the proxy's workers run as."
-                )
-            } else {
-                format!(
-                    "Connecting to {up} failed ({why}){retried}: nothing listens there. Check that the service is running, its port and target port, and recent restarts."
-                )
-            }
+            format!("Connecting to {up} failed ({why}){retried}: {check}")
         }
         Verdict::UpstreamReset => format!(
             "{up} reset the connection{after}, before sending a complete response header{retried}: check it for crashes, OOM kills or restarts.{}",
@@ -185,6 +179,9 @@ pub fn hint(verdict: Verdict, f: &HintFacts) -> Option<String> {
         }
     })
 }
+
+/// What to check when nothing answered a connect.
+const NOTHING_LISTENS: &str = "nothing listens there. Check that the service is running, its port and target port, and recent restarts.";
 
 #[cfg(test)]
 mod tests {
@@ -222,5 +219,23 @@ mod tests {
         assert!(hint(Verdict::ClientAbort, &f)
             .unwrap()
             .contains("slow upstream"));
+    }
+
+    #[test]
+    fn a_refused_connect_says_which_cause() {
+        let refused = |errno| {
+            let f = HintFacts {
+                errno: Some(errno),
+                upstream: Some("unix:/run/php/php8.2-fpm.sock".into()),
+                ..Default::default()
+            };
+            hint(Verdict::UpstreamRefused, &f).unwrap()
+        };
+        assert!(refused(111).contains("(connection refused): nothing listens"));
+        assert!(refused(2).contains("(no such socket file): nothing listens"));
+        assert!(
+            refused(11).contains("accept queue is full") && refused(11).contains("pm.max_children")
+        );
+        assert!(refused(13).contains("(permission denied)") && refused(13).contains("listen.mode"));
     }
 }
