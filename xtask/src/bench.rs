@@ -544,11 +544,7 @@ fn paired(env: &Env, mode: Mode, rounds: usize, opts: &Options) -> Result<Value>
 
 /// Per-program run time at the fixed rate, with BPF statistics on for that run only.
 pub(crate) fn program_times(env: &Env, bin: &Path, opts: &Options) -> Result<Value> {
-    let agent = Agent::start(bin, env.proxy.master_pid(), &[])?;
-    Command::new("sysctl")
-        .args(["-qw", "kernel.bpf_stats_enabled=1"])
-        .status()?;
-    let read = || -> Result<Vec<(String, u64, u64)>> {
+    let read = || -> Result<Vec<(u64, String, u64, u64)>> {
         let out = Command::new("bpftool")
             .args(["prog", "show", "-j"])
             .output()?;
@@ -558,6 +554,7 @@ pub(crate) fn program_times(env: &Env, bin: &Path, opts: &Options) -> Result<Val
                 a.iter()
                     .filter_map(|p| {
                         Some((
+                            p["id"].as_u64()?,
                             p["name"].as_str()?.to_owned(),
                             p["run_time_ns"].as_u64().unwrap_or(0),
                             p["run_cnt"].as_u64().unwrap_or(0),
@@ -567,6 +564,13 @@ pub(crate) fn program_times(env: &Env, bin: &Path, opts: &Options) -> Result<Val
             })
             .unwrap_or_default())
     };
+    // Programs loaded before this agent (another classify on the machine shares
+    // the program names) are not this agent's: matched by id, never by name.
+    let others: Vec<u64> = read()?.iter().map(|p| p.0).collect();
+    let agent = Agent::start(bin, env.proxy.master_pid(), &[])?;
+    Command::new("sysctl")
+        .args(["-qw", "kernel.bpf_stats_enabled=1"])
+        .status()?;
     let before = read()?;
     let load = h2load_fixed(env.proxy.port, 32, opts.rate / 32, opts.seconds)?;
     let after = read()?;
@@ -590,15 +594,15 @@ pub(crate) fn program_times(env: &Env, bin: &Path, opts: &Options) -> Result<Val
     let n = load.requests.max(1) as f64;
     let mut rows = Vec::new();
     let mut total = 0.0;
-    for (name, t1, c1) in &after {
-        if !OURS.iter().any(|o| name.starts_with(o)) {
+    for (id, name, t1, c1) in &after {
+        if others.contains(id) || !OURS.iter().any(|o| name.starts_with(o)) {
             continue;
         }
         let (t0, c0) = before
             .iter()
-            .find(|(n0, ..)| n0 == name)
-            .map_or((0, 0), |(_, t, c)| (*t, *c));
-        let (t, c) = (t1 - t0, c1 - c0);
+            .find(|(id0, ..)| id0 == id)
+            .map_or((0, 0), |(_, _, t, c)| (*t, *c));
+        let (t, c) = (t1.saturating_sub(t0), c1.saturating_sub(c0));
         if c == 0 {
             continue;
         }
