@@ -60,10 +60,14 @@ impl Default for EngineConfig {
             max_sockets: 65_536,
             max_exchanges: 65_536,
             max_dead_sockets: 8_192,
-            hold_ns: 300_000_000,
+            hold_ns: DEFAULT_HOLD_NS,
         }
     }
 }
+
+/// How long an ended exchange's record waits by default: the agent's poll of
+/// skipped program runs (every 300 ms) plus two drain periods.
+pub const DEFAULT_HOLD_NS: u64 = 500_000_000;
 
 /// Threads whose last unforwarded reply is remembered, at most (nginx has a few
 /// workers; a bound anyway, as thread ids are not recycled soon).
