@@ -266,7 +266,11 @@ pub struct Reset {
     pub dir: u8,
     /// TCP state when it happened.
     pub state: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// For a received reset: bytes the socket's owner had written that the peer
+    /// never acknowledged (`write_seq - snd_una`), lost with the connection. On
+    /// a client connection, a response the client did not get whole.
+    pub unacked: u32,
 }
 
 /// A socket error was reported (`sk_err`: ECONNREFUSED, ECONNRESET, ETIMEDOUT...).

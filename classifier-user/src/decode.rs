@@ -414,6 +414,7 @@ impl Decoder {
                         _ => return Err(DecodeError::BadField("reset dir")),
                     },
                     state: TcpState::from(e.state),
+                    unacked: e.unacked,
                 }
             }
             Kind::SockError => {

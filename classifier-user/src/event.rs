@@ -257,6 +257,10 @@ pub enum EventKind {
         sock: SockId,
         dir: ResetDir,
         state: TcpState,
+        /// A received reset: bytes written on the socket that the peer never
+        /// acknowledged, lost with the connection (0 in older recordings).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        unacked: u32,
     },
     /// The socket's error was set (ECONNREFUSED, ECONNRESET, ETIMEDOUT...).
     SockError {
@@ -304,4 +308,8 @@ impl EventKind {
             Self::Fork { .. } | Self::Exit { .. } | Self::Lost { .. } | Self::Tick => None,
         }
     }
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }

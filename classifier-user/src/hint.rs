@@ -16,6 +16,8 @@ pub struct HintFacts {
     pub after_us: Option<u64>,
     /// How long the upstream had been waited for when the client left.
     pub waited_us: Option<u64>,
+    /// How long an upstream had been silent mid-reply when the proxy gave up.
+    pub silent_us: Option<u64>,
     /// The exchange's duration.
     pub duration_us: u64,
     /// Upstream errno behind a failed connect, if known.
@@ -121,15 +123,27 @@ pub fn hint(verdict: Verdict, f: &HintFacts) -> Option<String> {
             } else {
                 String::new()
             };
+            match f.status {
+                Some(status) => format!(
+                    "The client closed the connection (FIN) after the {status} header but before the body was complete, and the proxy dropped {up}; nginx logs {status} (the header was out) with \"client prematurely closed connection\" in its error log. Check client timeouts and whether clients give up on long or slow downloads.{}",
+                    timeout_note(Some(f.duration_us))
+                ),
+                None => format!(
+                    "The client closed the connection (FIN) before any response was written; nginx logs this as 499 (400 if the client left while still sending its request body).{slow}{}",
+                    timeout_note(Some(f.duration_us))
+                ),
+            }
+        }
+        Verdict::ClientReset => {
+            let logged = match f.status {
+                Some(status) => format!("after the {status} header, before the client had the whole body; nginx logs {status} (the header was out)"),
+                None => "before any response was written; nginx logs 499 (400 if the client left while still sending its request body)".to_owned(),
+            };
             format!(
-                "The client closed the connection (FIN) before any response was written; nginx logs this as 499.{slow}{}",
+                "The client reset the connection (RST) {logged}. Check client timeouts and any middlebox between the client and the proxy.{}",
                 timeout_note(Some(f.duration_us))
             )
         }
-        Verdict::ClientReset => format!(
-            "The client reset the connection (RST) before the response was complete: check client timeouts and any middlebox between the client and the proxy.{}",
-            timeout_note(Some(f.duration_us))
-        ),
         Verdict::UpstreamRefused => {
             let (why, check) = match f.errno {
                 Some(113) => ("no route to host", NOTHING_LISTENS),
@@ -168,9 +182,15 @@ pub fn hint(verdict: Verdict, f: &HintFacts) -> Option<String> {
             "Connecting to {up} never completed{}; the proxy gave up (504). SYNs are dropped on the way: check firewalls, security groups and whether the host is up.",
             f.after_us.map(|us| format!(" in {}", ms(us))).unwrap_or_default()
         ),
-        Verdict::UpstreamTruncated => format!(
-            "{up} sent the response header, then failed mid-body{after}; the client got a cut response. Check the upstream for crashes during long responses and for timeouts on large bodies."
-        ),
+        Verdict::UpstreamTruncated => match (f.outcome, f.silent_us) {
+            (Some(Outcome::Timeout), Some(silent)) => format!(
+                "{up} sent the response header, then went silent mid-body; after {} without a byte the proxy gave up (its read timeout, proxy_read_timeout) and the client got a cut response. Check what the upstream waits on while it streams a body.",
+                ms(silent)
+            ),
+            _ => format!(
+                "{up} sent the response header, then failed mid-body{after}; the client got a cut response. Check the upstream for crashes during long responses and for timeouts on large bodies."
+            ),
+        },
         Verdict::ProxyError => {
             let status = f.status.map(|s| s.to_string()).unwrap_or_else(|| "no response".into());
             format!(

@@ -12,7 +12,9 @@ use classifier::{
     },
     head::{self, Head, QueryPolicy, RequestLine, StatusLine},
     record::Record,
-    recording, Engine, EngineConfig,
+    recording,
+    verdict::{Outcome, ResponseFrom},
+    Engine, EngineConfig,
 };
 use proptest::prelude::*;
 
@@ -100,7 +102,7 @@ proptest! {
 }
 
 /// What every record must satisfy whatever the input: a verdict about an upstream
-/// names one, a client abort carries no status, and the record serializes.
+/// names one, a client abort's status is a forwarded one, and the record serializes.
 fn well_formed(out: &[Record]) -> Result<(), TestCaseError> {
     for r in out {
         if let Record::Exchange(e) = r {
@@ -108,8 +110,17 @@ fn well_formed(out: &[Record]) -> Result<(), TestCaseError> {
             {
                 prop_assert!(!e.upstreams.is_empty(), "{:?}", e);
             }
-            if matches!(e.verdict.as_str(), "client_abort") {
-                prop_assert!(e.response.status.is_none(), "{:?}", e);
+            // A client abort carries a status only when the client left mid-body:
+            // the upstream's header was forwarded and the proxy dropped that attempt.
+            if matches!(e.verdict.as_str(), "client_abort") && e.response.status.is_some() {
+                prop_assert!(e.response.from == Some(ResponseFrom::Upstream), "{:?}", e);
+                prop_assert!(
+                    e.upstreams
+                        .last()
+                        .is_some_and(|u| u.outcome == Outcome::Aborted),
+                    "{:?}",
+                    e
+                );
             }
         }
         prop_assert!(serde_json::to_string(r).is_ok());
@@ -232,15 +243,22 @@ fn event() -> impl Strategy<Value = EventKind> {
                     msg: MsgCursor::default(),
                 }
             }),
-        (sock(), any::<bool>(), state()).prop_map(|(sock, received, state)| EventKind::Reset {
-            sock,
-            dir: if received {
-                ResetDir::Received
-            } else {
-                ResetDir::Sent
-            },
-            state
-        }),
+        (
+            sock(),
+            any::<bool>(),
+            state(),
+            prop_oneof![Just(0u32), 1u32..100_000]
+        )
+            .prop_map(|(sock, received, state, unacked)| EventKind::Reset {
+                sock,
+                dir: if received {
+                    ResetDir::Received
+                } else {
+                    ResetDir::Sent
+                },
+                state,
+                unacked,
+            }),
         (
             sock(),
             prop_oneof![Just(104), Just(111), Just(110)],

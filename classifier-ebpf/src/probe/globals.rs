@@ -26,6 +26,10 @@ global! {
     // struct sock.sk_err, struct sock.sk_protocol (u16).
     OFF_SK_ERR: u32 = 0;
     OFF_SK_PROTOCOL: u32 = 0;
+    // struct tcp_sock.write_seq and .snd_una (u32): bytes written and not yet
+    // acknowledged.
+    OFF_TP_WRITE_SEQ: u32 = 0;
+    OFF_TP_SND_UNA: u32 = 0;
     // Unix stream sockets (an upstream behind `unix:/path`): struct sock's
     // sk_type (u16) and sk_socket, struct unix_sock's addr and peer, struct
     // unix_address's name, the inode after a struct socket (socket_alloc), and

@@ -329,20 +329,30 @@ fn emit_reset(sk: u64, direction: u8) -> Option<()> {
     // SAFETY: `sock` points to a map value valid for this program run; the state is
     // read through the probe helper at a BTF offset (the socket's state when the
     // reset was sent; the engine reads it for sent resets only).
-    let (id, state) = unsafe {
-        let state = if direction == reset::SENT {
-            bpf_probe_read_kernel((sk + OFF_SKC_STATE.load() as u64) as *const u8).unwrap_or(0)
+    let (id, state, unacked) = unsafe {
+        let (state, unacked) = if direction == reset::SENT {
+            let state =
+                bpf_probe_read_kernel((sk + OFF_SKC_STATE.load() as u64) as *const u8).unwrap_or(0);
+            (state, 0)
         } else {
-            0
+            // The tracepoint fires before the write queue is purged.
+            let write_seq: u32 =
+                bpf_probe_read_kernel((sk + OFF_TP_WRITE_SEQ.load() as u64) as *const u32)
+                    .unwrap_or(0);
+            let snd_una: u32 =
+                bpf_probe_read_kernel((sk + OFF_TP_SND_UNA.load() as u64) as *const u32)
+                    .unwrap_or(0);
+            (0, write_seq.wrapping_sub(snd_una))
         };
-        ((*sock).id, state)
+        ((*sock).id, state, unacked)
     };
     emit::<Reset>(EventKind::Reset, bpf_get_current_pid_tgid(), id, |e| {
         // SAFETY: `e` is a reserved Reset.
         unsafe {
             (*e).dir = direction;
             (*e).state = state;
-            (*e)._pad = [0; 6];
+            (*e)._pad = [0; 2];
+            (*e).unacked = unacked;
         }
     });
     Some(())

@@ -21,6 +21,8 @@ pub struct Offsets {
     pub skc_v6_rcv_saddr: u32,
     pub sk_err: u32,
     pub sk_protocol: u32,
+    pub tp_write_seq: u32,
+    pub tp_snd_una: u32,
     /// Unix stream sockets (upstreams behind `unix:/path`), if this kernel's
     /// BTF describes them (not when AF_UNIX is a module).
     pub unix: Option<UnixOffsets>,
@@ -65,6 +67,8 @@ impl Offsets {
             skc_v6_rcv_saddr: off("sock_common", "skc_v6_rcv_saddr")?,
             sk_err: off("sock", "sk_err")?,
             sk_protocol: off("sock", "sk_protocol")?,
+            tp_write_seq: off("tcp_sock", "write_seq")?,
+            tp_snd_una: off("tcp_sock", "snd_una")?,
             unix: (|| {
                 Ok::<_, anyhow::Error>(UnixOffsets {
                     sk_type: off("sock", "sk_type")?,

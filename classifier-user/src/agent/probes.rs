@@ -163,6 +163,8 @@ impl Probes {
             .override_global("OFF_SKC_V6_RCV_SADDR", &offsets.skc_v6_rcv_saddr, true)
             .override_global("OFF_SK_ERR", &offsets.sk_err, true)
             .override_global("OFF_SK_PROTOCOL", &offsets.sk_protocol, true)
+            .override_global("OFF_TP_WRITE_SEQ", &offsets.tp_write_seq, true)
+            .override_global("OFF_TP_SND_UNA", &offsets.tp_snd_una, true)
             .override_global("UNIX_SOCKETS", &unix_sockets, true)
             .override_global("OFF_SK_TYPE", &unix.sk_type, true)
             .override_global("OFF_SK_SOCKET", &unix.sk_socket, true)

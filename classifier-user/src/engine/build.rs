@@ -139,6 +139,20 @@ pub fn build(
     let outcomes: &[Outcome] = scratch;
     let (verdict, origin, from) = exchange_verdict(ex, outcomes);
     let end = match &ex.response {
+        // A response cut mid-body ended when the cut was seen, which can be
+        // long after its last byte went out (a client that stopped reading, an
+        // upstream that went silent).
+        Some(_)
+            if matches!(
+                verdict,
+                Verdict::ClientAbort | Verdict::ClientReset | Verdict::UpstreamTruncated
+            ) =>
+        {
+            [ex.client_left(), ex.response_cut_by_proxy, ex.response_lost]
+                .into_iter()
+                .flatten()
+                .fold(ex.last_send, u64::max)
+        }
         Some(_) => ex.last_send,
         None => ex.client_left().unwrap_or(ex.last_activity),
     };
@@ -280,6 +294,10 @@ fn hint_facts(
         };
         Some(us(from, to))
     });
+    // How long the upstream had been silent when the proxy gave up on its reply.
+    let silent_us = last
+        .filter(|a| outcome == Some(Outcome::Timeout) && a.first_byte.is_some())
+        .and_then(|a| Some(us(a.last_recv.or(a.first_byte)?, a.local_close?)));
     let waited_us = match verdict {
         Verdict::ClientAbort | Verdict::ClientReset => {
             let first = ex.attempts.first().and_then(|a| a.started());
@@ -294,6 +312,7 @@ fn hint_facts(
         outcome,
         after_us,
         waited_us,
+        silent_us,
         duration_us,
         errno: last.and_then(|a| a.error.map(|(e, _)| e)),
     }

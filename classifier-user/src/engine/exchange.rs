@@ -1,7 +1,7 @@
 //! Evidence gathered for one client exchange and its upstream attempts. Plain
 //! data: the rules that read it live in `outcome.rs`.
 use crate::{
-    event::{Endpoint, SockId},
+    event::{Dir, Endpoint, MsgCursor, SockId},
     head::RequestLine,
 };
 
@@ -55,10 +55,16 @@ pub struct Exchange {
     pub client_fin: Option<u64>,
     /// The client's RST arrived, or I/O on the client failed with ECONNRESET.
     pub client_rst: Option<u64>,
-    /// A send to the client failed (EPIPE, ECONNRESET): the response was cut.
-    pub client_send_failed: Option<u64>,
+    /// The client did not get the whole response: a send to it failed (EPIPE,
+    /// ECONNRESET), or its RST arrived while bytes of the response were still
+    /// unacknowledged.
+    pub response_lost: Option<u64>,
     /// The proxy closed the client connection while this exchange was current.
     pub response_cut_by_proxy: Option<u64>,
+    /// The proxy closed the client connection right after closing the
+    /// exchange's current upstream connection (nothing else between, in the
+    /// same thread): it abandoned that upstream's reply.
+    pub upstream_dropped: Option<u64>,
     /// Evidence may be missing (loss, adopted mid-exchange, flushed early).
     pub incomplete: bool,
     /// Still waiting for a response when the agent stopped.
@@ -96,8 +102,9 @@ impl Exchange {
             attempts: Vec::new(),
             client_fin: None,
             client_rst: None,
-            client_send_failed: None,
+            response_lost: None,
             response_cut_by_proxy: None,
+            upstream_dropped: None,
             incomplete: false,
             in_flight: false,
             orphan: false,
@@ -153,6 +160,8 @@ pub struct Attempt {
     pub error: Option<(i32, u64)>,
     /// The proxy closed the connection itself.
     pub local_close: Option<u64>,
+    /// The proxy's side sent a reset (a close with bytes left unread).
+    pub rst_out: Option<u64>,
     /// The connect failed (SYN_SENT → CLOSE).
     pub connect_failed: Option<u64>,
 }
@@ -177,7 +186,16 @@ impl Attempt {
             rst_in: None,
             error: None,
             local_close: None,
+            rst_out: None,
             connect_failed: None,
+        }
+    }
+
+    /// Takes the time of the reply's last byte from a socket's message cursor
+    /// (progress events are throttled; the cursor is exact).
+    pub fn reply_cursor(&mut self, msg: &MsgCursor) {
+        if msg.dir == Some(Dir::Recv) && msg.last > 0 && self.first_byte.is_some() {
+            self.last_recv = Some(self.last_recv.map_or(msg.last, |l| l.max(msg.last)));
         }
     }
 

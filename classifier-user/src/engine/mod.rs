@@ -73,6 +73,36 @@ pub const DEFAULT_HOLD_NS: u64 = 500_000_000;
 /// workers; a bound anyway, as thread ids are not recycled soon).
 const MAX_THREADS_REMEMBERED: usize = 4096;
 
+/// A thread's last two actions on distinct sockets (see `Engine::last_own`).
+#[derive(Clone, Copy, Debug, Default)]
+struct OwnActions {
+    last: Option<SockId>,
+    before: Option<SockId>,
+}
+
+/// The socket of an event that runs in the acting thread itself (its I/O, a
+/// close of its own), or `None` for what the kernel reports from elsewhere
+/// (softirq state changes, resets, errors, destroys after a handshake).
+fn own_action(kind: &EventKind) -> Option<SockId> {
+    match kind {
+        EventKind::Message { sock, .. }
+        | EventKind::Progress { sock, .. }
+        | EventKind::Eof { sock, .. }
+        | EventKind::IoError { sock, .. }
+        | EventKind::State {
+            sock,
+            local_close: true,
+            ..
+        }
+        | EventKind::Destroy {
+            sock,
+            local_close: true,
+            ..
+        } => Some(*sock),
+        _ => None,
+    }
+}
+
 /// Whether a client's first bytes are the HTTP/2 connection preface
 /// (`PRI * HTTP/2.0`, RFC 9113 §3.4).
 fn is_http2_preface(head: &Head) -> bool {
@@ -120,6 +150,14 @@ pub struct Engine {
     /// forwarded yet: the response it writes next comes from there, even when
     /// it closed a pooled connection in between (see `reattribute`).
     last_reply: HashMap<u32, SockId>,
+    /// Per thread, the sockets of its last two actions the probes saw from
+    /// inside it (I/O, or a close of its own; repeated actions on one socket
+    /// count once), as they were before the event being ingested (`prev_own`):
+    /// nginx drops an upstream whose reply it abandons and closes the client's
+    /// connection right after, writing at most that client's response header
+    /// between.
+    last_own: HashMap<u32, OwnActions>,
+    prev_own: Option<OwnActions>,
     text: build::AddressText,
     /// Reused buffers: the outcomes of the record being built, and the exchanges
     /// a new request ends (no allocation per request for either).
@@ -149,6 +187,8 @@ impl Engine {
             next_ex: 1,
             comms: HashMap::default(),
             last_reply: HashMap::default(),
+            last_own: HashMap::default(),
+            prev_own: None,
             text: build::AddressText::default(),
             outcomes: Vec::new(),
             ending: Vec::new(),
@@ -193,6 +233,23 @@ impl Engine {
     pub fn ingest_in_place(&mut self, ev: &mut Event, out: &mut Vec<Record>) {
         self.now = self.now.max(ev.ts);
         let ts = ev.ts;
+        self.prev_own = match own_action(&ev.kind) {
+            Some(sock) => {
+                if self.last_own.len() >= MAX_THREADS_REMEMBERED {
+                    self.last_own.clear();
+                }
+                let entry = self.last_own.entry(ev.tid).or_default();
+                let before = *entry;
+                if entry.last != Some(sock) {
+                    *entry = OwnActions {
+                        last: Some(sock),
+                        before: entry.last,
+                    };
+                }
+                Some(before)
+            }
+            None => None,
+        };
         if let EventKind::Message {
             sock,
             dir,
@@ -258,7 +315,9 @@ impl Engine {
                 local_close,
                 msg,
             } => self.state(ts, *sock, *old, *new, *local, *peer, *local_close, *msg),
-            EventKind::Reset { sock, dir, .. } => self.reset(ts, *sock, *dir),
+            EventKind::Reset {
+                sock, dir, unacked, ..
+            } => self.reset(ts, *sock, *dir, *unacked),
             EventKind::SockError { sock, errno, .. } => self.sock_error(ts, *sock, *errno),
             EventKind::Destroy {
                 sock,
@@ -1158,7 +1217,7 @@ impl Engine {
                 }
                 if dir == Dir::Send {
                     if let Some(ex) = self.current_mut(sock) {
-                        ex.client_send_failed.get_or_insert(ts);
+                        ex.response_lost.get_or_insert(ts);
                         if errno == libc::EPIPE {
                             ex.client_rst.get_or_insert(ts);
                         }
@@ -1230,6 +1289,7 @@ impl Engine {
                 if local_ep.port != 0 {
                     a.local = local_ep;
                 }
+                a.reply_cursor(&msg);
                 match (old, new) {
                     (TcpState::SynSent, TcpState::Established) => a.established = Some(ts),
                     (TcpState::SynSent, TcpState::Close) => {
@@ -1250,19 +1310,49 @@ impl Engine {
     /// The proxy closed a client connection: a response in progress ends here,
     /// unless the client had left first (the close answers the client's).
     fn proxy_closed_client(&mut self, sock: SockId, ts: u64) {
+        let prev_own = self.prev_own;
         if let Some(ex) = self.current_mut(sock) {
             if ex.response.is_some() && ex.client_left().is_none() {
                 ex.response_cut_by_proxy.get_or_insert(ts);
             }
+            // Its thread's action just before was closing the exchange's
+            // current upstream (or that, then writing to this client): the
+            // proxy gave up on that reply and ended the client's connection
+            // with it.
+            if let (Some(a), Some(own)) = (ex.attempts.last(), prev_own) {
+                let dropped_before = own.last == Some(a.sock)
+                    || (own.last == Some(sock) && own.before == Some(a.sock));
+                if a.local_close.is_some() && dropped_before {
+                    ex.upstream_dropped.get_or_insert(ts);
+                }
+            }
         }
     }
 
-    fn reset(&mut self, ts: u64, sock: SockId, dir: ResetDir) {
+    fn reset(&mut self, ts: u64, sock: SockId, dir: ResetDir, unacked: u32) {
         if dir != ResetDir::Received {
+            if self.side(sock) == Some(Side::Upstream) {
+                if let Some((e, idx)) = self.attempt_mut(sock) {
+                    e.attempts[idx].rst_out.get_or_insert(ts);
+                }
+            }
             return;
         }
         match self.side(sock) {
-            Some(Side::Client) => self.client_left(sock, ts, true),
+            Some(Side::Client) => {
+                self.client_left(sock, ts, true);
+                // The client reset the connection before it had acknowledged
+                // all the proxy wrote: it never got the whole response, even if
+                // the proxy had written its last byte (a client that stops
+                // reading and leaves fills the proxy's send queue first).
+                if unacked > 0 {
+                    if let Some(ex) = self.current_mut(sock) {
+                        if ex.response.is_some() {
+                            ex.response_lost.get_or_insert(ts);
+                        }
+                    }
+                }
+            }
             Some(Side::Upstream) => {
                 if let Some((e, idx)) = self.attempt_mut(sock) {
                     e.touch(ts);
@@ -1326,6 +1416,7 @@ impl Engine {
             Side::Upstream => {
                 if let Some((e, idx)) = self.attempt_mut(sock) {
                     e.touch(ts);
+                    e.attempts[idx].reply_cursor(&msg);
                     if local_close {
                         e.attempts[idx].local_close.get_or_insert(ts);
                     }

@@ -52,6 +52,14 @@ fn attempt_outcome(a: &Attempt, ex: &Exchange, last: bool) -> Outcome {
                 return Outcome::Truncated;
             }
         }
+        if let Some(dropped) = dropped_mid_body(a, ex, last) {
+            if mid_body_leave(ex).is_some_and(|c| c <= dropped) {
+                return Outcome::Aborted;
+            }
+            if stalled(a, ex, dropped) {
+                return Outcome::Timeout;
+            }
+        }
         return Outcome::Response;
     }
     if a.invalid {
@@ -139,9 +147,48 @@ fn ended_by_close(a: &Attempt, ex: &Exchange) -> bool {
     !reset && a.eof_read.is_some_and(|eof| ex.last_send > eof)
 }
 
+/// When the proxy abandoned the attempt's reply: it closed the upstream
+/// connection, the upstream having neither closed nor reset it, and closed the
+/// client's connection right after (nginx finalizing a request whose upstream
+/// it gives up on). A reply read to its end is not closed that way: a
+/// kept-alive connection goes back to the pool (and may be closed later, when
+/// the pool evicts it, amid other work), any other is closed as its last byte
+/// is read.
+fn dropped_mid_body(a: &Attempt, ex: &Exchange, last: bool) -> Option<u64> {
+    let closed = a.local_close?;
+    ex.upstream_dropped?;
+    let upstream_ended = a.upstream_failed().is_some_and(|f| f <= closed) || a.eof_read.is_some();
+    (last && !upstream_ended).then_some(closed)
+}
+
+/// When the client left (FIN or RST) after the response had started, if it did.
+/// nginx then drops the upstream ("client prematurely closed connection, so
+/// upstream connection is closed too") and logs the status it had sent.
+fn mid_body_leave(ex: &Exchange) -> Option<u64> {
+    let started = ex.response.as_ref()?.ts;
+    ex.client_left().filter(|&c| c >= started)
+}
+
+/// Silence from the upstream before the proxy dropped its reply that marks a
+/// read timeout (`proxy_read_timeout`), not a reply read to its end and closed
+/// at once.
+const STALL_NS: u64 = 100_000_000;
+
+/// The upstream went silent mid-reply and the proxy gave up on it: it closed the
+/// upstream connection long after the last byte came, with nothing left unread
+/// (a proxy that stopped reading because the client was slow leaves bytes
+/// unread, and its close sends a reset instead), then cut the client's
+/// response.
+fn stalled(a: &Attempt, ex: &Exchange, dropped: u64) -> bool {
+    let quiet_since = a.last_recv.or(a.first_byte).unwrap_or(dropped);
+    dropped.saturating_sub(quiet_since) >= STALL_NS
+        && a.rst_out.is_none_or(|r| r > dropped)
+        && ex.response_cut_by_proxy.is_some_and(|k| k >= dropped)
+}
+
 /// Whether the response to the client was cut after the upstream failed at `failed`.
 fn response_cut(ex: &Exchange, failed: u64) -> bool {
-    ex.client_send_failed.is_some_and(|t| t >= failed)
+    ex.response_lost.is_some_and(|t| t >= failed)
         || ex.response_cut_by_proxy.is_some_and(|t| t >= failed)
 }
 
@@ -172,14 +219,29 @@ pub fn exchange_verdict(
         return (Verdict::ProxyError, Origin::Proxy, None);
     };
     let from = match (last, resp.status) {
-        (Some((a, Outcome::Response | Outcome::Truncated)), Some(s)) if a.status == Some(s) => {
-            ResponseFrom::Upstream
-        }
+        (
+            Some((a, Outcome::Response | Outcome::Truncated | Outcome::Aborted | Outcome::Timeout)),
+            Some(s),
+        ) if a.status == Some(s) => ResponseFrom::Upstream,
         _ => ResponseFrom::Proxy,
     };
     match last {
         Some((_, Outcome::Truncated)) => {
             return (Verdict::UpstreamTruncated, Origin::Upstream, Some(from))
+        }
+        // The header was forwarded, then the upstream went silent and the proxy
+        // cut the body at its read timeout.
+        Some((_, Outcome::Timeout)) if from == ResponseFrom::Upstream => {
+            return (Verdict::UpstreamTruncated, Origin::Upstream, Some(from))
+        }
+        // The client left mid-body and the proxy dropped the upstream.
+        Some((_, Outcome::Aborted)) if from == ResponseFrom::Upstream => {
+            let verdict = if ex.client_rst.is_some() {
+                Verdict::ClientReset
+            } else {
+                Verdict::ClientAbort
+            };
+            return (verdict, Origin::Client, Some(from));
         }
         // No status line on the wire: the proxy passed the upstream's bytes through
         // (nginx treats them as HTTP/0.9 and logs 009).
@@ -195,7 +257,7 @@ pub fn exchange_verdict(
         }
         _ => {}
     }
-    if ex.client_send_failed.is_some() && ex.client_rst.is_some() {
+    if ex.response_lost.is_some() && ex.client_rst.is_some() {
         return (Verdict::ClientReset, Origin::Client, Some(from));
     }
     let status = resp

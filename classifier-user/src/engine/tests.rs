@@ -7,7 +7,7 @@ use crate::{
     event::{Endpoint, MsgCursor},
     head::{Head, RequestLine, StatusLine},
     record::ExchangeRecord,
-    verdict::{Outcome, ResponseFrom, Verdict},
+    verdict::{Origin, Outcome, ResponseFrom, Verdict},
 };
 
 const MS: u64 = 1_000_000;
@@ -289,6 +289,7 @@ fn a_refused_attempt_chains_to_the_retry_through_its_close() {
         sock: U1,
         dir: ResetDir::Received,
         state: TcpState::SynSent,
+        unacked: 0,
     })
     .state(U1, TcpState::SynSent, TcpState::Close, 40001, false)
     .ev(EventKind::SockError {
@@ -329,6 +330,7 @@ fn a_refused_last_attempt_is_upstream_refused() {
         sock: U1,
         dir: ResetDir::Received,
         state: TcpState::SynSent,
+        unacked: 0,
     })
     .ev(EventKind::SockError {
         sock: U1,
@@ -961,4 +963,163 @@ fn an_upstream_fin_after_the_head_truncates_only_a_response_left_unfinished() {
     );
     assert_eq!(run(true, false), (Verdict::Ok, Outcome::Response));
     assert_eq!(run(false, true), (Verdict::Ok, Outcome::Response));
+}
+
+impl Script {
+    fn reset_in(&mut self, sock: SockId, unacked: u32) -> &mut Self {
+        self.ev(EventKind::Reset {
+            sock,
+            dir: ResetDir::Received,
+            state: TcpState::Unknown,
+            unacked,
+        })
+    }
+
+    /// The proxy closes `sock` itself (a FIN out of ESTABLISHED or CLOSE_WAIT).
+    fn close(&mut self, sock: SockId, from: TcpState) -> &mut Self {
+        let to = if from == TcpState::CloseWait {
+            TcpState::LastAck
+        } else {
+            TcpState::FinWait1
+        };
+        self.state(sock, from, to, 0, true)
+    }
+}
+
+#[test]
+fn a_client_reset_before_it_acknowledged_the_body_cuts_the_response() {
+    let mut s = Script::new();
+    // The reply was read whole and its connection kept; the client stopped
+    // reading, then reset with bytes of the body still unacknowledged.
+    s.client(C1, 5000)
+        .pooled(U1, 40000, 9000)
+        .kept_alive(C1, U1, "/big", 200)
+        .at(1500)
+        .reset_in(C1, 2_000_000)
+        .destroy(C1, true);
+    // The same with everything acknowledged: the client had the whole response.
+    s.client(C2, 5001)
+        .pooled(U2, 40001, 9000)
+        .kept_alive(C2, U2, "/small", 200)
+        .at(5)
+        .reset_in(C2, 0)
+        .destroy(C2, true);
+    let rs = s.finish();
+    let cut = rs.iter().find(|r| r.client.port == 5000).unwrap();
+    assert_eq!(cut.verdict, Verdict::ClientReset);
+    assert_eq!(
+        (cut.response.status, cut.response.from),
+        (Some(200), Some(ResponseFrom::Upstream))
+    );
+    assert_eq!(cut.upstreams[0].outcome, Outcome::Response);
+    assert!(cut.duration_us >= 1_500_000, "ends at the reset");
+    assert!(cut.hint.as_deref().unwrap().contains("nginx logs 200"));
+    let whole = rs.iter().find(|r| r.client.port == 5001).unwrap();
+    assert_eq!(whole.verdict, Verdict::Ok);
+}
+
+#[test]
+fn a_client_leaving_mid_body_while_the_upstream_streams_is_an_abort() {
+    for (reset, verdict) in [(false, Verdict::ClientAbort), (true, Verdict::ClientReset)] {
+        let mut s = Script::new();
+        s.client(C1, 5000)
+            .pooled(U1, 40000, 9000)
+            .kept_alive(C1, U1, "/stream", 200)
+            .at(500);
+        if reset {
+            s.reset_in(C1, 0);
+        } else {
+            s.state(C1, TcpState::Established, TcpState::CloseWait, 8080, false);
+        }
+        // nginx drops the upstream, then closes the client: back to back.
+        s.close(U1, TcpState::Established);
+        if reset {
+            s.destroy(C1, true);
+        } else {
+            s.close(C1, TcpState::CloseWait).destroy(C1, false);
+        }
+        let r = s.finish().remove(0);
+        assert_eq!(r.verdict, verdict, "reset: {reset}");
+        assert_eq!(
+            (r.response.status, r.response.from),
+            (Some(200), Some(ResponseFrom::Upstream))
+        );
+        assert_eq!(r.upstreams[0].outcome, Outcome::Aborted);
+        assert_eq!(r.origin, Origin::Client);
+    }
+}
+
+#[test]
+fn a_pooled_connection_evicted_after_its_client_left_was_not_aborted() {
+    // The reply was whole and its connection went back to the pool; the client
+    // then left, and the pool evicted the connection while serving another
+    // client, before this client's connection was closed.
+    let mut s = Script::new();
+    s.client(C1, 5000)
+        .client(C2, 5001)
+        .pooled(U1, 40000, 9000)
+        .kept_alive(C1, U1, "/a", 200)
+        .state(C1, TcpState::Established, TcpState::CloseWait, 8080, false)
+        .recv(C2, get("/b"))
+        .close(U1, TcpState::Established)
+        .connect(U2, 9000, Some(C2))
+        .established(U2, 40001)
+        .send(U2, get("/b"), Some(C2))
+        .close(C1, TcpState::CloseWait)
+        .destroy(C1, false);
+    let rs = s.finish();
+    let r = rs.iter().find(|r| r.client.port == 5000).unwrap();
+    assert_eq!(r.verdict, Verdict::Ok);
+    assert_eq!(r.upstreams[0].outcome, Outcome::Response);
+}
+
+#[test]
+fn an_upstream_silent_mid_body_until_the_read_timeout_truncates() {
+    // Unbuffered: the head went out at once; buffered: the proxy wrote it only
+    // when it gave up on the upstream, right before closing the client.
+    for buffered in [false, true] {
+        let mut s = Script::new();
+        s.client(C1, 5000)
+            .recv(C1, get("/stall"))
+            .connect(U1, 9000, Some(C1))
+            .established(U1, 40000)
+            .send(U1, get("/stall"), Some(C1))
+            .recv(U1, status(200));
+        if !buffered {
+            s.send(C1, status(200), Some(U1));
+        }
+        s.at(800).close(U1, TcpState::Established);
+        if buffered {
+            s.send(C1, status(200), Some(U1));
+        }
+        s.close(C1, TcpState::Established);
+        let r = s.finish().remove(0);
+        assert_eq!(
+            r.verdict,
+            Verdict::UpstreamTruncated,
+            "buffered: {buffered}"
+        );
+        assert_eq!(r.upstreams[0].outcome, Outcome::Timeout);
+        assert_eq!(r.response.from, Some(ResponseFrom::Upstream));
+        assert!(
+            r.hint.as_deref().unwrap().contains("went silent"),
+            "{:?}",
+            r.hint
+        );
+        assert!(r.duration_us >= 800_000);
+    }
+    // A reply read whole, its connection closed at once (no keep-alive), then
+    // the client's closed after the response: nothing was dropped.
+    let mut s = Script::new();
+    s.client(C1, 5000)
+        .recv(C1, get("/a"))
+        .connect(U1, 9000, Some(C1))
+        .established(U1, 40000)
+        .send(U1, get("/a"), Some(C1))
+        .recv(U1, status(200))
+        .close(U1, TcpState::Established)
+        .send(C1, status(200), Some(U1))
+        .close(C1, TcpState::Established);
+    let r = s.finish().remove(0);
+    assert_eq!(r.verdict, Verdict::Ok);
 }
