@@ -12,6 +12,10 @@ pub struct HintFacts {
     pub attempts: usize,
     /// Outcome of the deciding attempt.
     pub outcome: Option<Outcome>,
+    /// The status line the deciding attempt sent back, if it sent one.
+    pub upstream_status: Option<u16>,
+    /// The status written to the client was the upstream's, forwarded.
+    pub forwarded: bool,
     /// Time from the request sent upstream (or the connect) to the deciding event.
     pub after_us: Option<u64>,
     /// How long the upstream had been waited for when the client left.
@@ -100,13 +104,22 @@ pub fn hint(verdict: Verdict, f: &HintFacts) -> Option<String> {
     };
     Some(match verdict {
         Verdict::Ok => return None,
-        Verdict::ClientError => {
-            let status = f.status.unwrap_or(400);
-            match f.upstream {
-                Some(_) => format!("{up} answered {status}: {}.", client_4xx(status)),
-                None => format!("The proxy answered {status} itself, without asking an upstream: {}.", client_4xx(status)),
-            }
-        }
+        Verdict::ClientError => match f.status {
+            // No response at all: the proxy closed a connection whose request
+            // never came whole.
+            None => format!(
+                "The client did not finish sending its request{}, and the proxy closed the connection without a response (nginx logs 408 for a header or body that timed out, client_header_timeout and client_body_timeout). Check slow or stalled clients and what sits between them and the proxy.",
+                f.after_us.map(|us| format!(" ({} without a byte from it)", ms(us))).unwrap_or_default()
+            ),
+            Some(status) => match (f.upstream.as_deref(), f.upstream_status) {
+                (Some(up), Some(theirs)) if !f.forwarded && theirs != status => format!(
+                    "{up} answered {theirs}, and the proxy wrote {status} in its place (proxy_intercept_errors with error_page, or an error page that failed itself): {}.",
+                    client_4xx(status)
+                ),
+                (Some(up), _) => format!("{up} answered {status}: {}.", client_4xx(status)),
+                (None, _) => format!("The proxy answered {status} itself, without asking an upstream: {}.", client_4xx(status)),
+            },
+        },
         Verdict::UpstreamError => {
             let status = f.status.unwrap_or(500);
             format!("{up} answered {status} itself and the proxy forwarded it unchanged: {}.", upstream_5xx(status))
@@ -171,9 +184,14 @@ pub fn hint(verdict: Verdict, f: &HintFacts) -> Option<String> {
             "{up} closed the connection{after} without a response header{retried}: check it for crashes or restarts, and keep-alive timeouts shorter than the proxy's.{}",
             timeout_note(f.after_us)
         ),
-        Verdict::UpstreamInvalid => format!(
-            "{up} answered bytes that are not an HTTP response header{retried}: check the protocol and port (TLS or HTTP/2 on a plain HTTP/1 port, a non-HTTP service)."
-        ),
+        Verdict::UpstreamInvalid => match f.upstream_status {
+            Some(theirs) => format!(
+                "{up} sent a status line ({theirs}) and then a header the proxy rejected{retried}: larger than its header buffer (nginx: \"upstream sent too big header\", proxy_buffer_size) or a malformed header line (\"upstream sent invalid header\"). Check the size of the headers and cookies it sets, and the proxy's error log."
+            ),
+            None => format!(
+                "{up} answered bytes that are not an HTTP response header{retried}: check the protocol and port (TLS or HTTP/2 on a plain HTTP/1 port, a non-HTTP service)."
+            ),
+        },
         Verdict::UpstreamTimeout => format!(
             "{up} accepted the request but sent no response header{after}; the proxy gave up (504). Check the upstream's latency and what it waits on (databases, downstream calls), and the proxy's read timeout.{}",
             timeout_note(f.after_us)

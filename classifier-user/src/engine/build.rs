@@ -9,7 +9,7 @@ use crate::{
     event::Endpoint,
     hint::{hint, HintFacts},
     record::{Address, ExchangeRecord, Proxy, Request, Response, Upstream},
-    verdict::{Outcome, Verdict},
+    verdict::{Outcome, ResponseFrom, Verdict},
 };
 
 /// RFC 3339 UTC with microseconds for a CLOCK_MONOTONIC timestamp
@@ -154,7 +154,10 @@ pub fn build(
                 .fold(ex.last_send, u64::max)
         }
         Some(_) => ex.last_send,
-        None => ex.client_left().unwrap_or(ex.last_activity),
+        None => ex
+            .client_left()
+            .or(ex.closed_unanswered.map(|(at, _)| at))
+            .unwrap_or(ex.last_activity),
     };
     // An exchange still in flight lasted at least until the agent stopped.
     let end = if ex.in_flight { end.max(now) } else { end };
@@ -193,7 +196,7 @@ pub fn build(
     } else {
         hint(
             verdict,
-            &hint_facts(ex, outcomes, status, duration_us, verdict),
+            &hint_facts(ex, outcomes, status, duration_us, verdict, from),
         )
     };
     let complete = !ex.incomplete && !ex.inferred && conn.is_some();
@@ -281,6 +284,7 @@ fn hint_facts(
     status: Option<u16>,
     duration_us: u64,
     verdict: Verdict,
+    from: Option<ResponseFrom>,
 ) -> HintFacts {
     // The deciding attempt: the last one (nginx reports the last upstream tried).
     let last = ex.attempts.last();
@@ -294,6 +298,11 @@ fn hint_facts(
         };
         Some(us(from, to))
     });
+    // A request that never came whole: how long the client had been silent.
+    let after_us = match (verdict, status, ex.closed_unanswered) {
+        (Verdict::ClientError, None, Some((_, quiet))) => Some(quiet / 1_000),
+        _ => after_us,
+    };
     // How long the upstream had been silent when the proxy gave up on its reply.
     let silent_us = last
         .filter(|a| outcome == Some(Outcome::Timeout) && a.first_byte.is_some())
@@ -310,6 +319,8 @@ fn hint_facts(
         upstream: last.map(|a| a.peer.to_string()),
         attempts: ex.attempts.len(),
         outcome,
+        upstream_status: last.and_then(|a| a.status),
+        forwarded: from == Some(ResponseFrom::Upstream),
         after_us,
         waited_us,
         silent_us,

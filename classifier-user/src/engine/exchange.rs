@@ -61,6 +61,9 @@ pub struct Exchange {
     pub response_lost: Option<u64>,
     /// The proxy closed the client connection while this exchange was current.
     pub response_cut_by_proxy: Option<u64>,
+    /// The proxy closed the client connection before writing any response, and
+    /// how long the exchange had been quiet by then (ns).
+    pub closed_unanswered: Option<(u64, u64)>,
     /// The proxy closed the client connection right after closing the
     /// exchange's current upstream connection (nothing else between, in the
     /// same thread): it abandoned that upstream's reply.
@@ -104,6 +107,7 @@ impl Exchange {
             client_rst: None,
             response_lost: None,
             response_cut_by_proxy: None,
+            closed_unanswered: None,
             upstream_dropped: None,
             incomplete: false,
             in_flight: false,

@@ -1315,6 +1315,11 @@ impl Engine {
             if ex.response.is_some() && ex.client_left().is_none() {
                 ex.response_cut_by_proxy.get_or_insert(ts);
             }
+            if ex.response.is_none() && ex.client_left().is_none() {
+                let quiet = ts.saturating_sub(ex.last_activity);
+                ex.closed_unanswered.get_or_insert((ts, quiet));
+            }
+            ex.touch(ts);
             // Its thread's action just before was closing the exchange's
             // current upstream (or that, then writing to this client): the
             // proxy gave up on that reply and ended the client's connection

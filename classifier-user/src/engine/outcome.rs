@@ -192,6 +192,22 @@ fn response_cut(ex: &Exchange, failed: u64) -> bool {
         || ex.response_cut_by_proxy.is_some_and(|t| t >= failed)
 }
 
+/// Quiet time before the proxy closes an unanswered connection that marks a
+/// client too slow to send its request (nginx's client_header_timeout and
+/// client_body_timeout, 60 s by default), not a close of the proxy's own
+/// making (`return 444`, a request it refuses at once).
+const CLIENT_TIMEOUT_NS: u64 = 1_000_000_000;
+
+/// The proxy closed the connection without a response after the client had
+/// sent nothing for a while, and no upstream was waited on: the request never
+/// came whole (nginx logs 408).
+fn client_too_slow(ex: &Exchange) -> bool {
+    ex.attempts.is_empty()
+        && ex
+            .closed_unanswered
+            .is_some_and(|(_, quiet)| quiet >= CLIENT_TIMEOUT_NS)
+}
+
 /// The exchange's verdict, whose behaviour decided it, and who wrote the status.
 pub fn exchange_verdict(
     ex: &Exchange,
@@ -205,6 +221,9 @@ pub fn exchange_verdict(
         }
         if ex.client_fin.is_some() {
             return (Verdict::ClientAbort, Origin::Client, None);
+        }
+        if client_too_slow(ex) {
+            return (Verdict::ClientError, Origin::Client, None);
         }
         if ex.in_flight {
             // The agent stopped first: say what the exchange was waiting on.

@@ -1123,3 +1123,66 @@ fn an_upstream_silent_mid_body_until_the_read_timeout_truncates() {
     let r = s.finish().remove(0);
     assert_eq!(r.verdict, Verdict::Ok);
 }
+
+#[test]
+fn a_request_that_never_came_whole_is_the_clients_timeout_not_the_proxys() {
+    // nginx's client_header_timeout: the first line came, the rest never did;
+    // the proxy closed the connection without a response.
+    let mut s = Script::new();
+    s.client(C1, 5000)
+        .recv(C1, get("/slow"))
+        .at(1_200)
+        .close(C1, TcpState::Established)
+        .destroy(C1, false);
+    // `return 444`: closed at once, no response, the proxy's own doing.
+    s.client(C2, 5001)
+        .recv(C2, get("/r444"))
+        .close(C2, TcpState::Established)
+        .destroy(C2, false);
+    let rs = s.finish();
+    let slow = rs.iter().find(|r| r.client.port == 5000).unwrap();
+    assert_eq!(
+        (slow.verdict, slow.origin),
+        (Verdict::ClientError, Origin::Client)
+    );
+    assert_eq!(slow.response.status, None);
+    assert!(slow.duration_us >= 1_200_000, "{}", slow.duration_us);
+    let hint = slow.hint.as_deref().unwrap();
+    assert!(hint.contains("408") && hint.contains("1.20 s"), "{hint}");
+    let closed = rs.iter().find(|r| r.client.port == 5001).unwrap();
+    assert_eq!(closed.verdict, Verdict::ProxyError);
+}
+
+#[test]
+fn hints_name_the_upstreams_own_status_when_the_proxy_replaced_it() {
+    // proxy_intercept_errors + error_page: the upstream's 503 became a 404.
+    let mut s = Script::new();
+    s.client(C1, 5000)
+        .pooled(U1, 40000, 9000)
+        .recv(C1, get("/a"))
+        .send(U1, Head::None, Some(C1))
+        .recv(U1, status(503))
+        .send(C1, status(404), Some(U1));
+    // A status line, then a header too big for the proxy's buffer: its own 502.
+    s.client(C2, 5001)
+        .pooled(U2, 40001, 9000)
+        .recv(C2, get("/b"))
+        .send(U2, Head::None, Some(C2))
+        .recv(U2, status(200))
+        .send(C2, status(502), Some(U2));
+    let rs = s.finish();
+    let replaced = rs.iter().find(|r| r.client.port == 5000).unwrap();
+    assert_eq!(replaced.verdict, Verdict::ClientError);
+    let hint = replaced.hint.as_deref().unwrap();
+    assert!(
+        hint.contains("answered 503") && hint.contains("wrote 404"),
+        "{hint}"
+    );
+    let big = rs.iter().find(|r| r.client.port == 5001).unwrap();
+    assert_eq!(big.verdict, Verdict::UpstreamInvalid);
+    let hint = big.hint.as_deref().unwrap();
+    assert!(
+        hint.contains("status line (200)") && hint.contains("too big header"),
+        "{hint}"
+    );
+}
