@@ -719,7 +719,7 @@ impl Engine {
                     [None, None]
                 };
                 self.reattribute(ts, sock, &head, candidates, out);
-                self.client_response(ts, sock, &head, bytes);
+                self.client_response(ts, sock, &head, bytes, out);
                 if matches!(&head, Head::Status(st) if st.code == 101) {
                     self.start_tunnel(sock);
                 }
@@ -962,17 +962,34 @@ impl Engine {
         }
     }
 
-    fn client_response(&mut self, ts: u64, sock: SockId, head: &Head, bytes: u32) {
+    fn client_response(
+        &mut self,
+        ts: u64,
+        sock: SockId,
+        head: &Head,
+        bytes: u32,
+        out: &mut Vec<Record>,
+    ) {
         let Some(s) = self.socks.get(sock) else {
             return;
         };
-        let target = s
+        let owner = s.owner;
+        let mut target = s
             .exchanges
             .iter()
             .find(|e| self.exchanges.get(e).is_some_and(|x| x.response.is_none()))
             .copied();
-        let Some(ex) = target.and_then(|id| self.exchanges.get_mut(&id)) else {
+        if target.is_none() {
             self.counters.orphan_responses += 1;
+            // A final response with no request seen for it: the proxy answered a
+            // pipelined request itself (its line came in the receive of the one
+            // before, and no upstream request showed it). It is an exchange all
+            // the same; its request is unknown (`complete: false`).
+            if matches!(head, Head::Status(st) if st.code >= 200) {
+                target = Some(self.open_inferred(sock, owner, ts, out));
+            }
+        }
+        let Some(ex) = target.and_then(|id| self.exchanges.get_mut(&id)) else {
             return;
         };
         ex.touch(ts);

@@ -1186,3 +1186,31 @@ fn hints_name_the_upstreams_own_status_when_the_proxy_replaced_it() {
         "{hint}"
     );
 }
+
+#[test]
+fn a_pipelined_request_the_proxy_answers_itself_gets_a_record() {
+    let mut s = Script::new();
+    s.client(C1, 5000).pooled(U1, 40001, 9000);
+    // Three requests in one receive: the first proxied, the second answered by
+    // the proxy itself (`return 503`), the third proxied.
+    s.recv(C1, get("/first"))
+        .send(U1, get("/first"), Some(C1))
+        .recv(U1, status(200))
+        .send(C1, status(200), Some(U1))
+        .send(C1, status(503), None)
+        .send(U1, get("/third"), Some(C1))
+        .recv(U1, status(201))
+        .send(C1, status(201), Some(U1));
+    let rs = s.finish();
+    let got: Vec<_> = rs.iter().map(who_what).collect();
+    assert_eq!(
+        got,
+        [
+            (5000, Some("/first".into()), Some(200)),
+            (5000, None, Some(503)),
+            (5000, Some("/third".into()), Some(201)),
+        ]
+    );
+    assert_eq!(rs[1].verdict, Verdict::ProxyError);
+    assert!(!rs[1].complete, "its request line was never seen");
+}
