@@ -205,11 +205,19 @@ fn build(release: bool) -> Result<()> {
     cargo(&args)
 }
 
+/// Cargo's target directory: `$CARGO_TARGET_DIR` when set (relative to the
+/// workspace root, where cargo runs), else `<root>/target`.
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| workspace_root().join("target"), |d| workspace_root().join(d))
+}
+
 /// Unit and replay tests in parallel; end-to-end tests one at a time (each starts
 /// its own nginx and probes, and some measure time).
 fn test(filter: Option<&str>) -> Result<()> {
     build(false)?;
-    let bin = workspace_root().join("target/debug/classify");
+    let bin = target_dir().join("debug/classify");
     // SAFETY-free: single-threaded; children inherit it.
     std::env::set_var("CLASSIFY_BIN", &bin);
     let mut unit = vec!["test", "--workspace", "--exclude", "classify-tests"];
