@@ -13,10 +13,16 @@
 //! | `/fault/silent` | reads the request and never answers |
 //! | `/fault/truncate` | sends a head with `Content-Length: 1000`, 10 body bytes, then RST |
 //! | `/upgrade` | answers `101 Switching Protocols`, then echoes every byte until the peer closes (a WebSocket's shape) |
+//! | `/big/{bytes}` | answers 200 with `Content-Length: {bytes}`, head and whole body in one write; keep-alive honoured |
+//! | `/stream/{chunks}/{ms}` | answers 200 chunked: one small chunk every `ms` milliseconds (the first at once), then the last chunk; keep-alive honoured |
+//! | `/stall/{bytes}` | sends a head with `Content-Length: 100000` and `bytes` body bytes, then nothing more: holds the connection open until the peer closes it |
 //! | anything else | answers 200 |
 //!
 //! Every request is logged with the peer port, so tests can check which upstream
-//! socket served which request.
+//! socket served which request, when it arrives ([`Upstream::log`]) and again once
+//! everything its behaviour sends was written ([`Upstream::sent`]: the kernel took
+//! the last byte; a response cut short by the peer never gets there). Only the
+//! paths above that answer a status and a body are logged there.
 use std::{
     io::{Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
@@ -45,6 +51,7 @@ pub struct LogEntry {
 pub struct Upstream {
     addr: SocketAddr,
     log: Arc<Mutex<Vec<LogEntry>>>,
+    sent: Arc<Mutex<Vec<LogEntry>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -58,19 +65,25 @@ impl Upstream {
         let listener = listen_deep(addr);
         let addr = listener.local_addr().expect("upstream addr");
         let log = Arc::new(Mutex::new(Vec::new()));
+        let sent = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (l2, s2) = (log.clone(), stop.clone());
+        let (l2, sent2, s2) = (log.clone(), sent.clone(), stop.clone());
         thread::spawn(move || {
             for conn in listener.incoming() {
                 if s2.load(Ordering::Relaxed) {
                     break;
                 }
                 let Ok(conn) = conn else { continue };
-                let log = l2.clone();
-                thread::spawn(move || serve(conn, &log));
+                let (log, sent) = (l2.clone(), sent2.clone());
+                thread::spawn(move || serve(conn, &log, &sent));
             }
         });
-        Self { addr, log, stop }
+        Self {
+            addr,
+            log,
+            sent,
+            stop,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -83,6 +96,13 @@ impl Upstream {
 
     pub fn log(&self) -> Vec<LogEntry> {
         self.log.lock().expect("log lock").clone()
+    }
+
+    /// Requests whose response was written as far as their behaviour goes (the
+    /// last byte handed to the kernel; for `/stall`, the head and its bytes), in
+    /// that order.
+    pub fn sent(&self) -> Vec<LogEntry> {
+        self.sent.lock().expect("sent lock").clone()
     }
 }
 
@@ -210,7 +230,44 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-fn serve(mut conn: TcpStream, log: &Mutex<Vec<LogEntry>>) {
+/// `/big/{bytes}`: head and body in one write.
+fn respond_big(conn: &mut TcpStream, bytes: usize, keep_alive: bool) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: {bytes}\r\nConnection: {}\r\n\r\n",
+        if keep_alive { "keep-alive" } else { "close" }
+    );
+    let mut all = Vec::with_capacity(head.len() + bytes);
+    all.extend_from_slice(head.as_bytes());
+    all.extend((0..bytes).map(|i| b'a' + (i % 26) as u8));
+    conn.write_all(&all)
+}
+
+/// `/stream/{chunks}/{ms}`: a chunked body, one chunk every `ms` milliseconds.
+fn respond_stream(
+    conn: &mut TcpStream,
+    chunks: usize,
+    every: Duration,
+    keep_alive: bool,
+) -> std::io::Result<()> {
+    conn.write_all(
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nConnection: {}\r\n\r\n",
+            if keep_alive { "keep-alive" } else { "close" }
+        )
+        .as_bytes(),
+    )?;
+    for i in 0..chunks {
+        if i > 0 {
+            thread::sleep(every);
+        }
+        let data = format!("chunk {i:05}\n");
+        conn.write_all(format!("{:x}\r\n{data}\r\n", data.len()).as_bytes())?;
+    }
+    thread::sleep(every);
+    conn.write_all(b"0\r\n\r\n")
+}
+
+fn serve(mut conn: TcpStream, log: &Mutex<Vec<LogEntry>>, sent: &Mutex<Vec<LogEntry>>) {
     let _ = conn.set_nodelay(true);
     let peer_port = conn.peer_addr().map(|a| a.port()).unwrap_or(0);
     let mut buf = Vec::new();
@@ -261,15 +318,56 @@ fn serve(mut conn: TcpStream, log: &Mutex<Vec<LogEntry>>) {
                 entry.action = "upgrade";
                 Some(101)
             }
+            ["big", ..] => {
+                entry.action = "big";
+                Some(200)
+            }
+            ["stream", ..] => {
+                entry.action = "stream";
+                Some(200)
+            }
+            ["stall", ..] => {
+                entry.action = "stall";
+                Some(200)
+            }
             _ => Some(200),
         };
-        entry.status =
-            status.filter(|_| matches!(entry.action, "respond" | "truncate" | "upgrade"));
+        entry.status = status.filter(|_| {
+            matches!(
+                entry.action,
+                "respond" | "truncate" | "upgrade" | "big" | "stream" | "stall"
+            )
+        });
         // Logged when the request arrives, before any delay.
         log.lock().expect("log lock").push(entry.clone());
         thread::sleep(delay);
+        let number = |i: usize| {
+            parts
+                .get(i)
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         let ok = match entry.action {
             "respond" => respond(&mut conn, status.unwrap_or(200), keep).is_ok(),
+            "big" => respond_big(&mut conn, number(1) as usize, keep).is_ok(),
+            "stream" => respond_stream(
+                &mut conn,
+                number(1) as usize,
+                Duration::from_millis(number(2)),
+                keep,
+            )
+            .is_ok(),
+            "stall" => {
+                let mut head = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 100000\r\n\r\n".to_vec();
+                head.resize(head.len() + number(1) as usize, b's');
+                if conn.write_all(&head).is_ok() {
+                    sent.lock().expect("sent lock").push(entry.clone());
+                }
+                // Silence: never another byte, until the peer closes.
+                let mut sink = [0u8; 1024];
+                while matches!(conn.read(&mut sink), Ok(n) if n > 0) {}
+                false
+            }
             "reset" => {
                 set_linger_zero(&conn);
                 false
@@ -319,6 +417,9 @@ fn serve(mut conn: TcpStream, log: &Mutex<Vec<LogEntry>>) {
             }
             _ => false,
         };
+        if ok && matches!(entry.action, "respond" | "big" | "stream") {
+            sent.lock().expect("sent lock").push(entry.clone());
+        }
         if !ok || !keep {
             break;
         }
