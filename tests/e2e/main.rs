@@ -9,6 +9,7 @@ mod faults;
 mod fixtures;
 mod foundation;
 mod http2;
+mod midbody;
 mod production;
 mod security;
 mod support;
