@@ -238,7 +238,8 @@ fn respond_big(conn: &mut TcpStream, bytes: usize, keep_alive: bool) -> std::io:
     );
     let mut all = Vec::with_capacity(head.len() + bytes);
     all.extend_from_slice(head.as_bytes());
-    all.extend((0..bytes).map(|i| b'a' + (i % 26) as u8));
+    // resize, not a byte-by-byte iterator: 16 MB took 230 ms in a debug build.
+    all.resize(head.len() + bytes, b'b');
     conn.write_all(&all)
 }
 
