@@ -26,8 +26,8 @@ use super::support::{assert_matches_access_log, assert_schema, require_root, sto
 /// (proxy_buffering off); `/timeout/` and `/timeout-unbuffered/` give up on a
 /// silent upstream after 1 s, buffered and not.
 const LOCATIONS: &str = "    location /unbuffered/ { proxy_pass http://up/; proxy_buffering off; }
-    location /timeout/ { proxy_pass http://up/; proxy_read_timeout 1s; }
-    location /timeout-unbuffered/ { proxy_pass http://up/; proxy_read_timeout 1s; proxy_buffering off; }
+    location /timeout/ { proxy_pass http://up/; proxy_read_timeout 500ms; }
+    location /timeout-unbuffered/ { proxy_pass http://up/; proxy_read_timeout 500ms; proxy_buffering off; }
 ";
 
 /// nginx in front of the test upstream, classify attached.
@@ -332,7 +332,7 @@ fn client_reset_mid_body_of_an_unbuffered_stream() {
 }
 
 /// The upstream sends the head and 2,000 of 100,000 body bytes, then nothing;
-/// nginx gives up after `proxy_read_timeout 1s` and closes the client connection.
+/// nginx gives up after `proxy_read_timeout 500ms` and closes the client connection.
 /// (Buffered, nginx holds the small head back with the body it has: the client
 /// gets both only when nginx gives up.)
 fn upstream_stalls_mid_body(prefix: &str) {
@@ -350,7 +350,7 @@ fn upstream_stalls_mid_body(prefix: &str) {
         assert_eq!(body.len(), 2000, "unbuffered: every byte sent is forwarded");
     }
     assert!(
-        waited >= Duration::from_millis(800),
+        waited >= Duration::from_millis(400),
         "nginx closed {waited:?} after the request, before its read timeout"
     );
     drop(s);
