@@ -210,7 +210,10 @@ fn build(release: bool) -> Result<()> {
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .filter(|d| !d.is_empty())
-        .map_or_else(|| workspace_root().join("target"), |d| workspace_root().join(d))
+        .map_or_else(
+            || workspace_root().join("target"),
+            |d| workspace_root().join(d),
+        )
 }
 
 /// Unit and replay tests in parallel; end-to-end tests one at a time (each starts

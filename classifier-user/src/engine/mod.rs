@@ -128,10 +128,11 @@ const MAX_LOSS_WINDOWS: usize = 64;
 /// bursts (every exchange that ended in one 100 ms stretch at once: about 1,300
 /// at 13,000 req/s), so the pools must hold a burst; they only grow to the
 /// largest burst seen (a few hundred bytes per entry), and beyond the limit
-/// entries are freed. With the 500 ms hold, a replay of 24,000 req/s allocated
-/// 0.19 times per event at 8,192 and 0.14 at this limit (0.12 with a 300 ms
-/// hold: the larger live set, allocated once).
-const SPARE_LIMIT: usize = 16384;
+/// entries are freed. (With the 500 ms hold, a replay of 24,000 req/s allocated
+/// 0.19 times per event at this limit and 0.14 at 16,384; but the pools kept
+/// after a burst then grew classify's RSS by 9 MiB over the million-connection
+/// churn test.)
+const SPARE_LIMIT: usize = 8192;
 
 pub struct Engine {
     cfg: EngineConfig,

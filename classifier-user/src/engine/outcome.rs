@@ -52,7 +52,9 @@ fn attempt_outcome(a: &Attempt, ex: &Exchange, last: bool) -> Outcome {
                 return Outcome::Truncated;
             }
         }
-        if let Some(dropped) = dropped_mid_body(a, ex, last) {
+        // A tunnel (101) has no body to cut: either side closing ends it, and
+        // the proxy then closes both connections.
+        if let Some(dropped) = dropped_mid_body(a, ex, last).filter(|_| status != 101) {
             if mid_body_leave(ex).is_some_and(|c| c <= dropped) {
                 return Outcome::Aborted;
             }

@@ -1214,3 +1214,25 @@ fn a_pipelined_request_the_proxy_answers_itself_gets_a_record() {
     assert_eq!(rs[1].verdict, Verdict::ProxyError);
     assert!(!rs[1].complete, "its request line was never seen");
 }
+
+#[test]
+fn a_tunnel_closed_by_its_client_is_not_an_abort() {
+    // A WebSocket: 101 forwarded, frames both ways, the client closes; the proxy
+    // closes the upstream and then the client, back to back.
+    let mut s = Script::new();
+    s.client(C1, 5000)
+        .recv(C1, get("/ws"))
+        .connect(U1, 9000, Some(C1))
+        .established(U1, 40000)
+        .send(U1, get("/ws"), Some(C1))
+        .recv(U1, status(101))
+        .send(C1, status(101), Some(U1))
+        .at(80)
+        .state(C1, TcpState::Established, TcpState::CloseWait, 8080, false)
+        .close(U1, TcpState::Established)
+        .close(C1, TcpState::CloseWait)
+        .destroy(C1, false);
+    let r = s.finish().remove(0);
+    assert_eq!(r.verdict, Verdict::Ok);
+    assert_eq!(r.upstreams[0].outcome, Outcome::Response);
+}
