@@ -17,6 +17,7 @@ use classify_tests::{
 };
 
 use super::support::{assert_matches_access_log, assert_schema, require_root, stop_after_log};
+use serde_json::Value;
 
 fn lab(extra_http: &str) -> (Upstream, Nginx, classify::Running) {
     require_root();
@@ -246,4 +247,78 @@ fn a_protocol_that_is_not_http_gets_no_verdict() {
         stats["engine"]["non_http_conversations"].as_u64().unwrap() >= 5,
         "{stats}"
     );
+}
+
+/// A pipelined request that nginx answers itself (`return 503`) between two it
+/// proxies: its line came in the first request's receive and no upstream request
+/// shows it, yet it is an exchange like the others.
+#[test]
+fn a_pipelined_request_the_proxy_answers_itself_gets_its_record() {
+    let (_up, nginx, running) = lab("    location /own { return 503; }\n");
+    let mut c = Conn::connect(nginx.port).unwrap();
+    let port = c.local_port();
+    let mut s = c.stream().try_clone().unwrap();
+    s.write_all(b"GET /status/200 HTTP/1.1\r\nHost: t\r\n\r\nGET /own HTTP/1.1\r\nHost: t\r\n\r\nGET /status/201 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let statuses: Vec<u16> = (0..3).map(|_| c.read_response().unwrap().status).collect();
+    assert_eq!(statuses, [200, 503, 201]);
+    drop(c);
+    let (out, access) = stop_after_log(&nginx, running, 3);
+    assert_schema(&out.records);
+    assert_eq!(
+        access.iter().map(|a| a.status()).collect::<Vec<_>>(),
+        [200, 503, 201]
+    );
+    let mine: Vec<&Value> = out
+        .exchanges()
+        .into_iter()
+        .filter(|r| r["client"]["port"] == port)
+        .collect();
+    let got: Vec<u64> = mine
+        .iter()
+        .map(|r| r["response"]["status"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(got, [200, 503, 201], "{mine:#?}");
+    let own = mine[1];
+    assert_eq!(own["response"]["from"], "proxy", "{own:#}");
+    assert_eq!(own["verdict"], "proxy_error", "{own:#}");
+    assert!(own["upstreams"].as_array().unwrap().is_empty(), "{own:#}");
+    assert_eq!(
+        own["complete"], false,
+        "its request line was never seen: {own:#}"
+    );
+}
+
+/// nginx's `client_header_timeout`: a client that sends a request line and never
+/// the end of its headers gets no response, and nginx logs 408. That is the
+/// client's doing, not the proxy's.
+#[test]
+fn a_request_that_never_comes_whole_is_the_clients_timeout() {
+    let (_up, nginx, running) = lab("    client_header_timeout 1s;\n");
+    let c = Conn::connect(nginx.port).unwrap();
+    let port = c.local_port();
+    let mut s = c.stream().try_clone().unwrap();
+    s.write_all(b"GET /status/200 HTTP/1.1\r\nHost: t\r\n")
+        .unwrap();
+    let got = read_all(&c);
+    assert!(
+        got.is_empty(),
+        "nginx answered: {}",
+        String::from_utf8_lossy(&got)
+    );
+    drop(c);
+    let (out, access) = stop_after_log(&nginx, running, 1);
+    assert_schema(&out.records);
+    assert_eq!(access.len(), 1, "{access:?}");
+    assert_eq!(access[0].status(), 408, "{access:?}");
+    let r = out
+        .exchanges()
+        .into_iter()
+        .find(|r| r["client"]["port"] == port)
+        .expect("a record for the client");
+    assert_eq!(r["verdict"], "client_error", "{r:#}");
+    assert_eq!(r["origin"], "client", "{r:#}");
+    assert!(r["response"]["status"].is_null(), "{r:#}");
+    assert!(r["duration_us"].as_u64().unwrap() >= 900_000, "{r:#}");
+    assert!(r["hint"].as_str().unwrap().contains("408"), "{r:#}");
 }
