@@ -18,6 +18,9 @@ pub struct HintFacts {
     pub forwarded: bool,
     /// Time from the request sent upstream (or the connect) to the deciding event.
     pub after_us: Option<u64>,
+    /// The deciding attempt's request was sent (false: the connection failed
+    /// before it, e.g. in a TLS handshake).
+    pub request_sent: bool,
     /// How long the upstream had been waited for when the client left.
     pub waited_us: Option<u64>,
     /// How long an upstream had been silent mid-reply when the proxy gave up.
@@ -95,7 +98,13 @@ pub fn hint(verdict: Verdict, f: &HintFacts) -> Option<String> {
     let up = f.upstream.as_deref().unwrap_or("the upstream");
     let after = f
         .after_us
-        .map(|us| format!(" {} after the request was sent", ms(us)))
+        .map(|us| {
+            if f.request_sent {
+                format!(" {} after the request was sent", ms(us))
+            } else {
+                format!(" {} after connecting, before any request was sent (a TLS handshake, if the upstream speaks TLS)", ms(us))
+            }
+        })
         .unwrap_or_default();
     let retried = if f.attempts > 1 {
         format!(" (after {} attempts)", f.attempts)
@@ -116,7 +125,11 @@ pub fn hint(verdict: Verdict, f: &HintFacts) -> Option<String> {
                     "{up} answered {theirs}, and the proxy wrote {status} in its place (proxy_intercept_errors with error_page, or an error page that failed itself): {}.",
                     client_4xx(status)
                 ),
-                (Some(up), _) => format!("{up} answered {status}: {}.", client_4xx(status)),
+                (Some(up), Some(_)) => format!("{up} answered {status}: {}.", client_4xx(status)),
+                (Some(up), None) => format!(
+                    "The proxy answered {status} itself before {up} answered, and dropped the request it was passing on: {}.",
+                    client_4xx(status)
+                ),
                 (None, _) => format!("The proxy answered {status} itself, without asking an upstream: {}.", client_4xx(status)),
             },
         },
@@ -193,7 +206,8 @@ pub fn hint(verdict: Verdict, f: &HintFacts) -> Option<String> {
             ),
         },
         Verdict::UpstreamTimeout => format!(
-            "{up} accepted the request but sent no response header{after}; the proxy gave up (504). Check the upstream's latency and what it waits on (databases, downstream calls), and the proxy's read timeout.{}",
+            "{up} accepted the {} but sent no response header{after}; the proxy gave up (504). Check the upstream's latency and what it waits on (databases, downstream calls), and the proxy's read timeout.{}",
+            if f.request_sent { "request" } else { "connection" },
             timeout_note(f.after_us)
         ),
         Verdict::UpstreamConnectTimeout => format!(

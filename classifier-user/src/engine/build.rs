@@ -320,6 +320,7 @@ fn hint_facts(
         attempts: ex.attempts.len(),
         outcome,
         upstream_status: last.and_then(|a| a.status),
+        request_sent: last.is_some_and(|a| a.request_sent.is_some()),
         forwarded: from == Some(ResponseFrom::Upstream),
         after_us,
         waited_us,

@@ -1297,7 +1297,7 @@ impl Engine {
                     self.client_left(sock, ts, false);
                 }
                 if local_close {
-                    self.proxy_closed_client(sock, ts);
+                    self.proxy_closed_client(sock, ts, &msg);
                 }
             }
             Side::Upstream => {
@@ -1329,14 +1329,20 @@ impl Engine {
 
     /// The proxy closed a client connection: a response in progress ends here,
     /// unless the client had left first (the close answers the client's).
-    fn proxy_closed_client(&mut self, sock: SockId, ts: u64) {
+    fn proxy_closed_client(&mut self, sock: SockId, ts: u64, msg: &MsgCursor) {
         let prev_own = self.prev_own;
         if let Some(ex) = self.current_mut(sock) {
             if ex.response.is_some() && ex.client_left().is_none() {
                 ex.response_cut_by_proxy.get_or_insert(ts);
             }
             if ex.response.is_none() && ex.client_left().is_none() {
-                let quiet = ts.saturating_sub(ex.last_activity);
+                // The client's silence: since the last byte of its request (the
+                // socket's message cursor), else since anything happened.
+                let last_from_client = match msg.dir {
+                    Some(Dir::Recv) if msg.last > 0 => msg.last,
+                    _ => ex.last_activity,
+                };
+                let quiet = ts.saturating_sub(last_from_client);
                 ex.closed_unanswered.get_or_insert((ts, quiet));
             }
             ex.touch(ts);
@@ -1427,7 +1433,7 @@ impl Engine {
                     }
                 }
                 if local_close {
-                    self.proxy_closed_client(sock, ts);
+                    self.proxy_closed_client(sock, ts, &msg);
                 }
                 let ids: Vec<ExId> = self
                     .socks

@@ -41,6 +41,24 @@ fn attempt_outcome(a: &Attempt, ex: &Exchange, last: bool) -> Outcome {
             }
             return Outcome::Invalid;
         }
+        // Not the last: the proxy went on to another attempt, so it did not
+        // take this reply. A status it retries on (`proxy_next_upstream
+        // http_502`, `http_404`...) was the upstream's own answer; otherwise the
+        // head never came whole: broken, timed out, or rejected.
+        if !last && status < 400 {
+            if let Some(failed) = a.failure_read() {
+                return broken(a, failed);
+            }
+            let waited = a
+                .local_close
+                .zip(a.first_byte)
+                .map_or(0, |(l, f)| l.saturating_sub(f));
+            return if waited >= STALL_NS {
+                Outcome::Timeout
+            } else {
+                Outcome::Invalid
+            };
+        }
         // Forwarded. It is cut when the upstream broke the connection after the
         // head and the proxy could not finish the response: it closed the client
         // connection right after, or a send to the client failed.
@@ -121,6 +139,16 @@ fn attempt_outcome(a: &Attempt, ex: &Exchange, last: bool) -> Outcome {
     // nowhere): a client that left after the proxy had answered (a 504) did
     // not abort this attempt.
     let answered_before = |c: u64| ex.response.as_ref().is_some_and(|r| r.ts < c);
+    // Dropped because of the client without its leaving: its request never
+    // came whole (408), or the proxy refused it mid-body itself (413 for a body
+    // over client_max_body_size) while the attempt streamed it.
+    let refused_client = ex
+        .response
+        .as_ref()
+        .is_some_and(|r| r.status.is_some_and(|s| (400..500).contains(&s)));
+    if a.first_byte.is_none() && (client_too_slow(ex) || (last && refused_client)) {
+        return Outcome::Aborted;
+    }
     match (client_left, a.local_close) {
         (Some(c), Some(l)) if c <= l => Outcome::Aborted,
         (Some(c), None) if !answered_before(c) => Outcome::Aborted,
@@ -201,10 +229,15 @@ fn response_cut(ex: &Exchange, failed: u64) -> bool {
 const CLIENT_TIMEOUT_NS: u64 = 1_000_000_000;
 
 /// The proxy closed the connection without a response after the client had
-/// sent nothing for a while, and no upstream was waited on: the request never
-/// came whole (nginx logs 408).
+/// sent nothing for a while, and no upstream had answered or failed: the
+/// request never came whole (nginx logs 408).
 fn client_too_slow(ex: &Exchange) -> bool {
-    ex.attempts.is_empty()
+    // An attempt may be under way: with `proxy_request_buffering off` the body
+    // streams upstream as it comes, and a body that stops is the client's.
+    let waiting_on_upstream = ex.attempts.last().is_some_and(|a| {
+        a.first_byte.is_some() || a.upstream_failed().is_some() || a.failure_read().is_some()
+    });
+    !waiting_on_upstream
         && ex
             .closed_unanswered
             .is_some_and(|(_, quiet)| quiet >= CLIENT_TIMEOUT_NS)

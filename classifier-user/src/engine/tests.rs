@@ -1236,3 +1236,89 @@ fn a_tunnel_closed_by_its_client_is_not_an_abort() {
     assert_eq!(r.verdict, Verdict::Ok);
     assert_eq!(r.upstreams[0].outcome, Outcome::Response);
 }
+
+#[test]
+fn a_retried_attempt_that_sent_a_status_line_then_broke_is_not_a_response() {
+    // The head never came whole: a status line, then a reset; nginx retried on
+    // another connection, which failed the same way, and wrote its own 502.
+    let mut s = Script::new();
+    s.client(C1, 5000).recv(C1, get("/a"));
+    for (u, port) in [(U1, 40001), (U2, 40002)] {
+        s.connect(u, 9000, Some(C1))
+            .established(u, port)
+            .send(u, get("/a"), Some(C1))
+            .recv(u, status(200))
+            .at(100)
+            .reset_in(u, 0)
+            .ev(EventKind::IoError {
+                sock: u,
+                dir: Dir::Recv,
+                errno: libc::ECONNRESET,
+                prev_touch: None,
+            })
+            .close(u, TcpState::Close);
+    }
+    s.send(C1, status(502), None);
+    let r = s.finish().remove(0);
+    assert_eq!(r.verdict, Verdict::UpstreamReset);
+    let outcomes: Vec<Outcome> = r.upstreams.iter().map(|u| u.outcome).collect();
+    assert_eq!(outcomes, [Outcome::Reset, Outcome::Reset]);
+}
+
+#[test]
+fn a_client_that_stops_mid_body_while_it_streams_upstream_is_the_clients_timeout() {
+    // proxy_request_buffering off: the request went upstream as it came; the
+    // body stopped, and after client_body_timeout the proxy closed both.
+    let mut s = Script::new();
+    s.client(C1, 5000)
+        .recv(C1, get("/upload"))
+        .connect(U1, 9000, Some(C1))
+        .established(U1, 40000)
+        .send(U1, get("/upload"), Some(C1))
+        .at(1_000)
+        .close(U1, TcpState::Established)
+        .ev(EventKind::State {
+            sock: C1,
+            old: TcpState::Established,
+            new: TcpState::FinWait1,
+            local: ep(8080),
+            peer: ep(5000),
+            local_close: true,
+            msg: MsgCursor {
+                dir: Some(Dir::Recv),
+                bytes: 1_000,
+                last: 1_000 * MS,
+            },
+        })
+        .destroy(C1, false);
+    let r = s.finish().remove(0);
+    assert_eq!(
+        (r.verdict, r.origin),
+        (Verdict::ClientError, Origin::Client)
+    );
+    assert_eq!(r.upstreams[0].outcome, Outcome::Aborted);
+}
+
+#[test]
+fn a_body_the_proxy_refuses_while_streaming_it_drops_the_attempt() {
+    // client_max_body_size reached mid-stream: the proxy answers 413 itself and
+    // closes the upstream connection it was passing the body to.
+    let mut s = Script::new();
+    s.client(C1, 5000)
+        .recv(C1, get("/upload"))
+        .connect(U1, 9000, Some(C1))
+        .established(U1, 40000)
+        .send(U1, get("/upload"), Some(C1))
+        .at(2)
+        .send(C1, status(413), None)
+        .close(U1, TcpState::Established);
+    let r = s.finish().remove(0);
+    assert_eq!(r.verdict, Verdict::ClientError);
+    assert_eq!(r.response.from, Some(ResponseFrom::Proxy));
+    assert_eq!(r.upstreams[0].outcome, Outcome::Aborted);
+    let hint = r.hint.unwrap();
+    assert!(
+        hint.contains("The proxy answered 413 itself before"),
+        "{hint}"
+    );
+}
