@@ -161,16 +161,25 @@ pub fn count(index: u32) {
     }
 }
 
-/// Enters a new socket in `SOCKS` (replacing any entry at `sk`); a full map is
-/// counted and leaves a gap in the evidence.
+/// Enters a new socket in `SOCKS` under a fresh id (replacing any entry at
+/// `sk`), owned by the current process; `unix_ino` is 0 for TCP. A full map is
+/// counted and leaves a gap in the evidence. Returns the id and the entry.
 #[inline(always)]
-pub fn track(sk: u64, state: SockState) -> Option<*mut SockState> {
+pub fn track(sk: u64, pid_tgid: u64, side: u8, unix_ino: u64) -> Option<(u64, *mut SockState)> {
+    let id = next_sock_id();
+    let state = SockState {
+        id,
+        owner_tgid: (pid_tgid >> 32) as u32,
+        side,
+        unix_ino,
+        ..SockState::default()
+    };
     if SOCKS.insert(sk, state, 0).is_err() {
         count(stat::SOCKS_FULL);
         gap();
         return None;
     }
-    SOCKS.get_ptr_mut(sk)
+    Some((id, SOCKS.get_ptr_mut(sk)?))
 }
 
 /// A socket id unique for the agent's lifetime: CPU number in the top 16 bits, a

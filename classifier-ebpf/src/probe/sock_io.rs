@@ -22,7 +22,7 @@ use super::{
     emit::{emit_at, emit_open, Opening},
     globals::*,
     held,
-    maps::{count, next_sock_id, thread_state, track, LISTEN_PORTS, SOCKS},
+    maps::{count, thread_state, track, LISTEN_PORTS, SOCKS},
     sock_state::{end_entry, is_inet_tcp, read_endpoints},
     tls, unix,
 };
@@ -347,16 +347,7 @@ fn adopt(sk: u64, pid_tgid: u64) -> Option<*mut SockState> {
     } else {
         side::UPSTREAM
     };
-    let id = next_sock_id();
-    let sock = track(
-        sk,
-        SockState {
-            id,
-            owner_tgid: (pid_tgid >> 32) as u32,
-            side: sock_side,
-            ..SockState::default()
-        },
-    )?;
+    let (id, sock) = track(sk, pid_tgid, sock_side, 0)?;
     emit_first_use(sock, id, local, peer, sock_side, pid_tgid);
     Some(sock)
 }

@@ -19,7 +19,7 @@ use super::{
     emit::{emit, emit_open, Opening},
     globals::*,
     held,
-    maps::{count, next_sock_id, thread_state, track, LISTEN_PORTS, SOCKS},
+    maps::{count, thread_state, track, LISTEN_PORTS, SOCKS},
 };
 
 const TCP_ESTABLISHED: i32 = 1;
@@ -110,18 +110,9 @@ fn on_connect(sk: u64, pid_tgid: u64) -> Option<()> {
         return None;
     }
     end_stale(sk, pid_tgid);
-    let id = next_sock_id();
     // A reused socket pointer whose destroy we missed is replaced: the identity
     // starts here.
-    let sock = track(
-        sk,
-        SockState {
-            id,
-            owner_tgid: (pid_tgid >> 32) as u32,
-            side: side::UPSTREAM,
-            ..SockState::default()
-        },
-    )?;
+    let (id, sock) = track(sk, pid_tgid, side::UPSTREAM, 0)?;
     // SAFETY: `thread` points to a map value valid for this program run.
     let prev_touch = unsafe {
         let prev = (*thread).last_touch;

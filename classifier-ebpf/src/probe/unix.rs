@@ -84,17 +84,7 @@ fn connecting_end(sk: u64) -> Option<(u64, u64)> {
 #[inline(always)]
 pub fn adopt(sk: u64, pid_tgid: u64) -> Option<*mut SockState> {
     let (ino, path) = connecting_end(sk)?;
-    let id = next_sock_id();
-    let sock = track(
-        sk,
-        SockState {
-            id,
-            owner_tgid: (pid_tgid >> 32) as u32,
-            side: side::UPSTREAM,
-            unix_ino: ino,
-            ..SockState::default()
-        },
-    )?;
+    let (id, sock) = track(sk, pid_tgid, side::UPSTREAM, ino)?;
     announce_at(sock, id, path, pid_tgid);
     Some(sock)
 }
