@@ -155,12 +155,11 @@ pub struct Engine {
     last_reply: HashMap<u32, SockId>,
     /// Per thread, the sockets of its last two actions the probes saw from
     /// inside it (I/O, or a close of its own; repeated actions on one socket
-    /// count once), as they were before the event being ingested (`prev_own`):
-    /// nginx drops an upstream whose reply it abandons and closes the client's
-    /// connection right after, writing at most that client's response header
-    /// between.
+    /// count once), the event being ingested included: nginx drops an upstream
+    /// whose reply it abandons and closes the client's connection right after,
+    /// writing at most that client's response header between, which leaves
+    /// (client, upstream) here at the client's close.
     last_own: HashMap<u32, OwnActions>,
-    prev_own: Option<OwnActions>,
     text: build::AddressText,
     /// Reused buffers: the outcomes of the record being built, and the exchanges
     /// a new request ends (no allocation per request for either).
@@ -191,7 +190,6 @@ impl Engine {
             comms: HashMap::default(),
             last_reply: HashMap::default(),
             last_own: HashMap::default(),
-            prev_own: None,
             text: build::AddressText::default(),
             outcomes: Vec::new(),
             ending: Vec::new(),
@@ -236,23 +234,18 @@ impl Engine {
     pub fn ingest_in_place(&mut self, ev: &mut Event, out: &mut Vec<Record>) {
         self.now = self.now.max(ev.ts);
         let ts = ev.ts;
-        self.prev_own = match own_action(&ev.kind) {
-            Some(sock) => {
-                if self.last_own.len() >= MAX_THREADS_REMEMBERED {
-                    self.last_own.clear();
-                }
-                let entry = self.last_own.entry(ev.tid).or_default();
-                let before = *entry;
-                if entry.last != Some(sock) {
-                    *entry = OwnActions {
-                        last: Some(sock),
-                        before: entry.last,
-                    };
-                }
-                Some(before)
+        if let Some(sock) = own_action(&ev.kind) {
+            if self.last_own.len() >= MAX_THREADS_REMEMBERED {
+                self.last_own.clear();
             }
-            None => None,
-        };
+            let entry = self.last_own.entry(ev.tid).or_default();
+            if entry.last != Some(sock) {
+                *entry = OwnActions {
+                    last: Some(sock),
+                    before: entry.last,
+                };
+            }
+        }
         if let EventKind::Message {
             sock,
             dir,
@@ -317,7 +310,17 @@ impl Engine {
                 peer,
                 local_close,
                 msg,
-            } => self.state(ts, *sock, *old, *new, *local, *peer, *local_close, *msg),
+            } => self.state(
+                ts,
+                ev.tid,
+                *sock,
+                *old,
+                *new,
+                *local,
+                *peer,
+                *local_close,
+                *msg,
+            ),
             EventKind::Reset {
                 sock, dir, unacked, ..
             } => self.reset(ts, *sock, *dir, *unacked),
@@ -326,7 +329,7 @@ impl Engine {
                 sock,
                 local_close,
                 msg,
-            } => self.destroy(ts, *sock, *local_close, *msg, out),
+            } => self.destroy(ts, ev.tid, *sock, *local_close, *msg, out),
             EventKind::Fork { child, comm } => {
                 if self.comms.len() < 65_536 {
                     let name: Arc<str> = match self.comms.get(child) {
@@ -1258,6 +1261,7 @@ impl Engine {
     fn state(
         &mut self,
         ts: u64,
+        tid: u32,
         sock: SockId,
         old: TcpState,
         new: TcpState,
@@ -1297,7 +1301,7 @@ impl Engine {
                     self.client_left(sock, ts, false);
                 }
                 if local_close {
-                    self.proxy_closed_client(sock, ts, &msg);
+                    self.proxy_closed_client(sock, ts, tid, &msg);
                 }
             }
             Side::Upstream => {
@@ -1329,8 +1333,8 @@ impl Engine {
 
     /// The proxy closed a client connection: a response in progress ends here,
     /// unless the client had left first (the close answers the client's).
-    fn proxy_closed_client(&mut self, sock: SockId, ts: u64, msg: &MsgCursor) {
-        let prev_own = self.prev_own;
+    fn proxy_closed_client(&mut self, sock: SockId, ts: u64, tid: u32, msg: &MsgCursor) {
+        let own = self.last_own.get(&tid).copied().unwrap_or_default();
         if let Some(ex) = self.current_mut(sock) {
             if ex.response.is_some() && ex.client_left().is_none() {
                 ex.response_cut_by_proxy.get_or_insert(ts);
@@ -1346,14 +1350,11 @@ impl Engine {
                 ex.closed_unanswered.get_or_insert((ts, quiet));
             }
             ex.touch(ts);
-            // Its thread's action just before was closing the exchange's
-            // current upstream (or that, then writing to this client): the
-            // proxy gave up on that reply and ended the client's connection
-            // with it.
-            if let (Some(a), Some(own)) = (ex.attempts.last(), prev_own) {
-                let dropped_before = own.last == Some(a.sock)
-                    || (own.last == Some(sock) && own.before == Some(a.sock));
-                if a.local_close.is_some() && dropped_before {
+            // Its thread's action before this close (and any write to this
+            // client) was closing the exchange's current upstream: the proxy
+            // gave up on that reply and ended the client's connection with it.
+            if let Some(a) = ex.attempts.last() {
+                if a.local_close.is_some() && own.last == Some(sock) && own.before == Some(a.sock) {
                     ex.upstream_dropped.get_or_insert(ts);
                 }
             }
@@ -1414,6 +1415,7 @@ impl Engine {
     fn destroy(
         &mut self,
         ts: u64,
+        tid: u32,
         sock: SockId,
         local_close: bool,
         msg: MsgCursor,
@@ -1433,7 +1435,7 @@ impl Engine {
                     }
                 }
                 if local_close {
-                    self.proxy_closed_client(sock, ts, &msg);
+                    self.proxy_closed_client(sock, ts, tid, &msg);
                 }
                 let ids: Vec<ExId> = self
                     .socks
