@@ -121,14 +121,7 @@ fn attempt_outcome(a: &Attempt, ex: &Exchange, last: bool) -> Outcome {
     }
     if let Some(failed) = a.upstream_failed() {
         if before_client(failed) {
-            let reset = a.rst_in.is_some_and(|r| r <= failed)
-                || a.error
-                    .is_some_and(|(e, ts)| ts <= failed && e == libc::ECONNRESET);
-            return if reset {
-                Outcome::Reset
-            } else {
-                Outcome::Closed
-            };
+            return broken(a, failed);
         }
         return Outcome::Aborted;
     }
@@ -156,11 +149,12 @@ fn attempt_outcome(a: &Attempt, ex: &Exchange, last: bool) -> Outcome {
     }
 }
 
-/// The upstream broke the connection, as the proxy read at `failed`: reset or
-/// closed.
+/// The upstream broke the connection at `failed`: reset (an RST or ECONNRESET
+/// by then) or closed.
 fn broken(a: &Attempt, failed: u64) -> Outcome {
     let reset = a.rst_in.is_some_and(|r| r <= failed)
-        || a.error.is_some_and(|(e, _)| e == libc::ECONNRESET);
+        || a.error
+            .is_some_and(|(e, ts)| ts <= failed && e == libc::ECONNRESET);
     if reset {
         Outcome::Reset
     } else {
