@@ -205,6 +205,15 @@ impl Script {
             .send(c, status(code), Some(u))
     }
 
+    /// Client `c`'s request `target`, sent on a fresh connection `u` to the
+    /// upstream (local port `up_local`) in the handler that read it.
+    fn forwarded(&mut self, c: SockId, u: SockId, up_local: u16, target: &str) -> &mut Self {
+        self.recv(c, get(target))
+            .connect(u, 9000, Some(c))
+            .established(u, up_local)
+            .send(u, get(target), Some(c))
+    }
+
     /// A whole proxied exchange on client `c` through a fresh upstream `u`.
     fn proxied(&mut self, c: SockId, u: SockId, up_local: u16, code: u16) -> &mut Self {
         self.recv(c, get("/a"))
@@ -1080,10 +1089,7 @@ fn an_upstream_silent_mid_body_until_the_read_timeout_truncates() {
     for buffered in [false, true] {
         let mut s = Script::new();
         s.client(C1, 5000)
-            .recv(C1, get("/stall"))
-            .connect(U1, 9000, Some(C1))
-            .established(U1, 40000)
-            .send(U1, get("/stall"), Some(C1))
+            .forwarded(C1, U1, 40000, "/stall")
             .recv(U1, status(200));
         if !buffered {
             s.send(C1, status(200), Some(U1));
@@ -1112,10 +1118,7 @@ fn an_upstream_silent_mid_body_until_the_read_timeout_truncates() {
     // the client's closed after the response: nothing was dropped.
     let mut s = Script::new();
     s.client(C1, 5000)
-        .recv(C1, get("/a"))
-        .connect(U1, 9000, Some(C1))
-        .established(U1, 40000)
-        .send(U1, get("/a"), Some(C1))
+        .forwarded(C1, U1, 40000, "/a")
         .recv(U1, status(200))
         .close(U1, TcpState::Established)
         .send(C1, status(200), Some(U1))
@@ -1221,10 +1224,7 @@ fn a_tunnel_closed_by_its_client_is_not_an_abort() {
     // closes the upstream and then the client, back to back.
     let mut s = Script::new();
     s.client(C1, 5000)
-        .recv(C1, get("/ws"))
-        .connect(U1, 9000, Some(C1))
-        .established(U1, 40000)
-        .send(U1, get("/ws"), Some(C1))
+        .forwarded(C1, U1, 40000, "/ws")
         .recv(U1, status(101))
         .send(C1, status(101), Some(U1))
         .at(80)
@@ -1271,10 +1271,7 @@ fn a_client_that_stops_mid_body_while_it_streams_upstream_is_the_clients_timeout
     // body stopped, and after client_body_timeout the proxy closed both.
     let mut s = Script::new();
     s.client(C1, 5000)
-        .recv(C1, get("/upload"))
-        .connect(U1, 9000, Some(C1))
-        .established(U1, 40000)
-        .send(U1, get("/upload"), Some(C1))
+        .forwarded(C1, U1, 40000, "/upload")
         .at(1_000)
         .close(U1, TcpState::Established)
         .ev(EventKind::State {
@@ -1305,10 +1302,7 @@ fn a_body_the_proxy_refuses_while_streaming_it_drops_the_attempt() {
     // closes the upstream connection it was passing the body to.
     let mut s = Script::new();
     s.client(C1, 5000)
-        .recv(C1, get("/upload"))
-        .connect(U1, 9000, Some(C1))
-        .established(U1, 40000)
-        .send(U1, get("/upload"), Some(C1))
+        .forwarded(C1, U1, 40000, "/upload")
         .at(2)
         .send(C1, status(413), None)
         .close(U1, TcpState::Established);
