@@ -148,15 +148,19 @@ pub fn build(
                 Verdict::ClientAbort | Verdict::ClientReset | Verdict::UpstreamTruncated
             ) =>
         {
-            [ex.client_left(), ex.response_cut_by_proxy, ex.response_lost]
-                .into_iter()
-                .flatten()
-                .fold(ex.last_send, u64::max)
+            [
+                ex.client_left(),
+                ex.response_cut_by_proxy(),
+                ex.response_lost,
+            ]
+            .into_iter()
+            .flatten()
+            .fold(ex.last_send, u64::max)
         }
         Some(_) => ex.last_send,
         None => ex
             .client_left()
-            .or(ex.closed_unanswered.map(|(at, _)| at))
+            .or(ex.closed_unanswered().map(|c| c.at))
             .unwrap_or(ex.last_activity),
     };
     // An exchange still in flight lasted at least until the agent stopped.
@@ -299,8 +303,8 @@ fn hint_facts(
         Some(us(from, to))
     });
     // A request that never came whole: how long the client had been silent.
-    let after_us = match (verdict, status, ex.closed_unanswered) {
-        (Verdict::ClientError, None, Some((_, quiet))) => Some(quiet / 1_000),
+    let after_us = match (verdict, status, ex.closed_unanswered()) {
+        (Verdict::ClientError, None, Some(c)) => Some(c.client_quiet / 1_000),
         _ => after_us,
     };
     // How long the upstream had been silent when the proxy gave up on its reply.

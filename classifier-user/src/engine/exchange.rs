@@ -59,11 +59,9 @@ pub struct Exchange {
     /// ECONNRESET), or its RST arrived while bytes of the response were still
     /// unacknowledged.
     pub response_lost: Option<u64>,
-    /// The proxy closed the client connection while this exchange was current.
-    pub response_cut_by_proxy: Option<u64>,
-    /// The proxy closed the client connection before writing any response, and
-    /// how long the exchange had been quiet by then (ns).
-    pub closed_unanswered: Option<(u64, u64)>,
+    /// The proxy closed the client connection while this exchange was current
+    /// and before the client left.
+    pub closed_by_proxy: Option<ProxyClose>,
     /// The proxy closed the client connection right after closing the
     /// exchange's current upstream connection (nothing else between, in the
     /// same thread): it abandoned that upstream's reply.
@@ -106,8 +104,7 @@ impl Exchange {
             client_fin: None,
             client_rst: None,
             response_lost: None,
-            response_cut_by_proxy: None,
-            closed_unanswered: None,
+            closed_by_proxy: None,
             upstream_dropped: None,
             incomplete: false,
             in_flight: false,
@@ -128,6 +125,31 @@ impl Exchange {
     pub fn touch(&mut self, ts: u64) {
         self.last_activity = self.last_activity.max(ts);
     }
+
+    /// When the proxy closed the client connection with a response under way:
+    /// the response ends there (cut, unless it was whole).
+    pub fn response_cut_by_proxy(&self) -> Option<u64> {
+        let started = self.response.as_ref()?.ts;
+        self.closed_by_proxy
+            .map(|c| c.at)
+            .filter(|&at| at >= started)
+    }
+
+    /// The proxy's close of the client connection, if it came before any
+    /// response was written.
+    pub fn closed_unanswered(&self) -> Option<ProxyClose> {
+        self.closed_by_proxy
+            .filter(|c| self.response.as_ref().is_none_or(|r| r.ts > c.at))
+    }
+}
+
+/// The proxy closing a client connection the client had not left.
+#[derive(Clone, Copy, Debug)]
+pub struct ProxyClose {
+    pub at: u64,
+    /// How long the client had sent nothing by then (ns): since the last byte
+    /// of its request, else since anything happened to the exchange.
+    pub client_quiet: u64,
 }
 
 /// One upstream attempt: a connect (or the reuse of a kept-alive connection) and

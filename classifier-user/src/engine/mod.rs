@@ -24,7 +24,7 @@ use std::{collections::VecDeque, sync::Arc};
 use rustc_hash::FxHashMap as HashMap;
 
 use self::{
-    exchange::{Attempt, End, ExId, Exchange, ResponseStart},
+    exchange::{Attempt, End, ExId, Exchange, ProxyClose, ResponseStart},
     sockets::{Sock, Sockets},
 };
 use crate::{
@@ -1336,18 +1336,17 @@ impl Engine {
     fn proxy_closed_client(&mut self, sock: SockId, ts: u64, tid: u32, msg: &MsgCursor) {
         let own = self.last_own.get(&tid).copied().unwrap_or_default();
         if let Some(ex) = self.current_mut(sock) {
-            if ex.response.is_some() && ex.client_left().is_none() {
-                ex.response_cut_by_proxy.get_or_insert(ts);
-            }
-            if ex.response.is_none() && ex.client_left().is_none() {
+            if ex.client_left().is_none() {
                 // The client's silence: since the last byte of its request (the
                 // socket's message cursor), else since anything happened.
                 let last_from_client = match msg.dir {
                     Some(Dir::Recv) if msg.last > 0 => msg.last,
                     _ => ex.last_activity,
                 };
-                let quiet = ts.saturating_sub(last_from_client);
-                ex.closed_unanswered.get_or_insert((ts, quiet));
+                ex.closed_by_proxy.get_or_insert(ProxyClose {
+                    at: ts,
+                    client_quiet: ts.saturating_sub(last_from_client),
+                });
             }
             ex.touch(ts);
             // Its thread's action before this close (and any write to this

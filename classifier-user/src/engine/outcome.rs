@@ -207,13 +207,13 @@ fn stalled(a: &Attempt, ex: &Exchange, dropped: u64) -> bool {
     let quiet_since = a.last_recv.or(a.first_byte).unwrap_or(dropped);
     dropped.saturating_sub(quiet_since) >= STALL_NS
         && a.rst_out.is_none_or(|r| r > dropped)
-        && ex.response_cut_by_proxy.is_some_and(|k| k >= dropped)
+        && ex.response_cut_by_proxy().is_some_and(|k| k >= dropped)
 }
 
 /// Whether the response to the client was cut after the upstream failed at `failed`.
 fn response_cut(ex: &Exchange, failed: u64) -> bool {
     ex.response_lost.is_some_and(|t| t >= failed)
-        || ex.response_cut_by_proxy.is_some_and(|t| t >= failed)
+        || ex.response_cut_by_proxy().is_some_and(|t| t >= failed)
 }
 
 /// Quiet time before the proxy closes an unanswered connection that marks a
@@ -233,8 +233,8 @@ fn client_too_slow(ex: &Exchange) -> bool {
     });
     !waiting_on_upstream
         && ex
-            .closed_unanswered
-            .is_some_and(|(_, quiet)| quiet >= CLIENT_TIMEOUT_NS)
+            .closed_unanswered()
+            .is_some_and(|c| c.client_quiet >= CLIENT_TIMEOUT_NS)
 }
 
 /// The exchange's verdict, whose behaviour decided it, and who wrote the status.
