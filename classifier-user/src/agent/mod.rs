@@ -62,6 +62,15 @@ const HOLD_LINES: Duration = Duration::from_secs(5);
 /// stays rare). A watched process's exit triggers one at once.
 const RESCAN_EVERY: Duration = Duration::from_secs(5);
 
+/// Whether `every` has passed since `last`, which then restarts.
+fn due(last: &mut Instant, every: Duration) -> bool {
+    let due = last.elapsed() >= every;
+    if due {
+        *last = Instant::now();
+    }
+    due
+}
+
 pub fn monotonic_ns() -> u64 {
     clock_ns(libc::CLOCK_MONOTONIC)
 }
@@ -270,14 +279,8 @@ impl Agent {
             self.drain(&mut ring)?;
             if Instant::now() >= next_drain {
                 next_drain = Instant::now() + DRAIN_EVERY;
-                let maps = last_loss_check.elapsed() >= LOSS_CHECK_EVERY;
-                if maps {
-                    last_loss_check = Instant::now();
-                }
-                let skipped = last_skipped_check.elapsed() >= SKIPPED_CHECK_EVERY;
-                if skipped {
-                    last_skipped_check = Instant::now();
-                }
+                let skipped = due(&mut last_skipped_check, SKIPPED_CHECK_EVERY);
+                let maps = due(&mut last_loss_check, LOSS_CHECK_EVERY);
                 self.check_loss(skipped, maps)?;
                 let now = monotonic_ns();
                 self.release_lines(now.saturating_sub(HOLD_LINES.as_nanos() as u64))?;
@@ -297,8 +300,7 @@ impl Agent {
                 }
             }
             if let Some(every) = self.stats_interval {
-                if last_stats.elapsed() >= every {
-                    last_stats = Instant::now();
+                if due(&mut last_stats, every) {
                     let s = self.stats(false);
                     self.sink.stats(&s)?;
                 }
