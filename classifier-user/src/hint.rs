@@ -23,7 +23,8 @@ pub struct HintFacts {
     pub request_sent: bool,
     /// How long the upstream had been waited for when the client left.
     pub waited_us: Option<u64>,
-    /// How long an upstream had been silent mid-reply when the proxy gave up.
+    /// How long the side the proxy gave up on had been silent: an upstream
+    /// mid-reply, or a client whose request never came whole.
     pub silent_us: Option<u64>,
     /// The exchange's duration.
     pub duration_us: u64,
@@ -118,7 +119,7 @@ pub fn hint(verdict: Verdict, f: &HintFacts) -> Option<String> {
             // never came whole.
             None => format!(
                 "The client did not finish sending its request{}, and the proxy closed the connection without a response (nginx logs 408 for a header or body that timed out, client_header_timeout and client_body_timeout). Check slow or stalled clients and what sits between them and the proxy.",
-                f.after_us.map(|us| format!(" ({} without a byte from it)", ms(us))).unwrap_or_default()
+                f.silent_us.map(|us| format!(" ({} without a byte from it)", ms(us))).unwrap_or_default()
             ),
             Some(status) => match (f.upstream.as_deref(), f.upstream_status) {
                 (Some(up), Some(theirs)) if !f.forwarded && theirs != status => format!(
@@ -155,7 +156,7 @@ pub fn hint(verdict: Verdict, f: &HintFacts) -> Option<String> {
                     timeout_note(Some(f.duration_us))
                 ),
                 None => format!(
-                    "The client closed the connection (FIN) before any response was written; nginx logs this as 499 (400 if the client left while still sending its request body).{slow}{}",
+                    "The client closed the connection (FIN) before any response was written; {LOGGED_AS_499}.{slow}{}",
                     timeout_note(Some(f.duration_us))
                 ),
             }
@@ -163,7 +164,7 @@ pub fn hint(verdict: Verdict, f: &HintFacts) -> Option<String> {
         Verdict::ClientReset => {
             let logged = match f.status {
                 Some(status) => format!("after the {status} header, before the client had the whole body; nginx logs {status} (the header was out)"),
-                None => "before any response was written; nginx logs 499 (400 if the client left while still sending its request body)".to_owned(),
+                None => format!("before any response was written; {LOGGED_AS_499}"),
             };
             format!(
                 "The client reset the connection (RST) {logged}. Check client timeouts and any middlebox between the client and the proxy.{}",
@@ -231,6 +232,10 @@ pub fn hint(verdict: Verdict, f: &HintFacts) -> Option<String> {
         }
     })
 }
+
+/// What nginx logs for a client gone before any response.
+const LOGGED_AS_499: &str =
+    "nginx logs 499 (400 if the client left while still sending its request body)";
 
 /// What to check when nothing answered a connect.
 const NOTHING_LISTENS: &str = "nothing listens there. Check that the service is running, its port and target port, and recent restarts.";

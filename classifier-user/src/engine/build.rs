@@ -302,15 +302,14 @@ fn hint_facts(
         };
         Some(us(from, to))
     });
-    // A request that never came whole: how long the client had been silent.
-    let after_us = match (verdict, status, ex.closed_unanswered()) {
+    // How long the side the proxy gave up on had been silent: the client in
+    // a request that never came whole, else an upstream mid-reply.
+    let silent_us = match (verdict, status, ex.closed_unanswered()) {
         (Verdict::ClientError, None, Some(c)) => Some(c.client_quiet / 1_000),
-        _ => after_us,
+        _ => last
+            .filter(|a| outcome == Some(Outcome::Timeout) && a.first_byte.is_some())
+            .and_then(|a| Some(us(a.last_recv.or(a.first_byte)?, a.local_close?))),
     };
-    // How long the upstream had been silent when the proxy gave up on its reply.
-    let silent_us = last
-        .filter(|a| outcome == Some(Outcome::Timeout) && a.first_byte.is_some())
-        .and_then(|a| Some(us(a.last_recv.or(a.first_byte)?, a.local_close?)));
     let waited_us = match verdict {
         Verdict::ClientAbort | Verdict::ClientReset => {
             let first = ex.attempts.first().and_then(|a| a.started());
