@@ -29,6 +29,20 @@ pub enum Format {
     Text,
 }
 
+/// Where the probes see socket I/O.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IoProbes {
+    /// The socket tracepoints where the kernel has them (Linux 6.5+), else the
+    /// syscall one.
+    Auto,
+    /// `sock/sock_send_length` and `sock/sock_recv_length`: only socket calls
+    /// run a program.
+    Socket,
+    /// The raw tracepoint `sys_exit`: runs after every syscall on the host, so it
+    /// costs more; for kernels before 6.5.
+    Syscall,
+}
+
 #[derive(Debug, Args, Clone)]
 pub struct OutputArgs {
     /// Output format [default: text on a terminal, json otherwise].
@@ -74,6 +88,9 @@ pub struct WatchArgs {
     /// untracked and the exchanges they touch are marked incomplete.
     #[arg(long, value_name = "N", default_value_t = 65_536)]
     pub max_sockets: u32,
+    /// Where the probes see socket I/O (see docs/cli/tuning.md).
+    #[arg(long, value_enum, value_name = "HOOKS", default_value = "auto")]
+    pub io_probes: IoProbes,
 }
 
 #[derive(Debug, Args, Clone)]

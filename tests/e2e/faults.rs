@@ -20,7 +20,7 @@ use classify_tests::{
 };
 use serde_json::Value;
 
-use super::support::{assert_matches_access_log, assert_schema, require_root};
+use super::support::{assert_matches_access_log, assert_schema, require_root, start_classify};
 
 /// nginx in front of the test upstream, with a location per fault, and classify
 /// attached.
@@ -42,6 +42,11 @@ struct Run {
 
 impl Lab {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A lab whose classify gets `extra` flags too.
+    fn start_with(extra: &[&str]) -> Self {
         require_root();
         let upstream = Upstream::start();
         let up = upstream.addr();
@@ -49,7 +54,7 @@ impl Lab {
         let blackhole = free_port();
         let drop = DropPort::new(blackhole);
         let nginx = Nginx::start(&Config::fault_lab(up, closed, blackhole));
-        let running = classify::start(&["--pid", &nginx.master_pid().to_string()]);
+        let running = start_classify(nginx.master_pid(), extra);
         Self {
             upstream,
             nginx,
@@ -494,7 +499,20 @@ fn expected_verdict(path: &str, logged: &str) -> &'static str {
 
 #[test]
 fn a_mixed_run_of_200_concurrent_requests_agrees_with_the_logs() {
-    let lab = Lab::start();
+    mixed_run(&[]);
+}
+
+/// The same run with socket I/O seen at syscall exits, as on kernels before 6.5
+/// (no `sock/sock_*_length` tracepoints).
+#[test]
+fn a_mixed_run_seen_at_syscall_exits_agrees_with_the_logs() {
+    mixed_run(&["--io-probes", "syscall"]);
+}
+
+/// 200 concurrent requests over every fault the lab has, checked against nginx's
+/// access log, the expected verdicts, and the upstream's own log.
+fn mixed_run(extra: &[&str]) {
+    let lab = Lab::start_with(extra);
     let paths = [
         "/status/200",
         "/status/201",

@@ -20,7 +20,9 @@ use classify_tests::{
 };
 use serde_json::Value;
 
-use super::support::{assert_matches_access_log, assert_schema, require_root, stop_after_log};
+use super::support::{
+    assert_matches_access_log, assert_schema, require_root, start_classify, stop_after_log,
+};
 
 /// `/` proxies with nginx's defaults (proxy_buffering on); `/unbuffered/` streams
 /// (proxy_buffering off); `/timeout/` and `/timeout-unbuffered/` give up on a
@@ -47,10 +49,15 @@ struct Run {
 
 impl Lab {
     fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A lab whose classify gets `extra` flags too.
+    fn start_with(extra: &[&str]) -> Self {
         require_root();
         let upstream = Upstream::start();
         let nginx = Nginx::start(&Config::front(upstream.addr(), "", LOCATIONS));
-        let running = classify::start(&["--pid", &nginx.master_pid().to_string()]);
+        let running = start_classify(nginx.master_pid(), extra);
         Self {
             upstream,
             nginx,
@@ -298,8 +305,8 @@ fn leave_stream(port: u16, path: &str, reset: bool) -> u16 {
     client_port
 }
 
-fn client_leaves_an_unbuffered_stream(reset: bool, verdict: &str) {
-    let lab = Lab::start();
+fn client_leaves_an_unbuffered_stream(reset: bool, verdict: &str, extra: &[&str]) {
+    let lab = Lab::start_with(extra);
     let path = "/unbuffered/stream/50/100";
     let client_port = leave_stream(lab.port(), path, reset);
     let run = lab.finish(1);
@@ -323,20 +330,27 @@ fn client_leaves_an_unbuffered_stream(reset: bool, verdict: &str) {
 
 #[test]
 fn client_fin_mid_body_of_an_unbuffered_stream_is_a_client_abort() {
-    client_leaves_an_unbuffered_stream(false, "client_abort");
+    client_leaves_an_unbuffered_stream(false, "client_abort", &[]);
+}
+
+/// The mid-body rule reads the worker's own actions in order: the same with
+/// socket I/O seen at syscall exits (kernels before 6.5).
+#[test]
+fn client_fin_mid_body_seen_at_syscall_exits_is_a_client_abort() {
+    client_leaves_an_unbuffered_stream(false, "client_abort", &["--io-probes", "syscall"]);
 }
 
 #[test]
 fn client_reset_mid_body_of_an_unbuffered_stream() {
-    client_leaves_an_unbuffered_stream(true, "client_reset");
+    client_leaves_an_unbuffered_stream(true, "client_reset", &[]);
 }
 
 /// The upstream sends the head and 2,000 of 100,000 body bytes, then nothing;
 /// nginx gives up after `proxy_read_timeout 500ms` and closes the client connection.
 /// (Buffered, nginx holds the small head back with the body it has: the client
 /// gets both only when nginx gives up.)
-fn upstream_stalls_mid_body(prefix: &str) {
-    let lab = Lab::start();
+fn upstream_stalls_mid_body(prefix: &str, extra: &[&str]) {
+    let lab = Lab::start_with(extra);
     let path = format!("{prefix}/stall/2000");
     let mut s = connect(lab.port(), None);
     let client_port = s.local_addr().unwrap().port();
@@ -363,12 +377,17 @@ fn upstream_stalls_mid_body(prefix: &str) {
 
 #[test]
 fn upstream_stalls_mid_body_buffered() {
-    upstream_stalls_mid_body("/timeout");
+    upstream_stalls_mid_body("/timeout", &[]);
 }
 
 #[test]
 fn upstream_stalls_mid_body_unbuffered() {
-    upstream_stalls_mid_body("/timeout-unbuffered");
+    upstream_stalls_mid_body("/timeout-unbuffered", &[]);
+}
+
+#[test]
+fn upstream_stalls_mid_body_seen_at_syscall_exits() {
+    upstream_stalls_mid_body("/timeout-unbuffered", &["--io-probes", "syscall"]);
 }
 
 #[test]

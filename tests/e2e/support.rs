@@ -160,3 +160,20 @@ pub fn expected_verdict<'a>(r: &Value, cases: &'a [(&str, &str)], prefixes: &[&s
     assert_eq!(r["verdict"], *verdict, "{r}");
     verdict
 }
+
+/// Starts classify on process `pid` with `extra` flags. With `--io-probes
+/// syscall` it checks that classify says so: a test of that path must not pass
+/// on the socket tracepoints.
+pub fn start_classify(pid: u32, extra: &[&str]) -> classify_tests::classify::Running {
+    let pid = pid.to_string();
+    let args: Vec<&str> = ["--pid", pid.as_str()]
+        .into_iter()
+        .chain(extra.iter().copied())
+        .collect();
+    let running = classify_tests::classify::start(&args);
+    if extra.contains(&"syscall") {
+        let said = running.stderr_so_far();
+        assert!(said.contains("I/O from syscall exits"), "{said}");
+    }
+    running
+}

@@ -82,10 +82,11 @@ pub fn start(args: &[&str]) -> Running {
     let e2 = stderr.clone();
     thread::spawn(move || {
         for line in BufReader::new(err).lines().map_while(Result::ok) {
-            if line.contains("ready in") {
+            let ready = line.contains("ready in");
+            e2.lock().expect("lock").push(line);
+            if ready {
                 let _ = ready_tx.send(());
             }
-            e2.lock().expect("lock").push(line);
         }
     });
     let mut running = Running {
@@ -108,6 +109,11 @@ pub fn start(args: &[&str]) -> Running {
 impl Running {
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// What classify wrote to stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        self.stderr.lock().expect("lock").join("\n")
     }
 
     /// Records emitted so far (live, before stopping).

@@ -45,6 +45,21 @@ global! {
     // struct pt_regs members (user registers saved at syscall entry).
     OFF_REGS_SI: u32 = 104;
     OFF_REGS_ORIG_AX: u32 = 120;
+    OFF_REGS_DI: u32 = 112;
+    OFF_REGS_DX: u32 = 96;
+    OFF_REGS_R10: u32 = 56;
+    // From the current task to a file descriptor's socket (`sys_io`, kernels
+    // without the socket I/O tracepoints): task_struct.files, files_struct.fdt,
+    // fdtable.max_fds (u32) and .fd, file.f_inode and .private_data,
+    // inode.i_mode (u16), socket.sk.
+    OFF_TASK_FILES: u32 = 0;
+    OFF_FILES_FDT: u32 = 0;
+    OFF_FDT_MAX_FDS: u32 = 0;
+    OFF_FDT_FD: u32 = 0;
+    OFF_FILE_INODE: u32 = 0;
+    OFF_FILE_PRIVATE_DATA: u32 = 0;
+    OFF_INODE_MODE: u32 = 0;
+    OFF_SOCKET_SK: u32 = 0;
     // Syscall numbers whose second argument is the data buffer, an iovec array, or
     // a msghdr. u32::MAX when the architecture has no such syscall.
     SYS_READ: u32 = u32::MAX;
@@ -55,6 +70,8 @@ global! {
     SYS_WRITEV: u32 = u32::MAX;
     SYS_RECVMSG: u32 = u32::MAX;
     SYS_SENDMSG: u32 = u32::MAX;
+    // sendfile: counted as a send by `sys_io` (its data is not in user memory).
+    SYS_SENDFILE: u32 = u32::MAX;
     // Force a wakeup of the agent once this many bytes wait in the ring.
     RING_WAKEUP_BYTES: u64 = 1 << 20;
     // At most one progress event per socket per this many nanoseconds.

@@ -7,6 +7,7 @@ mod maps;
 mod proc;
 mod sock_io;
 mod sock_state;
+mod sys_io;
 mod tls;
 mod tp;
 mod unix;

@@ -28,6 +28,26 @@ pub struct Offsets {
     pub unix: Option<UnixOffsets>,
     pub regs_si: u32,
     pub regs_orig_ax: u32,
+    pub regs_di: u32,
+    pub regs_dx: u32,
+    pub regs_r10: u32,
+    /// From a file descriptor to its socket, for the syscall I/O probe (kernels
+    /// without the socket I/O tracepoints).
+    pub fd: FdOffsets,
+}
+
+/// Byte offsets from the current task to a file descriptor's `struct sock`
+/// (see the probes' `sys_io`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FdOffsets {
+    pub task_files: u32,
+    pub files_fdt: u32,
+    pub fdt_max_fds: u32,
+    pub fdt_fd: u32,
+    pub file_inode: u32,
+    pub file_private_data: u32,
+    pub inode_mode: u32,
+    pub socket_sk: u32,
 }
 
 /// Byte offsets for unix stream sockets (see `probe/unix.rs`).
@@ -51,8 +71,14 @@ impl Offsets {
             member_offset(&btf, ty, member)
                 .with_context(|| format!("kernel BTF has no {ty}.{member}"))
         };
-        let (regs_si, regs_orig_ax) = if cfg!(target_arch = "x86_64") {
-            (off("pt_regs", "si")?, off("pt_regs", "orig_ax")?)
+        let (regs_si, regs_orig_ax, regs_di, regs_dx, regs_r10) = if cfg!(target_arch = "x86_64") {
+            (
+                off("pt_regs", "si")?,
+                off("pt_regs", "orig_ax")?,
+                off("pt_regs", "di")?,
+                off("pt_regs", "dx")?,
+                off("pt_regs", "r10")?,
+            )
         } else {
             bail!("this build of classify supports x86_64 only");
         };
@@ -84,6 +110,19 @@ impl Offsets {
             .ok(),
             regs_si,
             regs_orig_ax,
+            regs_di,
+            regs_dx,
+            regs_r10,
+            fd: FdOffsets {
+                task_files: off("task_struct", "files")?,
+                files_fdt: off("files_struct", "fdt")?,
+                fdt_max_fds: off("fdtable", "max_fds")?,
+                fdt_fd: off("fdtable", "fd")?,
+                file_inode: off("file", "f_inode")?,
+                file_private_data: off("file", "private_data")?,
+                inode_mode: off("inode", "i_mode")?,
+                socket_sk: off("socket", "sk")?,
+            },
         })
     }
 }
@@ -151,6 +190,7 @@ pub struct Syscalls {
     pub writev: u32,
     pub recvmsg: u32,
     pub sendmsg: u32,
+    pub sendfile: u32,
 }
 
 impl Syscalls {
@@ -165,6 +205,7 @@ impl Syscalls {
             writev: 20,
             recvmsg: 47,
             sendmsg: 46,
+            sendfile: 40,
         }
     }
 }
@@ -211,7 +252,7 @@ pub fn check_formats(tracefs: &Path) -> Result<()> {
         let path = tracefs.join("events").join(f.tracepoint).join("format");
         let text = std::fs::read_to_string(&path).with_context(|| {
             format!(
-                "this kernel has no tracepoint {} (classify needs Linux 6.5 or newer)",
+                "this kernel has no tracepoint {}, which classify needs",
                 f.tracepoint
             )
         })?;

@@ -27,7 +27,7 @@ use classifier::{
 use classifier_ebpf::stat;
 
 use self::{
-    probes::{Limits, Probes},
+    probes::{IoHooks, Limits, Probes},
     targets::Spec,
     wait::{Waiter, Wake},
 };
@@ -157,9 +157,10 @@ pub fn run(args: &WatchArgs) -> Result<()> {
             Spec::Pid(_) => None,
         })
         .collect();
-    let mut probes = Probes::load(&offsets, &kernel::Syscalls::native(), limits, &names)?;
+    let io = IoHooks::choose(args.io_probes, &tracefs)?;
+    let mut probes = Probes::load(&offsets, &kernel::Syscalls::native(), limits, &names, io)?;
     let mut watched: BTreeMap<u32, String> = BTreeMap::new();
-    probes.attach(&tracefs, |p| {
+    probes.attach(&tracefs, io, |p| {
         // Rescan after fork tracking is attached: a process forked in between is
         // caught here, one forked later by the probe.
         let now = targets::resolve(&specs, &targets::scan(proc_root));
@@ -197,11 +198,12 @@ pub fn run(args: &WatchArgs) -> Result<()> {
     let names: Vec<String> = watched.iter().map(|(p, c)| format!("{c} {p}")).collect();
     start_up.done();
     eprintln!(
-        "classify: watching {} process{} ({}); listening ports {:?}; ready in {} ms",
+        "classify: watching {} process{} ({}); listening ports {:?}; I/O from {}; ready in {} ms",
         watched.len(),
         if watched.len() == 1 { "" } else { "es" },
         names.join(", "),
         probes.listen_ports(),
+        io.describe(),
         started.elapsed().as_millis()
     );
 

@@ -65,9 +65,69 @@ const RAW_TRACEPOINTS: &[(&str, &str, &str)] = &[
     ("tcp_receive_reset", "tcp", "tcp_receive_reset"),
     ("tcp_send_reset", "tcp", "tcp_send_reset"),
     ("inet_sk_error_report", "sock", "inet_sk_error_report"),
+];
+
+/// Socket I/O where the kernel has the socket tracepoints (Linux 6.5+): programs
+/// run for socket calls only. (program, category, name)
+const SOCKET_IO: &[(&str, &str, &str)] = &[
     ("sock_send_length", "sock", "sock_send_length"),
     ("sock_recv_length", "sock", "sock_recv_length"),
 ];
+
+/// Socket I/O on older kernels: after every syscall, a watched thread's data
+/// syscalls followed from their file descriptor to the socket (dearer: see the
+/// probes' `sys_io`). (program, category, name)
+const SYSCALL_IO: &[(&str, &str, &str)] = &[("sys_exit_io", "raw_syscalls", "sys_exit")];
+
+/// Which hooks see socket I/O (`--io-probes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoHooks {
+    Socket,
+    Syscall,
+}
+
+impl IoHooks {
+    /// The hooks `choice` asks for on the kernel behind `tracefs`.
+    pub fn choose(choice: crate::cli::IoProbes, tracefs: &std::path::Path) -> Result<Self> {
+        use crate::cli::IoProbes;
+        let has_socket = SOCKET_IO
+            .iter()
+            .all(|(_, category, name)| tracefs.join("events").join(category).join(name).is_dir());
+        match choice {
+            IoProbes::Auto if has_socket => Ok(Self::Socket),
+            IoProbes::Auto | IoProbes::Syscall => Ok(Self::Syscall),
+            IoProbes::Socket if has_socket => Ok(Self::Socket),
+            IoProbes::Socket => anyhow::bail!(
+                "this kernel has no sock/sock_send_length tracepoint (Linux 6.5+): use --io-probes syscall or auto"
+            ),
+        }
+    }
+
+    fn tracepoints(self) -> &'static [(&'static str, &'static str, &'static str)] {
+        match self {
+            Self::Socket => SOCKET_IO,
+            Self::Syscall => SYSCALL_IO,
+        }
+    }
+
+    /// Whether `prog` belongs to the other set: it is not loaded (no verifier
+    /// time at start-up, nothing to poll for skipped runs).
+    fn unused(self, prog: &str) -> bool {
+        let other = match self {
+            Self::Socket => SYSCALL_IO,
+            Self::Syscall => SOCKET_IO,
+        };
+        other.iter().any(|(p, _, _)| *p == prog)
+    }
+
+    /// How the start-up line names them.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Socket => "socket tracepoints",
+            Self::Syscall => "syscall exits (no socket tracepoints: costs more per request)",
+        }
+    }
+}
 
 /// TLS plaintext (see the probes' `tls` module): (program, library function,
 /// offset in it). Entries first, so that a return probe never runs without its
@@ -143,6 +203,7 @@ impl Probes {
         sys: &Syscalls,
         limits: Limits,
         names: &[String],
+        io: IoHooks,
     ) -> Result<Self> {
         let wakeup = u64::from((limits.ring_bytes / 2).min(WAKEUP_BYTES));
         let progress_ns: u64 = 200_000_000;
@@ -183,6 +244,18 @@ impl Probes {
             .override_global("SYS_WRITEV", &sys.writev, true)
             .override_global("SYS_RECVMSG", &sys.recvmsg, true)
             .override_global("SYS_SENDMSG", &sys.sendmsg, true)
+            .override_global("SYS_SENDFILE", &sys.sendfile, true)
+            .override_global("OFF_REGS_DI", &offsets.regs_di, true)
+            .override_global("OFF_REGS_DX", &offsets.regs_dx, true)
+            .override_global("OFF_REGS_R10", &offsets.regs_r10, true)
+            .override_global("OFF_TASK_FILES", &offsets.fd.task_files, true)
+            .override_global("OFF_FILES_FDT", &offsets.fd.files_fdt, true)
+            .override_global("OFF_FDT_MAX_FDS", &offsets.fd.fdt_max_fds, true)
+            .override_global("OFF_FDT_FD", &offsets.fd.fdt_fd, true)
+            .override_global("OFF_FILE_INODE", &offsets.fd.file_inode, true)
+            .override_global("OFF_FILE_PRIVATE_DATA", &offsets.fd.file_private_data, true)
+            .override_global("OFF_INODE_MODE", &offsets.fd.inode_mode, true)
+            .override_global("OFF_SOCKET_SK", &offsets.fd.socket_sk, true)
             .override_global("RING_WAKEUP_BYTES", &wakeup, true)
             .override_global("PROGRESS_NS", &progress_ns, true);
         let mut ebpf = loader
@@ -199,7 +272,7 @@ impl Probes {
                 .insert(key, 1, 0)
                 .context("filling the process-name map (at most 64 names)")?;
         }
-        verify_all(&mut ebpf)?;
+        verify_all(&mut ebpf, io)?;
         let threads = HashMap::try_from(ebpf.take_map("THREADS").context("map THREADS")?)?;
         let slots = Array::try_from(ebpf.take_map("THREAD_SLOTS").context("map THREAD_SLOTS")?)?;
         let ports = HashMap::try_from(ebpf.take_map("LISTEN_PORTS").context("map LISTEN_PORTS")?)?;
@@ -225,6 +298,7 @@ impl Probes {
     pub fn attach(
         &mut self,
         tracefs: &std::path::Path,
+        io: IoHooks,
         mut before_data: impl FnMut(&mut Self) -> Result<()>,
     ) -> Result<()> {
         for (prog, category, name) in TRACKING {
@@ -234,10 +308,10 @@ impl Probes {
         for (prog, category, name) in TRACEPOINTS {
             self.attach_tracepoint(tracefs, prog, category, name)?;
         }
-        for (prog, category, name) in RAW_TRACEPOINTS {
+        for (prog, category, name) in RAW_TRACEPOINTS.iter().chain(io.tracepoints()) {
             if !tracefs.join("events").join(category).join(name).is_dir() {
                 anyhow::bail!(
-                    "this kernel has no tracepoint {category}/{name}, which classify needs (sock/* I/O tracepoints need Linux 6.5 or newer)"
+                    "this kernel has no tracepoint {category}/{name}, which classify needs"
                 );
             }
             let program: &mut RawTracePoint = program_mut(&mut self.ebpf, prog)?;
@@ -308,9 +382,7 @@ impl Probes {
                 self.missing_optional.push(name);
                 return Ok(());
             }
-            anyhow::bail!(
-                    "this kernel has no tracepoint {category}/{name}, which classify needs (sock/* I/O tracepoints need Linux 6.5 or newer)"
-                );
+            anyhow::bail!("this kernel has no tracepoint {category}/{name}, which classify needs");
         }
         let program: &mut TracePoint = program_mut(&mut self.ebpf, prog)?;
         let link = program
@@ -443,8 +515,11 @@ where
 
 /// Loads (verifies) every program, in parallel: the verifier takes a few hundred
 /// ms for each socket I/O program, and start-up waits for the slowest alone.
-fn verify_all(ebpf: &mut Ebpf) -> Result<()> {
-    let programs: Vec<(&str, &mut Program)> = ebpf.programs_mut().collect();
+fn verify_all(ebpf: &mut Ebpf, io: IoHooks) -> Result<()> {
+    let programs: Vec<(&str, &mut Program)> = ebpf
+        .programs_mut()
+        .filter(|(name, _)| !io.unused(name))
+        .collect();
     let results: Vec<(String, Result<(), ProgramError>)> = std::thread::scope(|s| {
         let jobs: Vec<_> = programs
             .into_iter()
