@@ -60,6 +60,11 @@ global! {
     OFF_FILE_PRIVATE_DATA: u32 = 0;
     OFF_INODE_MODE: u32 = 0;
     OFF_SOCKET_SK: u32 = 0;
+    // task_struct.pid and .signal, signal_struct.live (atomic_t): a forked
+    // task's id, and whether an exiting thread was its process's last.
+    OFF_TASK_PID: u32 = 0;
+    OFF_TASK_SIGNAL: u32 = 0;
+    OFF_SIGNAL_LIVE: u32 = 0;
     // Syscall numbers whose second argument is the data buffer, an iovec array, or
     // a msghdr. u32::MAX when the architecture has no such syscall.
     SYS_READ: u32 = u32::MAX;

@@ -2,27 +2,37 @@
 //! `sched/sched_process_exit`, `syscalls/sys_enter_epoll_wait` (and the `pwait`
 //! variants).
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
-    macros::tracepoint,
-    programs::TracePointContext,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel,
+    },
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
 use classifier_ebpf::{EventKind, Exit, Fork};
 
 use super::{
     emit::emit,
+    globals::{OFF_SIGNAL_LIVE, OFF_TASK_PID, OFF_TASK_SIGNAL},
     maps::{thread_state, unwatch_thread, watch_thread, TARGET_COMMS},
-    tp::{exit, field, fork},
 };
 
 /// A watched task's children (processes and threads) are watched from birth, so
 /// workers forked after a reload are covered before they handle a request.
-#[tracepoint]
-pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+/// A raw tracepoint: `TP_PROTO(struct task_struct *parent, struct task_struct
+/// *child)` on every kernel, where the record's layout is not.
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     if thread_state(pid_tgid as u32).is_none() {
         return 0;
     }
-    let child: i32 = field(&ctx, fork::CHILD_PID);
+    let child_task: u64 = ctx.arg(1);
+    // SAFETY: read of kernel memory through the probe helper, at a BTF offset.
+    let Ok(child) =
+        (unsafe { bpf_probe_read_kernel((child_task + OFF_TASK_PID.load() as u64) as *const i32) })
+    else {
+        return 0;
+    };
     // Not recorded (full): counted; the agent still learns of the child below.
     let _ = watch_thread(child as u32);
     // The child starts with the parent's name.
@@ -38,20 +48,31 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     0
 }
 
-#[tracepoint]
-pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+/// A watched thread exits. A raw tracepoint (`TP_PROTO(struct task_struct *p,
+/// ...)`; 6.1 passes no `group_dead`): the thread was its process's last when
+/// the process's count of live threads, already decremented, is 0.
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn sched_process_exit(_ctx: RawTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     if !unwatch_thread(tid) {
         return 0;
     }
-    let group_dead: u8 = field(&ctx, exit::GROUP_DEAD);
-    let pid: i32 = field(&ctx, exit::PID);
+    // SAFETY: helper without arguments; the task is read through the probe helper.
+    let task = unsafe { bpf_get_current_task() };
+    // SAFETY: reads of kernel memory through the probe helper, at BTF offsets.
+    let live = unsafe {
+        bpf_probe_read_kernel((task + OFF_TASK_SIGNAL.load() as u64) as *const u64).and_then(
+            |signal| bpf_probe_read_kernel((signal + OFF_SIGNAL_LIVE.load() as u64) as *const i32),
+        )
+    };
+    // Unreadable: say the process lives on (a later exit or rescan ends it).
+    let group_dead = live == Ok(0);
     emit::<Exit>(EventKind::Exit, pid_tgid, 0, |e| {
         // SAFETY: `e` is a reserved Exit.
         unsafe {
-            (*e).pid = pid as u32;
-            (*e).group_dead = group_dead;
+            (*e).pid = tid;
+            (*e).group_dead = group_dead as u8;
             (*e)._pad = [0; 3];
         }
     });

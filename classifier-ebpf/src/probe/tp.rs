@@ -12,17 +12,6 @@ pub fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
     unsafe { core::ptr::read(ctx.as_ptr().cast::<u8>().add(offset).cast::<T>()) }
 }
 
-/// `sched/sched_process_fork`.
-pub mod fork {
-    pub const CHILD_PID: usize = 20;
-}
-
-/// `sched/sched_process_exit`.
-pub mod exit {
-    pub const PID: usize = 24;
-    pub const GROUP_DEAD: usize = 32;
-}
-
 /// `syscalls/sys_enter_connect` and `syscalls/sys_exit_connect`.
 pub mod connect {
     pub const USERVADDR: usize = 24;

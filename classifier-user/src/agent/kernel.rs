@@ -34,6 +34,13 @@ pub struct Offsets {
     /// From a file descriptor to its socket, for the syscall I/O probe (kernels
     /// without the socket I/O tracepoints).
     pub fd: FdOffsets,
+    /// task_struct.pid, task_struct.signal, signal_struct.live: a forked task's
+    /// id and whether an exiting thread was its process's last (the raw
+    /// `sched_process_fork`/`exit` tracepoints pass task pointers, the same on
+    /// every kernel, where the records' layouts differ).
+    pub task_pid: u32,
+    pub task_signal: u32,
+    pub signal_live: u32,
 }
 
 /// Byte offsets from the current task to a file descriptor's `struct sock`
@@ -65,7 +72,10 @@ pub struct UnixOffsets {
 
 impl Offsets {
     pub fn from_btf(path: &Path) -> Result<Self> {
+        // Mapped where the kernel allows it (less to parse and to give back);
+        // kernels before 6.x cannot map this sysfs file (ENODEV on 6.1): read it.
         let btf = Btf::from_file_with_backend(path, btf_rs::Backend::Mmap)
+            .or_else(|_| Btf::from_file_with_backend(path, btf_rs::Backend::Cache))
             .with_context(|| format!("reading kernel BTF from {}", path.display()))?;
         let off = |ty: &str, member: &str| -> Result<u32> {
             member_offset(&btf, ty, member)
@@ -113,6 +123,9 @@ impl Offsets {
             regs_di,
             regs_dx,
             regs_r10,
+            task_pid: off("task_struct", "pid")?,
+            task_signal: off("task_struct", "signal")?,
+            signal_live: off("signal_struct", "live")?,
             fd: FdOffsets {
                 task_files: off("task_struct", "files")?,
                 files_fdt: off("files_struct", "fdt")?,
@@ -219,21 +232,6 @@ pub struct Field {
 
 /// The record layouts the probes are compiled against (classifier-ebpf `probe/tp.rs`).
 pub const FIELDS: &[Field] = &[
-    Field {
-        tracepoint: "sched/sched_process_fork",
-        name: "child_pid",
-        offset: 20,
-    },
-    Field {
-        tracepoint: "sched/sched_process_exit",
-        name: "pid",
-        offset: 24,
-    },
-    Field {
-        tracepoint: "sched/sched_process_exit",
-        name: "group_dead",
-        offset: 32,
-    },
     Field {
         tracepoint: "syscalls/sys_enter_connect",
         name: "uservaddr",

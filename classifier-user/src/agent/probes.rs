@@ -37,11 +37,14 @@ static OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/classif
 
 /// Target tracking: attached first, so no fork is missed between the /proc scan
 /// and the data probes. (program, category, name)
-const TRACKING: &[(&str, &str, &str)] = &[
+/// Fork and exit are raw tracepoints: their arguments (task pointers) are the
+/// same on every kernel, where their records' layouts are not (6.1's fork
+/// record holds the names inline, its exit record has no `group_dead`).
+const TRACKING_RAW: &[(&str, &str, &str)] = &[
     ("sched_process_fork", "sched", "sched_process_fork"),
     ("sched_process_exit", "sched", "sched_process_exit"),
-    ("sched_process_exec", "sched", "sched_process_exec"),
 ];
+const TRACKING: &[(&str, &str, &str)] = &[("sched_process_exec", "sched", "sched_process_exec")];
 
 /// The event-loop marker (syscall tracepoints exist only as regular ones).
 /// (program, category, name)
@@ -256,6 +259,9 @@ impl Probes {
             .override_global("OFF_FILE_PRIVATE_DATA", &offsets.fd.file_private_data, true)
             .override_global("OFF_INODE_MODE", &offsets.fd.inode_mode, true)
             .override_global("OFF_SOCKET_SK", &offsets.fd.socket_sk, true)
+            .override_global("OFF_TASK_PID", &offsets.task_pid, true)
+            .override_global("OFF_TASK_SIGNAL", &offsets.task_signal, true)
+            .override_global("OFF_SIGNAL_LIVE", &offsets.signal_live, true)
             .override_global("RING_WAKEUP_BYTES", &wakeup, true)
             .override_global("PROGRESS_NS", &progress_ns, true);
         let mut ebpf = loader
@@ -301,6 +307,9 @@ impl Probes {
         io: IoHooks,
         mut before_data: impl FnMut(&mut Self) -> Result<()>,
     ) -> Result<()> {
+        for (prog, category, name) in TRACKING_RAW {
+            self.attach_raw_tracepoint(tracefs, prog, category, name)?;
+        }
         for (prog, category, name) in TRACKING {
             self.attach_tracepoint(tracefs, prog, category, name)?;
         }
@@ -309,17 +318,26 @@ impl Probes {
             self.attach_tracepoint(tracefs, prog, category, name)?;
         }
         for (prog, category, name) in RAW_TRACEPOINTS.iter().chain(io.tracepoints()) {
-            if !tracefs.join("events").join(category).join(name).is_dir() {
-                anyhow::bail!(
-                    "this kernel has no tracepoint {category}/{name}, which classify needs"
-                );
-            }
-            let program: &mut RawTracePoint = program_mut(&mut self.ebpf, prog)?;
-            let link = program
-                .attach(name)
-                .with_context(|| format!("attaching to raw tracepoint {name}"))?;
-            self.raw_links.push(((*prog).to_owned(), link));
+            self.attach_raw_tracepoint(tracefs, prog, category, name)?;
         }
+        Ok(())
+    }
+
+    fn attach_raw_tracepoint(
+        &mut self,
+        tracefs: &std::path::Path,
+        prog: &str,
+        category: &str,
+        name: &str,
+    ) -> Result<()> {
+        if !tracefs.join("events").join(category).join(name).is_dir() {
+            anyhow::bail!("this kernel has no tracepoint {category}/{name}, which classify needs");
+        }
+        let program: &mut RawTracePoint = program_mut(&mut self.ebpf, prog)?;
+        let link = program
+            .attach(name)
+            .with_context(|| format!("attaching to raw tracepoint {name}"))?;
+        self.raw_links.push((prog.to_owned(), link));
         Ok(())
     }
 
