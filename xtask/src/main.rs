@@ -2,6 +2,7 @@
 mod bench;
 mod compare;
 mod demo;
+mod kernels;
 mod setup;
 mod soak;
 
@@ -33,9 +34,10 @@ enum Task {
         #[arg(long)]
         release: bool,
     },
-    /// Set up, build, then run every test: unit, engine replay and end-to-end.
+    /// Set up, build, then run every test: unit, engine replay, end-to-end, and
+    /// a smoke test on Debian's 6.1 kernel under QEMU.
     Test {
-        /// Only tests whose name contains this.
+        /// Only tests whose name contains this (`kernels`: the 6.1 smoke test).
         filter: Option<String>,
     },
     /// Set up, build, start nginx in front of a test upstream, watch it live.
@@ -232,5 +234,10 @@ fn test(filter: Option<&str>) -> Result<()> {
         e2e.extend(["--", "--test-threads=1"]);
     }
     cargo(&unit)?;
-    cargo(&e2e)
+    cargo(&e2e)?;
+    // The whole suite, or asked for by name: the same binary on Debian's 6.1.
+    if filter.is_none_or(|f| f == "kernels") {
+        kernels::smoke_test_on_debian_6_1(&bin, &target_dir().join("kernels"))?;
+    }
+    Ok(())
 }

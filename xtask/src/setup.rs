@@ -100,6 +100,22 @@ const PACKAGES: &[Package] = &[
         name: "util-linux",
         why: "setpriv, running nginx workers unprivileged",
     },
+    Package {
+        name: "qemu-system-x86",
+        why: "booting Debian's 6.1 kernel for the older-kernel smoke test",
+    },
+    Package {
+        name: "kmod",
+        why: "module tools the 6.1 guest needs",
+    },
+    Package {
+        name: "busybox-static",
+        why: "the 6.1 guest's init helpers (virtme-ng)",
+    },
+    Package {
+        name: "python3-venv",
+        why: "a virtualenv for virtme-ng (PyPI)",
+    },
 ];
 
 /// Makes a fresh Debian 12 machine (root) ready to build and test classify.
