@@ -2,14 +2,17 @@
 # Runs inside a guest booted on another kernel (`cargo xtask test`, see
 # xtask/src/kernels.rs), as root, in a directory shared with the host. $BIN is
 # the classify binary under test. nginx proxies to a Python upstream, a port with
-# nothing behind it, an upstream that resets, one that never answers, and answers
-# one location itself; classify's records must give each its verdict, and match
-# nginx's access log one for one. Exits non-zero on any mismatch.
+# nothing behind it, an upstream that resets, one that never answers, answers one
+# location itself, and takes one request over TLS; classify's records must give
+# each its verdict, and match nginx's access log one for one. Exits non-zero on
+# any mismatch.
 set -u
 echo "kernel $(uname -r)"
 W=$(mktemp -d /tmp/smoke.XXXXXX)
 mkdir -p "$W/logs" "$W/tmp" "$W/www"
 echo hello > "$W/www/index.html"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+  -subj /CN=smoke -keyout "$W/key.pem" -out "$W/cert.pem" 2> /dev/null || exit 1
 cat > "$W/nginx.conf" <<NG
 master_process on; worker_processes 1; daemon on; pid $W/nginx.pid; error_log $W/logs/error.log;
 events { worker_connections 64; }
@@ -19,9 +22,11 @@ http {
   client_body_temp_path $W/tmp/body; proxy_temp_path $W/tmp/proxy;
   fastcgi_temp_path $W/tmp/fcgi; uwsgi_temp_path $W/tmp/uwsgi; scgi_temp_path $W/tmp/scgi;
   upstream ka { server 127.0.0.1:25001; keepalive 4; }
-  server { listen 127.0.0.1:25080;
+  server { listen 127.0.0.1:25080; listen 127.0.0.1:25443 ssl;
+    ssl_certificate $W/cert.pem; ssl_certificate_key $W/key.pem;
     proxy_http_version 1.1; proxy_set_header Connection "";
     location / { proxy_pass http://ka; }
+    location /tls/ { proxy_pass http://ka/; }
     location /refused { proxy_pass http://127.0.0.1:25009; }
     location /reset { proxy_pass http://127.0.0.1:25003; }
     location /silent { proxy_pass http://127.0.0.1:25002; proxy_read_timeout 2s; }
@@ -55,6 +60,7 @@ grep -q "ready in" classify.err || { echo "classify never became ready"; exit 1;
 get() { local path=$1; shift; curl -s -o /dev/null -w "%{http_code} $path\n" "$@" "http://127.0.0.1:25080$path"; }
 get / ; get /index.html ; get /missing ; get /refused ; get /reset ; get /self
 get /silent
+curl -sk --http1.1 -o /dev/null -w "%{http_code} /tls/index.html\n" https://127.0.0.1:25443/tls/index.html
 get /silent/abort --max-time 1
 sleep 3
 kill -INT $CP; wait $CP; echo "classify exited $?"
@@ -63,7 +69,7 @@ python3 - <<'PY'
 import json, sys
 want = {"/": ("ok", 200), "/index.html": ("ok", 200), "/missing": ("client_error", 404),
         "/refused": ("upstream_refused", 502), "/reset": ("upstream_reset", 502),
-        "/self": ("proxy_error", 503), "/silent": ("upstream_timeout", 504),
+        "/self": ("proxy_error", 503), "/tls/index.html": ("ok", 200), "/silent": ("upstream_timeout", 504),
         "/silent/abort": ("client_abort", None)}
 recs = {str(r["client"]["port"]): r for r in map(json.loads, open("records.jsonl")) if r["kind"] == "exchange"}
 log = [l.split() for l in open("access.log")]
