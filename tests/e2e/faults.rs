@@ -497,6 +497,62 @@ fn expected_verdict(path: &str, logged: &str) -> &'static str {
     }
 }
 
+/// A kept-alive upstream connection that the upstream reset while it idled in
+/// nginx's pool, taken for the client's next request before nginx noticed (the
+/// workers are stopped meanwhile, as busy workers would be): nginx finds the
+/// reset before sending, logs a 502 attempt and retries on a fresh connection;
+/// with `proxy_next_upstream off` it answers 502 itself.
+#[test]
+fn a_pooled_connection_reset_while_idle_is_a_reset_attempt() {
+    let lab = Lab::start();
+    let mut ports = Vec::new();
+    for prefix in ["", "/noretry"] {
+        let path = format!("{prefix}/idle-reset/150");
+        let mut c = Conn::connect(lab.port()).unwrap();
+        ports.push(c.local_port());
+        assert_eq!(c.request("GET", &path).unwrap().status, 200);
+        let workers = lab.nginx.worker_pids();
+        for w in &workers {
+            // SAFETY: signals to the lab's own nginx workers.
+            unsafe { libc::kill(*w as i32, libc::SIGSTOP) };
+        }
+        c.send("GET", &path, &[], b"").unwrap();
+        thread::sleep(Duration::from_millis(400));
+        for w in &workers {
+            // SAFETY: as above.
+            unsafe { libc::kill(*w as i32, libc::SIGCONT) };
+        }
+        let want = if prefix.is_empty() { 200 } else { 502 };
+        assert_eq!(c.read_response().unwrap().status, want, "{path}");
+    }
+    let run = lab.finish(4);
+    run.assert_error_log("(104: Connection reset by peer) while connecting to upstream");
+    let by_port = |port: u16| -> Vec<&Value> {
+        run.exchanges
+            .iter()
+            .filter(|r| r["client"]["port"].as_u64() == Some(u64::from(port)))
+            .collect()
+    };
+    let retried = by_port(ports[0]);
+    assert_eq!(retried.len(), 2, "{retried:#?}");
+    assert_eq!(
+        Run::outcomes(retried[1]),
+        ["reset", "response"],
+        "{:#}",
+        retried[1]
+    );
+    assert_eq!(retried[1]["verdict"], "ok");
+    // The reset attempt is the connection the first request used.
+    assert_eq!(
+        retried[1]["upstreams"][0]["local_port"],
+        retried[0]["upstreams"][0]["local_port"]
+    );
+    let refused = by_port(ports[1]);
+    assert_eq!(refused.len(), 2, "{refused:#?}");
+    assert_eq!(Run::outcomes(refused[1]), ["reset"], "{:#}", refused[1]);
+    assert_eq!(refused[1]["verdict"], "upstream_reset");
+}
+
 #[test]
 fn a_mixed_run_of_200_concurrent_requests_agrees_with_the_logs() {
     mixed_run(&[]);

@@ -110,6 +110,7 @@ impl Config {
     location /retry/ {{ proxy_pass http://refused_first/; }}
     location /blackhole/ {{ proxy_pass http://127.0.0.1:{blackhole}/; proxy_connect_timeout 1s; }}
     location /small/ {{ client_max_body_size 1k; proxy_pass http://up/; }}
+    location /noretry/ {{ proxy_pass http://up/; proxy_next_upstream off; }}
     location = /maintenance {{ return 503; }}
   }}
 "#

@@ -272,6 +272,7 @@ fn serve(mut conn: TcpStream, log: &Mutex<Vec<LogEntry>>, sent: &Mutex<Vec<LogEn
     let _ = conn.set_nodelay(true);
     let peer_port = conn.peer_addr().map(|a| a.port()).unwrap_or(0);
     let mut buf = Vec::new();
+    let mut idle_reset: Option<Duration> = None;
     while let Some(req) = read_request(&mut conn, &mut buf) {
         let path = req.target.split('?').next().unwrap_or("").to_owned();
         let mut entry = LogEntry {
@@ -329,6 +330,12 @@ fn serve(mut conn: TcpStream, log: &Mutex<Vec<LogEntry>>, sent: &Mutex<Vec<LogEn
             }
             ["stall", ..] => {
                 entry.action = "stall";
+                Some(200)
+            }
+            ["idle-reset", ms, ..] => {
+                // Answered and kept alive; reset once idle this long (a server
+                // whose keep-alive timeout ends connections with RST).
+                idle_reset = ms.parse().ok().map(Duration::from_millis);
                 Some(200)
             }
             _ => Some(200),
@@ -424,5 +431,12 @@ fn serve(mut conn: TcpStream, log: &Mutex<Vec<LogEntry>>, sent: &Mutex<Vec<LogEn
         if !ok || !keep {
             break;
         }
+        if let Some(idle) = idle_reset {
+            let _ = conn.set_read_timeout(Some(idle));
+        }
+    }
+    if idle_reset.is_some() {
+        // No next request within the idle time (or none at all): RST.
+        set_linger_zero(&conn);
     }
 }

@@ -1198,6 +1198,9 @@ impl Engine {
         match self.side(sock) {
             Some(Side::Client) => self.client_left(sock, ts, false),
             Some(Side::Upstream) => {
+                if read {
+                    self.read_failure(sock);
+                }
                 if let Some((e, idx)) = self.attempt_mut(sock) {
                     e.touch(ts);
                     let a = &mut e.attempts[idx];
@@ -1248,12 +1251,22 @@ impl Engine {
                 }
             }
             Some(Side::Upstream) => {
+                self.read_failure(sock);
                 if let Some((e, idx)) = self.attempt_mut(sock) {
                     e.touch(ts);
                     e.attempts[idx].error.get_or_insert((errno, ts));
                 }
             }
             None => self.counters.unknown_socket_events += 1,
+        }
+    }
+
+    /// The proxy read an upstream connection's end (EOF or a failed call): a
+    /// reset before it is no longer unread (nginx's keep-alive pool reads the
+    /// end of an idle connection and closes it, for no request).
+    fn read_failure(&mut self, sock: SockId) {
+        if let Some(s) = self.socks.get_mut(sock) {
+            s.unread_reset = None;
         }
     }
 
@@ -1385,6 +1398,9 @@ impl Engine {
                 }
             }
             Some(Side::Upstream) => {
+                if let Some(s) = self.socks.get_mut(sock) {
+                    s.unread_reset.get_or_insert(ts);
+                }
                 if let Some((e, idx)) = self.attempt_mut(sock) {
                     e.touch(ts);
                     e.attempts[idx].rst_in.get_or_insert(ts);
@@ -1446,6 +1462,9 @@ impl Engine {
                 }
             }
             Side::Upstream => {
+                if local_close {
+                    self.reused_after_reset(ts, tid, sock, out);
+                }
                 if let Some((e, idx)) = self.attempt_mut(sock) {
                     e.touch(ts);
                     e.attempts[idx].reply_cursor(&msg);
@@ -1456,6 +1475,65 @@ impl Engine {
             }
         }
         self.socks.bury(sock);
+    }
+
+    /// A kept-alive upstream connection the upstream reset while it idled in the
+    /// pool, taken for a request: nginx checks the connection's pending error
+    /// before it sends (`ngx_http_upstream_test_connect`), finds ECONNRESET,
+    /// counts a failed attempt ("connect() failed (104: Connection reset by
+    /// peer) while connecting to upstream", a 502 in `$upstream_status`) and
+    /// closes it, with no read or write on it in between. So when the thread
+    /// closes such a connection right after working for an exchange that waits
+    /// for an upstream (it read the client's request, or an earlier attempt
+    /// failed), that exchange gets an attempt on it, reset. The pool's own
+    /// close of a reset idle connection reads the failure first, and is no
+    /// attempt.
+    fn reused_after_reset(&mut self, ts: u64, tid: u32, sock: SockId, out: &mut Vec<Record>) {
+        let Some(reset_at) = self.socks.get(sock).and_then(|s| s.unread_reset) else {
+            return;
+        };
+        let Some(before) = self.last_own.get(&tid).and_then(|o| o.before) else {
+            return;
+        };
+        let Some(ex) = self.waiting_for_upstream(before) else {
+            return;
+        };
+        if self
+            .socks
+            .get(sock)
+            .and_then(|s| s.attempt)
+            .is_some_and(|(x, _)| x == ex)
+        {
+            return;
+        }
+        self.attach(ex, sock, ts, false, out);
+        if let Some((e, idx)) = self.attempt_mut(sock) {
+            e.attempts[idx].rst_in = Some(reset_at);
+        }
+    }
+
+    /// The exchange a thread's action on `sock` served, if it still waits for an
+    /// upstream: a client connection's exchange whose request came and whose
+    /// response has not started, or the exchange of an upstream connection's
+    /// attempt that has ended without a response. Unlike `resolve`, it opens no
+    /// exchange.
+    fn waiting_for_upstream(&self, sock: SockId) -> Option<ExId> {
+        let s = self.socks.get_any(sock)?;
+        let waiting = |x: &Exchange| x.response.is_none() && !x.orphan && !x.http2;
+        match s.side {
+            Side::Client => s.exchanges.back().copied().filter(|id| {
+                self.exchanges
+                    .get(id)
+                    .is_some_and(|x| waiting(x) && x.request.is_some())
+            }),
+            Side::Upstream => {
+                let (ex, idx) = s.attempt?;
+                self.exchanges
+                    .get(&ex)
+                    .is_some_and(|x| waiting(x) && x.attempts.get(idx).is_some_and(Attempt::ended))
+                    .then_some(ex)
+            }
+        }
     }
 
     // ===== ending exchanges =====

@@ -40,6 +40,11 @@ pub struct Sock {
     pub tunnel: bool,
     /// When the socket was first seen (its start, or its first use).
     pub seen_since: u64,
+    /// Upstream side: when a reset arrived that the proxy has not read since (no
+    /// receive failed on it). A kept-alive connection reset while idle in the
+    /// pool: nginx finds out only when it takes the connection for a request,
+    /// from the socket's pending error, without a read (see `Engine::destroy`).
+    pub unread_reset: Option<u64>,
 }
 
 impl Sock {
@@ -65,6 +70,7 @@ impl Sock {
             fin: None,
             tunnel: false,
             seen_since: ts,
+            unread_reset: None,
         }
     }
 }

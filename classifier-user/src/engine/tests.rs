@@ -1316,3 +1316,105 @@ fn a_body_the_proxy_refuses_while_streaming_it_drops_the_attempt() {
         "{hint}"
     );
 }
+
+/// The upstream's RST on an idle pooled connection (`reset` after the reply).
+fn idle_reset(s: &mut Script, u: SockId) {
+    s.ev(EventKind::Reset {
+        sock: u,
+        dir: ResetDir::Received,
+        state: TcpState::Established,
+        unacked: 0,
+    })
+    .ev(EventKind::SockError {
+        sock: u,
+        errno: libc::ECONNRESET,
+        state: TcpState::Close,
+    });
+}
+
+#[test]
+fn a_pooled_connection_reset_while_idle_then_taken_is_a_reset_attempt() {
+    // nginx takes the connection, finds its pending ECONNRESET before sending
+    // (no read, no write), closes it and retries on a fresh connection.
+    let mut s = Script::new();
+    s.client(C1, 5000).pooled(U1, 40000, 9000);
+    s.kept_alive(C1, U1, "/one", 200).at(300);
+    idle_reset(&mut s, U1);
+    s.at(10)
+        .recv(C1, get("/two"))
+        .destroy(U1, true)
+        .connect(U2, 9000, Some(U1))
+        .established(U2, 40002)
+        .send(U2, get("/two"), Some(U2))
+        .recv(U2, status(200))
+        .send(C1, status(200), Some(U2));
+    // Without a retry (`proxy_next_upstream off`): the proxy's own 502.
+    s.at(300);
+    idle_reset(&mut s, U2);
+    s.at(10)
+        .recv(C1, get("/three"))
+        .destroy(U2, true)
+        .send(C1, status(502), Some(U2));
+    let rs = s.finish();
+    let got: Vec<_> = rs
+        .iter()
+        .map(|r| {
+            let ups: Vec<_> = r
+                .upstreams
+                .iter()
+                .map(|u| (u.local_port, u.outcome))
+                .collect();
+            (r.request.as_ref().unwrap().target.clone(), r.verdict, ups)
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("/one".into(), Verdict::Ok, vec![(40000, Outcome::Response)]),
+            (
+                "/two".into(),
+                Verdict::Ok,
+                vec![(40000, Outcome::Reset), (40002, Outcome::Response)]
+            ),
+            (
+                "/three".into(),
+                Verdict::UpstreamReset,
+                vec![(40002, Outcome::Reset)]
+            ),
+        ]
+    );
+    // The retry is attributed through the failed connection, not guessed.
+    assert_eq!(s.engine.counters().attributed_by_request_line, 0);
+}
+
+#[test]
+fn the_pool_closing_a_reset_idle_connection_itself_is_no_attempt() {
+    // nginx's keep-alive pool reads the reset of an idle connection (its read
+    // fails) and closes it, here right after reading a client's request that
+    // waits for its body: no attempt of that exchange.
+    let mut s = Script::new();
+    s.client(C1, 5000).pooled(U1, 40000, 9000);
+    s.kept_alive(C1, U1, "/one", 200).at(300);
+    idle_reset(&mut s, U1);
+    s.at(10).recv(C1, get("/two"));
+    s.ev(EventKind::IoError {
+        sock: U1,
+        dir: Dir::Recv,
+        errno: libc::ECONNRESET,
+        prev_touch: Some(C1),
+    })
+    .destroy(U1, true)
+    .connect(U2, 9000, Some(C1))
+    .established(U2, 40002)
+    .send(U2, get("/two"), Some(U2))
+    .recv(U2, status(200))
+    .send(C1, status(200), Some(U2));
+    let rs = s.finish();
+    let two = &rs[1];
+    let ups: Vec<_> = two
+        .upstreams
+        .iter()
+        .map(|u| (u.local_port, u.outcome))
+        .collect();
+    assert_eq!(ups, vec![(40002, Outcome::Response)]);
+}
