@@ -21,6 +21,9 @@ pub struct HintFacts {
     /// The deciding attempt's request was sent (false: the connection failed
     /// before it, e.g. in a TLS handshake).
     pub request_sent: bool,
+    /// The deciding attempt used a kept-alive connection from the proxy's pool
+    /// (no connect of its own).
+    pub pooled: bool,
     /// How long the upstream had been waited for when the client left.
     pub waited_us: Option<u64>,
     /// How long the side the proxy gave up on had been silent: an upstream
@@ -190,6 +193,9 @@ pub fn hint(verdict: Verdict, f: &HintFacts) -> Option<String> {
             };
             format!("Connecting to {up} failed ({why}){retried}: {check}")
         }
+        Verdict::UpstreamReset if f.pooled && !f.request_sent => format!(
+            "{up} had reset this kept-alive connection while it idled in the proxy's pool; the proxy found out when it took the connection for this request, before sending it (nginx: \"connect() failed (104: Connection reset by peer) while connecting to upstream\"){retried}. Check the upstream's keep-alive timeout: the proxy's own (keepalive_timeout in the upstream block) must be shorter, and nothing between them may drop idle connections sooner."
+        ),
         Verdict::UpstreamReset => format!(
             "{up} reset the connection{after}, before sending a complete response header{retried}: check it for crashes, OOM kills or restarts.{}",
             timeout_note(f.after_us)

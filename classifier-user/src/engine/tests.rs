@@ -1383,6 +1383,8 @@ fn a_pooled_connection_reset_while_idle_then_taken_is_a_reset_attempt() {
             ),
         ]
     );
+    let hint = rs[2].hint.as_deref().unwrap_or_default();
+    assert!(hint.contains("idled in the proxy's pool"), "{hint}");
     // The retry is attributed through the failed connection, not guessed.
     assert_eq!(s.engine.counters().attributed_by_request_line, 0);
 }
