@@ -158,6 +158,11 @@ pub struct EngineCounters {
     /// `docs/architecture.md`, HTTP/2).
     pub http2_connections: u64,
     pub http2_exchanges: u64,
+    /// Upstream requests the proxy made on its own for an exchange whose
+    /// response had started (a cache's background update, slice ranges, SSI
+    /// includes): part of that exchange's work, no record of their own.
+    #[serde(default)]
+    pub subrequests: u64,
     /// Sockets and exchanges evicted because a table was full.
     pub evicted_sockets: u64,
     pub evicted_exchanges: u64,

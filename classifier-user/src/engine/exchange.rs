@@ -84,9 +84,21 @@ pub struct Exchange {
     /// Made for an upstream request of an HTTP/2 client connection: it holds the
     /// attempt, and ends without a record (see `Sock::http2`).
     pub http2: bool,
+    /// Holds an upstream request the proxy made on its own for an exchange
+    /// whose response had already started on this client connection (nginx: a
+    /// cache's background update, the slice module's next range, an SSI
+    /// include): work for that exchange, not a client exchange. It ends without
+    /// a record (see `Engine::subrequest_of_answered`).
+    pub subrequest: bool,
 }
 
 impl Exchange {
+    /// Whether a client response on its connection may be this exchange's: a
+    /// client exchange that has not answered yet.
+    pub fn awaits_response(&self) -> bool {
+        self.response.is_none() && !self.subrequest
+    }
+
     pub fn new(id: ExId, client: SockId, pid: u32, start: u64) -> Self {
         Self {
             id,
@@ -111,6 +123,7 @@ impl Exchange {
             orphan: false,
             http2: false,
             unclaimed_record: false,
+            subrequest: false,
         }
     }
 

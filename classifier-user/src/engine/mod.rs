@@ -515,7 +515,7 @@ impl Engine {
                     .exchanges
                     .iter()
                     .rev()
-                    .find(|e| self.exchanges.get(e).is_some_and(|x| x.response.is_none()))
+                    .find(|e| self.exchanges.get(e).is_some_and(Exchange::awaits_response))
                     .copied();
                 if waiting.is_some() {
                     return waiting;
@@ -762,14 +762,24 @@ impl Engine {
             Head::Request(r) => {
                 // Exchanges whose response has started are over: nginx reads the next
                 // request only after it has finished the previous response.
+                // An exchange guessed for a pipelined request that has not
+                // answered was none: nginx reads a new request only once every
+                // request already in its buffer is answered. Its upstream
+                // request was the proxy's own, for the exchange before it (an
+                // SSI include, say, whose target differs from that exchange's).
                 let mut done = std::mem::take(&mut self.ending);
                 if let Some(s) = self.socks.get(sock) {
-                    done.extend(
-                        s.exchanges
-                            .iter()
-                            .filter(|e| self.exchanges.get(e).is_some_and(|x| x.response.is_some()))
-                            .copied(),
-                    );
+                    for id in &s.exchanges {
+                        let Some(x) = self.exchanges.get_mut(id) else {
+                            continue;
+                        };
+                        if x.inferred && x.response.is_none() && !x.orphan && !x.http2 {
+                            x.subrequest = true;
+                        }
+                        if x.response.is_some() || x.subrequest {
+                            done.push(*id);
+                        }
+                    }
                 }
                 for ex in done.drain(..) {
                     self.finish(ex, End::NextRequest, out);
@@ -823,7 +833,7 @@ impl Engine {
         let waiting = c
             .exchanges
             .iter()
-            .find(|e| self.exchanges.get(e).is_some_and(|x| x.response.is_none()))
+            .find(|e| self.exchanges.get(e).is_some_and(Exchange::awaits_response))
             .copied();
         // The first candidate that decides: one serving the waiting exchange
         // already (the usual case), or one whose attempt is foreign to the
@@ -983,7 +993,7 @@ impl Engine {
         let mut target = s
             .exchanges
             .iter()
-            .find(|e| self.exchanges.get(e).is_some_and(|x| x.response.is_none()))
+            .find(|e| self.exchanges.get(e).is_some_and(Exchange::awaits_response))
             .copied();
         if target.is_none() {
             self.counters.orphan_responses += 1;
@@ -1048,6 +1058,7 @@ impl Engine {
                 a.request_sent = Some(ts);
                 a.upstream_request = request;
                 e.touch(ts);
+                self.subrequest_of_answered(sock);
                 return;
             }
         }
@@ -1097,6 +1108,55 @@ impl Engine {
             a.upstream_request = request;
             if fresh_unattributed {
                 a.connect_start = connect_start;
+            }
+        }
+        self.subrequest_of_answered(sock);
+    }
+
+    /// An upstream request guessed to be the next pipelined request on a client
+    /// connection (the thread last touched the connection after its exchange
+    /// had started answering) that asks for that exchange's own target: the
+    /// proxy's own request for it (a cache's background update after a stale
+    /// hit, the slice module's next range), not a request of the client's.
+    /// nginx logs none of them as a request, so they write no record (a
+    /// pipelined duplicate of the same target is the price, and rare).
+    fn subrequest_of_answered(&mut self, sock: SockId) {
+        let Some((ex, idx)) = self.socks.get(sock).and_then(|s| s.attempt) else {
+            return;
+        };
+        let Some(x) = self.exchanges.get(&ex) else {
+            return;
+        };
+        if !x.inferred || x.orphan || x.http2 || x.response.is_some() || x.attempts.len() != 1 {
+            return;
+        }
+        let Some(target) = x
+            .attempts
+            .get(idx)
+            .and_then(|a| a.upstream_request.as_ref())
+            .map(|r| r.target.clone())
+        else {
+            return;
+        };
+        let Some(c) = self.socks.get(x.client) else {
+            return;
+        };
+        // The client exchange opened before it on that connection (past the
+        // proxy's earlier requests for it: one per slice).
+        let answered = c
+            .exchanges
+            .iter()
+            .rev()
+            .skip_while(|id| **id != ex)
+            .skip(1)
+            .filter_map(|id| self.exchanges.get(id))
+            .find(|p| !p.subrequest)
+            .filter(|p| p.response.is_some())
+            .and_then(|p| p.request.as_ref())
+            .is_some_and(|r| r.target == target);
+        if answered {
+            if let Some(x) = self.exchanges.get_mut(&ex) {
+                x.subrequest = true;
             }
         }
     }
@@ -1519,7 +1579,7 @@ impl Engine {
     /// exchange.
     fn waiting_for_upstream(&self, sock: SockId) -> Option<ExId> {
         let s = self.socks.get_any(sock)?;
-        let waiting = |x: &Exchange| x.response.is_none() && !x.orphan && !x.http2;
+        let waiting = |x: &Exchange| x.awaits_response() && !x.orphan && !x.http2;
         match s.side {
             Side::Client => s.exchanges.back().copied().filter(|id| {
                 self.exchanges
@@ -1563,6 +1623,11 @@ impl Engine {
         if ex.http2 {
             self.forget_exchange(ex.client, id);
             self.counters.http2_exchanges += 1;
+            return;
+        }
+        if ex.subrequest {
+            self.forget_exchange(ex.client, id);
+            self.counters.subrequests += 1;
             return;
         }
         if ex.orphan && !ex.unclaimed_record {

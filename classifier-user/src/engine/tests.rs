@@ -1420,3 +1420,121 @@ fn the_pool_closing_a_reset_idle_connection_itself_is_no_attempt() {
         .collect();
     assert_eq!(ups, vec![(40002, Outcome::Response)]);
 }
+
+/// Records of a finished script: target, response status, verdict, upstream
+/// outcomes.
+fn summary(rs: &[ExchangeRecord]) -> Vec<(String, Option<u16>, Verdict, Vec<Outcome>)> {
+    rs.iter()
+        .map(|r| {
+            (
+                r.request
+                    .as_ref()
+                    .map_or("-".into(), |q| q.target.to_string()),
+                r.response.status,
+                r.verdict,
+                r.upstreams.iter().map(|u| u.outcome).collect(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_background_update_after_a_stale_hit_is_no_request_of_the_client() {
+    // A stale cache hit answered at once, then the proxy's own request for the
+    // same target (proxy_cache_background_update); the client's next requests
+    // on the connection keep their own responses.
+    let mut s = Script::new();
+    s.client(C1, 5000).pooled(U1, 40000, 9000);
+    s.kept_alive(C1, U1, "/page", 200).at(1500);
+    s.recv(C1, get("/page"))
+        .send(C1, status(200), None)
+        .send(U1, get("/page"), Some(C1))
+        .at(500)
+        .recv(U1, status(200));
+    s.kept_alive(C1, U1, "/x", 200);
+    s.kept_alive(C1, U1, "/status/503", 503);
+    let rs = s.finish();
+    assert_eq!(
+        summary(&rs),
+        vec![
+            (
+                "/page".into(),
+                Some(200),
+                Verdict::Ok,
+                vec![Outcome::Response]
+            ),
+            ("/page".into(), Some(200), Verdict::Ok, vec![]),
+            ("/x".into(), Some(200), Verdict::Ok, vec![Outcome::Response]),
+            (
+                "/status/503".into(),
+                Some(503),
+                Verdict::UpstreamError,
+                vec![Outcome::Response]
+            ),
+        ]
+    );
+    assert_eq!(s.engine.counters().subrequests, 1);
+}
+
+#[test]
+fn slices_fetched_while_the_response_streams_are_no_requests_of_the_client() {
+    // The slice module: the first range with the request, the next ones each
+    // sent after writing the previous one to the client; then a client that
+    // closes its connection, as curl does once it has the whole body.
+    let mut s = Script::new();
+    s.client(C1, 5000)
+        .forwarded(C1, U1, 40001, "/big")
+        .recv(U1, status(206))
+        .send(C1, status(200), Some(U1));
+    for _ in 0..3 {
+        s.send(U1, get("/big"), Some(C1))
+            .at(1)
+            .recv(U1, status(206));
+    }
+    s.at(1)
+        .state(C1, TcpState::Established, TcpState::CloseWait, 8080, false)
+        .destroy(C1, true);
+    let rs = s.finish();
+    assert_eq!(
+        summary(&rs),
+        vec![(
+            "/big".into(),
+            Some(200),
+            Verdict::Ok,
+            vec![Outcome::Response]
+        )]
+    );
+    assert_eq!(s.engine.counters().subrequests, 3);
+}
+
+#[test]
+fn an_include_fetched_for_an_answered_exchange_is_dropped_at_the_next_request() {
+    // An SSI include: the proxy's own request for another target once the page
+    // started, guessed as a pipelined request until the client's next request
+    // shows that none was pending.
+    let mut s = Script::new();
+    s.client(C1, 5000).pooled(U1, 40000, 9000);
+    s.kept_alive(C1, U1, "/page.html", 200)
+        .send(U1, get("/include"), Some(C1))
+        .recv(U1, status(200));
+    s.at(5).kept_alive(C1, U1, "/next", 404);
+    let rs = s.finish();
+    assert_eq!(
+        summary(&rs),
+        vec![
+            (
+                "/page.html".into(),
+                Some(200),
+                Verdict::Ok,
+                vec![Outcome::Response]
+            ),
+            (
+                "/next".into(),
+                Some(404),
+                Verdict::ClientError,
+                vec![Outcome::Response]
+            ),
+        ]
+    );
+    assert_eq!(s.engine.counters().subrequests, 1);
+}
