@@ -163,6 +163,10 @@ pub struct EngineCounters {
     /// includes): part of that exchange's work, no record of their own.
     #[serde(default)]
     pub subrequests: u64,
+    /// Client exchanges with no response seen when their connection's next
+    /// request came: their response's evidence was lost (`complete: false`).
+    #[serde(default)]
+    pub unanswered_before_next_request: u64,
     /// Sockets and exchanges evicted because a table was full.
     pub evicted_sockets: u64,
     pub evicted_exchanges: u64,

@@ -762,23 +762,31 @@ impl Engine {
             Head::Request(r) => {
                 // Exchanges whose response has started are over: nginx reads the next
                 // request only after it has finished the previous response.
-                // An exchange guessed for a pipelined request that has not
-                // answered was none: nginx reads a new request only once every
-                // request already in its buffer is answered. Its upstream
-                // request was the proxy's own, for the exchange before it (an
-                // SSI include, say, whose target differs from that exchange's).
+                // nginx reads a new request only once every request already in
+                // its buffer is answered (HTTP/1.x), so every earlier exchange on
+                // the connection is over. One guessed for a pipelined request
+                // that has not answered was none: its upstream request was the
+                // proxy's own, for the exchange before it (an SSI include, say,
+                // whose target differs from that exchange's). A client
+                // exchange that has not answered lost its response's evidence
+                // (a full ring): ended here, incomplete, it cannot take the
+                // next exchange's response, and the ones after it theirs.
                 let mut done = std::mem::take(&mut self.ending);
                 if let Some(s) = self.socks.get(sock) {
                     for id in &s.exchanges {
                         let Some(x) = self.exchanges.get_mut(id) else {
                             continue;
                         };
-                        if x.inferred && x.response.is_none() && !x.orphan && !x.http2 {
+                        if x.orphan || x.http2 {
+                            continue;
+                        }
+                        if x.inferred && x.response.is_none() {
                             x.subrequest = true;
+                        } else if x.response.is_none() && !x.subrequest {
+                            x.incomplete = true;
+                            self.counters.unanswered_before_next_request += 1;
                         }
-                        if x.response.is_some() || x.subrequest {
-                            done.push(*id);
-                        }
+                        done.push(*id);
                     }
                 }
                 for ex in done.drain(..) {
@@ -1458,8 +1466,19 @@ impl Engine {
                 }
             }
             Some(Side::Upstream) => {
-                if let Some(s) = self.socks.get_mut(sock) {
-                    s.unread_reset.get_or_insert(ts);
+                // Idle: its attempt has its reply, or its exchange is over (a
+                // refused connect's reset comes while its attempt is under way).
+                let idle = match self.attempt_mut(sock) {
+                    Some((e, idx)) => e.attempts[idx].first_byte.is_some(),
+                    None => self
+                        .socks
+                        .get(sock)
+                        .is_some_and(|s| s.how == Opened::FirstUse || s.uses > 0),
+                };
+                if idle {
+                    if let Some(s) = self.socks.get_mut(sock) {
+                        s.unread_reset.get_or_insert(ts);
+                    }
                 }
                 if let Some((e, idx)) = self.attempt_mut(sock) {
                     e.touch(ts);

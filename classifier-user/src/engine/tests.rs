@@ -1538,3 +1538,80 @@ fn an_include_fetched_for_an_answered_exchange_is_dropped_at_the_next_request() 
     );
     assert_eq!(s.engine.counters().subrequests, 1);
 }
+
+#[test]
+fn a_response_lost_to_a_full_ring_does_not_shift_the_connections_next_exchanges() {
+    // /b's response event never arrives (the ring was full): the next request
+    // line ends /b, incomplete, and /c and /d keep their own responses.
+    let mut s = Script::new();
+    s.client(C1, 5000).pooled(U1, 40000, 9000);
+    s.kept_alive(C1, U1, "/a", 200);
+    s.recv(C1, get("/b"))
+        .send(U1, Head::None, Some(C1))
+        .recv(U1, status(503));
+    s.kept_alive(C1, U1, "/c", 200);
+    s.kept_alive(C1, U1, "/d", 404);
+    let rs = s.finish();
+    let got: Vec<_> = rs
+        .iter()
+        .map(|r| {
+            (
+                r.request.as_ref().unwrap().target.to_string(),
+                r.response.status,
+                r.complete,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("/a".into(), Some(200), true),
+            ("/b".into(), None, false),
+            ("/c".into(), Some(200), true),
+            ("/d".into(), Some(404), true),
+        ]
+    );
+    assert_eq!(s.engine.counters().unanswered_before_next_request, 1);
+}
+
+#[test]
+fn a_refused_connect_closed_after_another_clients_request_stays_its_own() {
+    // The thread reads /b's request between /a's connect and the close of that
+    // refused connect: the refusal is /a's, not a pooled connection of /b's.
+    let mut s = Script::new();
+    s.client(C1, 5000).client(C2, 5001);
+    s.recv(C1, get("/a")).connect(U1, 9001, Some(C1));
+    s.recv(C2, get("/b"));
+    s.ev(EventKind::Reset {
+        sock: U1,
+        dir: ResetDir::Received,
+        state: TcpState::SynSent,
+        unacked: 0,
+    })
+    .state(U1, TcpState::SynSent, TcpState::Close, 40001, false)
+    .ev(EventKind::SockError {
+        sock: U1,
+        errno: 111,
+        state: TcpState::Close,
+    })
+    .destroy(U1, true)
+    .send(C1, status(502), Some(U1))
+    .connect(U2, 9000, Some(C2))
+    .established(U2, 40002)
+    .send(U2, get("/b"), Some(U2))
+    .recv(U2, status(200))
+    .send(C2, status(200), Some(U2));
+    let rs = s.finish();
+    assert_eq!(
+        summary(&rs),
+        vec![
+            (
+                "/a".into(),
+                Some(502),
+                Verdict::UpstreamRefused,
+                vec![Outcome::Refused]
+            ),
+            ("/b".into(), Some(200), Verdict::Ok, vec![Outcome::Response]),
+        ]
+    );
+}
