@@ -158,6 +158,7 @@ pub fn build(
             .fold(ex.last_send, u64::max)
         }
         Some(_) => ex.last_send,
+        None if ex.died_unanswered().is_some() => ex.proxy_exited.unwrap_or(ex.last_activity),
         None => ex
             .client_left()
             .or(ex.closed_unanswered().map(|c| c.at))
@@ -195,6 +196,13 @@ pub fn build(
     let status = ex.response.as_ref().and_then(|r| r.status);
     let hint = if ex.in_flight {
         Some(in_flight_hint(ex, duration_us))
+    } else if ex.died_unanswered().is_some() {
+        Some(format!(
+            "The proxy's process (PID {}) exited {} into this exchange, before any response: it was killed or crashed (nginx's error log says \"worker process {} exited on signal N\"), and nginx logs no access-log line for it. Check for OOM kills, crashes (core dumps, segfaults in the kernel log) and whatever sends it signals.",
+            ex.pid,
+            crate::hint::ms(duration_us),
+            ex.pid
+        ))
     } else if verdict == Verdict::Ok {
         None
     } else {
@@ -273,7 +281,13 @@ fn in_flight_hint(ex: &Exchange, duration_us: u64) -> String {
         Some(a) if a.established.is_none() && a.connect_start.is_some() => {
             format!("connecting to {}", a.peer)
         }
-        Some(a) => format!("waiting for a response header from {}", a.peer),
+        Some(a) => match a.status {
+            Some(status) => format!(
+                "{} had answered {status}; the response to the client had not started",
+                a.peer
+            ),
+            None => format!("waiting for a response header from {}", a.peer),
+        },
         None => "before any upstream was contacted".to_owned(),
     };
     format!(

@@ -90,6 +90,9 @@ pub struct Exchange {
     /// include): work for that exchange, not a client exchange. It ends without
     /// a record (see `Engine::subrequest_of_answered`).
     pub subrequest: bool,
+    /// When the proxy process serving it exited before it answered (killed or
+    /// crashed: nginx logs nothing for it). Nothing more can come.
+    pub proxy_exited: Option<u64>,
 }
 
 impl Exchange {
@@ -124,7 +127,17 @@ impl Exchange {
             http2: false,
             unclaimed_record: false,
             subrequest: false,
+            proxy_exited: None,
         }
+    }
+
+    /// When the proxy process died with this exchange unanswered, unless the
+    /// client had left first (then the exchange was over for nginx already).
+    pub fn died_unanswered(&self) -> Option<u64> {
+        let exited = self.proxy_exited.filter(|_| self.response.is_none())?;
+        self.client_left()
+            .is_none_or(|c| c > exited)
+            .then_some(exited)
     }
 
     /// When the client was first seen leaving (FIN or RST), if it did.

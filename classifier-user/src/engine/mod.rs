@@ -339,6 +339,9 @@ impl Engine {
                     self.comms.insert(*child, name);
                 }
             }
+            EventKind::Exit {
+                group_dead: true, ..
+            } => self.proxy_exited(ev.pid, ts),
             EventKind::Exit { .. } => {}
             EventKind::Lost { since, .. } => self.lost(ts, *since),
             EventKind::Tick => {
@@ -1326,6 +1329,19 @@ impl Engine {
                 }
             }
             None => self.counters.unknown_socket_events += 1,
+        }
+    }
+
+    /// A watched process exited. Its exchanges still unanswered never will be:
+    /// a worker killed or crashed mid-request (a graceful exit, after a reload,
+    /// waits for its requests to be answered). The kernel closes its sockets
+    /// after this event.
+    fn proxy_exited(&mut self, pid: u32, ts: u64) {
+        for ex in self.exchanges.values_mut() {
+            if ex.pid == pid && ex.response.is_none() && !ex.orphan {
+                ex.proxy_exited.get_or_insert(ts);
+                ex.touch(ts);
+            }
         }
     }
 

@@ -21,6 +21,18 @@ pub fn outcomes(ex: &Exchange, out: &mut Vec<Outcome>) {
 fn attempt_outcome(a: &Attempt, ex: &Exchange, last: bool) -> Outcome {
     let client_left = ex.client_left();
     let before_client = |ts: u64| client_left.is_none_or(|c| ts <= c);
+    // The proxy died waiting on this attempt: dropped, not failed by the
+    // upstream (the kernel then closes or resets the connection itself).
+    if let Some(died) = ex.died_unanswered() {
+        let failed_first = a
+            .upstream_failed()
+            .or(a.connect_failed)
+            .is_some_and(|f| f < died)
+            || a.error.is_some_and(|(_, t)| t < died);
+        if a.status.is_none() && !failed_first {
+            return Outcome::Aborted;
+        }
+    }
     if let Some(status) = a.status {
         // A status line came back. If the proxy then wrote a 5xx of its own
         // instead of forwarding it, the head failed: cut short by the upstream,
@@ -248,6 +260,9 @@ pub fn exchange_verdict(
     let last = ex.attempts.last().zip(outcomes.last().copied());
     let Some(resp) = &ex.response else {
         // No response written.
+        if ex.died_unanswered().is_some() {
+            return (Verdict::ProxyError, Origin::Proxy, None);
+        }
         if ex.client_rst.is_some() {
             return (Verdict::ClientReset, Origin::Client, None);
         }
@@ -257,16 +272,9 @@ pub fn exchange_verdict(
         if client_too_slow(ex) {
             return (Verdict::ClientError, Origin::Client, None);
         }
-        if ex.in_flight {
-            // The agent stopped first: say what the exchange was waiting on.
-            return match last.map(|(_, o)| o) {
-                Some(Outcome::Timeout) => (Verdict::UpstreamTimeout, Origin::Upstream, None),
-                Some(Outcome::ConnectTimeout) => {
-                    (Verdict::UpstreamConnectTimeout, Origin::Upstream, None)
-                }
-                _ => (Verdict::ProxyError, Origin::Proxy, None),
-            };
-        }
+        // Also an exchange the agent stopped first (its hint says what it was
+        // waiting on): nothing timed out yet, so no upstream verdict is
+        // counted for it.
         return (Verdict::ProxyError, Origin::Proxy, None);
     };
     let from = match (last, resp.status) {

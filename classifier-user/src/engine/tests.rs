@@ -1615,3 +1615,45 @@ fn a_refused_connect_closed_after_another_clients_request_stays_its_own() {
         ]
     );
 }
+
+#[test]
+fn a_worker_killed_mid_request_is_the_proxys_failure_not_a_configuration() {
+    let mut s = Script::new();
+    s.client(C1, 5000).forwarded(C1, U1, 40001, "/slow");
+    // A kept-alive exchange answered before the exit stays as it was.
+    s.client(C2, 5001)
+        .pooled(U2, 40002, 9000)
+        .kept_alive(C2, U2, "/done", 200);
+    s.at(400)
+        .ev(EventKind::Exit {
+            task: 100,
+            group_dead: true,
+        })
+        .destroy(C1, false)
+        .destroy(U1, false)
+        .destroy(C2, false);
+    let rs = s.finish();
+    assert_eq!(
+        summary(&rs),
+        vec![
+            (
+                "/slow".into(),
+                None,
+                Verdict::ProxyError,
+                vec![Outcome::Aborted]
+            ),
+            (
+                "/done".into(),
+                Some(200),
+                Verdict::Ok,
+                vec![Outcome::Response]
+            ),
+        ]
+    );
+    let hint = rs[0].hint.as_deref().unwrap_or_default();
+    assert!(
+        hint.contains("exited") && hint.contains("killed or crashed"),
+        "{hint}"
+    );
+    assert!(rs[0].duration_us >= 400_000, "{}", rs[0].duration_us);
+}
