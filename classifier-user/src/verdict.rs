@@ -84,7 +84,8 @@ pub enum Outcome {
     ConnectTimeout,
     /// The head came back, then the upstream failed mid-body.
     Truncated,
-    /// The proxy dropped the attempt because the client left.
+    /// The proxy dropped the attempt: the client left (or its request body
+    /// stopped coming), or the proxy's process died waiting on it.
     Aborted,
 }
 

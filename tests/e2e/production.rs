@@ -13,7 +13,7 @@ use std::{
 
 use classify_tests::{
     classify,
-    client::Conn,
+    client::{self, Conn},
     nginx::{Config, Nginx},
     upstream::Upstream,
     wait_for,
@@ -235,6 +235,57 @@ fn a_watched_pid_that_exits_ends_the_run_with_a_summary() {
     );
     assert_eq!(out.exchanges().len(), 1);
     assert!(out.final_stats().is_some(), "no final stats record");
+}
+
+/// A worker killed mid-request: nginx logs nothing for the request, its
+/// master forks a new worker. The record says the proxy's process exited,
+/// not that the proxy's configuration answered, and the new worker is watched.
+#[test]
+fn a_worker_killed_mid_request_is_said_so() {
+    require_root();
+    let upstream = Upstream::start();
+    let nginx = Nginx::start(&Config::proxy(&[upstream.addr().to_string()], None, ""));
+    let running = classify::start(&["--pid", &nginx.master_pid().to_string()]);
+    let workers = nginx.worker_pids();
+    let mut c = Conn::connect(nginx.port).unwrap();
+    let port = c.local_port();
+    c.send("GET", "/slow/3000", &[], b"").unwrap();
+    thread::sleep(Duration::from_millis(300));
+    for w in &workers {
+        // SAFETY: a signal to the lab's own nginx workers.
+        unsafe { libc::kill(*w as i32, libc::SIGKILL) };
+    }
+    assert!(c.read_response().is_err(), "a killed worker answered");
+    let respawned = wait_for(Duration::from_secs(5), || {
+        let now = nginx.worker_pids();
+        (!now.is_empty() && now.iter().all(|w| !workers.contains(w))).then_some(now)
+    });
+    assert!(respawned.is_some(), "no new worker");
+    assert_eq!(client::get(nginx.port, "/status/200").unwrap().status, 200);
+    thread::sleep(Duration::from_millis(300));
+    let out = running.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    let ex = out.exchanges();
+    let killed = ex
+        .iter()
+        .find(|r| r["client"]["port"] == port)
+        .expect("a record for the killed request");
+    assert_eq!(killed["verdict"], "proxy_error", "{killed:#}");
+    let hint = killed["hint"].as_str().unwrap();
+    assert!(
+        hint.contains("exited") && hint.contains("killed or crashed"),
+        "{killed:#}"
+    );
+    assert!(
+        killed["duration_us"].as_u64().unwrap() >= 250_000,
+        "{killed:#}"
+    );
+    // The respawned worker's exchange.
+    assert!(
+        ex.iter()
+            .any(|r| r["request"]["target"] == "/status/200" && r["verdict"] == "ok"),
+        "{ex:#?}"
+    );
 }
 
 #[test]
