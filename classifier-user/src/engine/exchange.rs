@@ -140,9 +140,15 @@ impl Exchange {
             .then_some(exited)
     }
 
-    /// When the client was first seen leaving (FIN or RST), if it did.
+    /// When the client was first seen leaving (FIN or RST), if it did. A FIN
+    /// that the proxy answered after (it wrote its response later) only closed
+    /// the client's sending side: nginx went on with the exchange (a client
+    /// that half-closes and reads on, `proxy_ignore_client_abort on`), so the
+    /// exchange ended as the upstream and the response say.
     pub fn client_left(&self) -> Option<u64> {
-        match (self.client_fin, self.client_rst) {
+        let answered_after = |t: u64| self.response.as_ref().is_some_and(|r| r.ts > t);
+        let fin = self.client_fin.filter(|f| !answered_after(*f));
+        match (fin, self.client_rst) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }

@@ -1657,3 +1657,39 @@ fn a_worker_killed_mid_request_is_the_proxys_failure_not_a_configuration() {
     );
     assert!(rs[0].duration_us >= 400_000, "{}", rs[0].duration_us);
 }
+
+#[test]
+fn a_client_that_half_closes_and_is_answered_did_not_abort() {
+    // The client shuts down its sending side after its request and reads on;
+    // the proxy goes on (`proxy_ignore_client_abort on`) and answers the
+    // upstream's failure: that failure is the verdict.
+    let mut s = Script::new();
+    s.client(C1, 5000)
+        .forwarded(C1, U1, 40001, "/slow")
+        .state(C1, TcpState::Established, TcpState::CloseWait, 8080, false)
+        .at(2000)
+        .ev(EventKind::Reset {
+            sock: U1,
+            dir: ResetDir::Received,
+            state: TcpState::Established,
+            unacked: 0,
+        })
+        .ev(EventKind::IoError {
+            sock: U1,
+            dir: Dir::Recv,
+            errno: libc::ECONNRESET,
+            prev_touch: Some(C1),
+        })
+        .destroy(U1, true)
+        .send(C1, status(502), Some(U1));
+    let rs = s.finish();
+    assert_eq!(
+        summary(&rs),
+        vec![(
+            "/slow".into(),
+            Some(502),
+            Verdict::UpstreamReset,
+            vec![Outcome::Reset]
+        )]
+    );
+}
