@@ -58,8 +58,13 @@ pub mod io {
     pub const EOF: u8 = 1;
     /// A send or receive failed (`ret` is `-errno`), other than `EAGAIN`.
     pub const ERROR: u8 = 2;
-    /// More bytes moved in the current message (throttled, see `PROGRESS_NS`).
+    /// More bytes moved in the current message (throttled, see `PROGRESS_NS`;
+    /// at once for the first send after `BLOCKED`).
     pub const PROGRESS: u8 = 3;
+    /// A send in the middle of a message found the socket's buffer full
+    /// (`EAGAIN`): the peer reads slower than the proxy writes, and the message
+    /// goes on later. Once until a send moves bytes again.
+    pub const BLOCKED: u8 = 4;
 }
 
 /// Direction of a reset.
@@ -400,7 +405,10 @@ pub struct SockState {
     /// ciphertext, so its messages come from the TLS probes (the plaintext the
     /// library returns or is given), and its own I/O is only a touch.
     pub tls: u8,
-    pub _pad: [u8; 2],
+    /// 1 after a send of the current message found the buffer full (`EAGAIN`),
+    /// until a send moves bytes again.
+    pub blocked: u8,
+    pub _pad: [u8; 1],
     /// Bytes of the message before the held send (the previous reply on this
     /// connection; 0 on a fresh connection), saturated.
     pub held_prev_bytes: u32,

@@ -389,6 +389,10 @@ impl Decoder {
                         dir: d,
                         msg_bytes: e.msg_bytes,
                     },
+                    wire::io::BLOCKED => EventKind::Blocked {
+                        sock: sock(id),
+                        msg_bytes: e.msg_bytes,
+                    },
                     _ => return Err(DecodeError::BadField("what")),
                 }
             }

@@ -231,6 +231,10 @@ pub enum EventKind {
         dir: Dir,
         msg_bytes: u64,
     },
+    /// A send in the middle of a message found the socket's buffer full
+    /// (`EAGAIN`): the peer reads slower than the proxy writes. Reported once
+    /// until a send moves bytes again (then a `Progress` at once).
+    Blocked { sock: SockId, msg_bytes: u64 },
     /// A receive returned end of file: the peer's FIN was read.
     Eof {
         sock: SockId,
@@ -299,6 +303,7 @@ impl EventKind {
             Self::SockOpen { sock, .. }
             | Self::Message { sock, .. }
             | Self::Progress { sock, .. }
+            | Self::Blocked { sock, .. }
             | Self::Eof { sock, .. }
             | Self::IoError { sock, .. }
             | Self::State { sock, .. }

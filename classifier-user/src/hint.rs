@@ -24,6 +24,9 @@ pub struct HintFacts {
     /// The deciding attempt used a kept-alive connection from the proxy's pool
     /// (no connect of its own).
     pub pooled: bool,
+    /// The client stopped reading the response: from its first blocked send to
+    /// the proxy giving up.
+    pub reader_stalled_us: Option<u64>,
     /// How long the upstream had been waited for when the client left.
     pub waited_us: Option<u64>,
     /// How long the side the proxy gave up on had been silent: an upstream
@@ -141,6 +144,12 @@ pub fn hint(verdict: Verdict, f: &HintFacts) -> Option<String> {
             let status = f.status.unwrap_or(500);
             format!("{up} answered {status} itself and the proxy forwarded it unchanged: {}.", upstream_5xx(status))
         }
+        Verdict::ClientAbort if f.reader_stalled_us.is_some() => format!(
+            "The client stopped reading the {} response: the proxy's sends found its receive window full, and {} later the proxy gave up and closed the connection (nginx: send_timeout, \"client timed out (110: Connection timed out) while sending to client\"; reset_timedout_connection sends RST). nginx logs {} (the header was out); the client got part of the body. Check the client: a hung or overloaded reader, or a path that stalls.",
+            f.status.map_or("".to_owned(), |s| s.to_string()),
+            ms(f.reader_stalled_us.unwrap_or(0)),
+            f.status.map_or("the status".to_owned(), |s| s.to_string()),
+        ),
         Verdict::ClientAbort => {
             let waited = f.waited_us.unwrap_or(f.duration_us);
             let slow = if f.upstream.is_some() && waited >= 1_000_000 {

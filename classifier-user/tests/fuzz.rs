@@ -209,6 +209,10 @@ fn event() -> impl Strategy<Value = EventKind> {
             dir,
             msg_bytes: 100
         }),
+        sock().prop_map(|sock| EventKind::Blocked {
+            sock,
+            msg_bytes: 50
+        }),
         sock().prop_map(|sock| EventKind::Eof {
             sock,
             prev_touch: None

@@ -26,8 +26,11 @@ use super::support::{
 
 /// `/` proxies with nginx's defaults (proxy_buffering on); `/unbuffered/` streams
 /// (proxy_buffering off); `/timeout/` and `/timeout-unbuffered/` give up on a
-/// silent upstream after 1 s, buffered and not.
+/// silent upstream after 1 s, buffered and not; `/slowread/` and
+/// `/slowread-unbuffered/` give up on a client that stops reading after 1 s.
 const LOCATIONS: &str = "    location /unbuffered/ { proxy_pass http://up/; proxy_buffering off; }
+    location /slowread/ { proxy_pass http://up/; send_timeout 1s; }
+    location /slowread-unbuffered/ { proxy_pass http://up/; send_timeout 1s; proxy_buffering off; }
     location /timeout/ { proxy_pass http://up/; proxy_read_timeout 500ms; }
     location /timeout-unbuffered/ { proxy_pass http://up/; proxy_read_timeout 500ms; proxy_buffering off; }
 ";
@@ -231,6 +234,46 @@ fn read_to_eof(s: &mut TcpStream, into: &mut Vec<u8>) {
             Err(e) => panic!("waiting for nginx to close: {e}"),
         }
     }
+}
+
+/// The client takes the head and a little of a 20 MB body, then stops reading
+/// (a small receive buffer: its window closes at once); nginx gives up after
+/// `send_timeout 1s` and closes the connection.
+fn client_stops_reading(prefix: &str, attempt: &str) {
+    let lab = Lab::start();
+    let mut s = connect(lab.port(), Some(4096));
+    let client_port = s.local_addr().unwrap().port();
+    let (_head, _body) = get_head(&mut s, &format!("{prefix}/big/20000000"));
+    thread::sleep(Duration::from_millis(2500));
+    // nginx has given up by now: what is left in the window, then its close.
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut rest = Vec::new();
+    let mut chunk = [0u8; 16384];
+    while let Ok(n @ 1..) = s.read(&mut chunk) {
+        rest.extend_from_slice(&chunk[..n]);
+    }
+    assert!(rest.len() < 19_000_000, "the client got the whole body");
+    drop(s);
+    let run = lab.finish(1);
+    run.assert_logged(client_port, "200");
+    run.assert_error_log("client timed out");
+    let r = run.record(client_port);
+    run.assert_midbody(r, ("client_abort", attempt));
+    let hint = r["hint"].as_str().unwrap_or_default();
+    assert!(hint.contains("stopped reading"), "{r:#}");
+    assert!(r["duration_us"].as_u64().unwrap() >= 900_000, "{r:#}");
+}
+
+#[test]
+fn a_client_that_stops_reading_until_the_send_timeout_buffered() {
+    // nginx reads the whole reply into its buffers and temp file.
+    client_stops_reading("/slowread", "response");
+}
+
+#[test]
+fn a_client_that_stops_reading_until_the_send_timeout_unbuffered() {
+    // nginx drops the upstream connection with the client's.
+    client_stops_reading("/slowread-unbuffered", "aborted");
 }
 
 #[test]

@@ -115,6 +115,10 @@ pub(super) fn socket_call(
             ((*sock).side == side::CLIENT && msg_dir == dir::RECV) as u32;
         (id, prev.0, prev.1)
     };
+    if ret == -EAGAIN && direction == dir::SEND {
+        blocked(sock, pid_tgid, id, prev_touch);
+        return Some(());
+    }
     if ret == -EAGAIN || flags & MSG_PEEK != 0 || ciphertext {
         // A touch and nothing else: nginx checks connections this way.
         return Some(());
@@ -146,6 +150,7 @@ pub(super) fn socket_call(
             let (prev_bytes, prev_last) = unsafe {
                 let prev = ((*sock).msg_bytes, (*sock).msg_last_ns);
                 (*sock).dir = direction;
+                (*sock).blocked = 0;
                 (*sock).msg_last_ns = now;
                 (*sock).emitted_ns = now;
                 if continued {
@@ -228,7 +233,10 @@ pub(super) fn socket_call(
             let progress = unsafe {
                 (*sock).msg_bytes += ret as u64;
                 (*sock).msg_last_ns = now;
-                if now.wrapping_sub((*sock).emitted_ns) >= PROGRESS_NS.load() {
+                // The first bytes after a full buffer go out at once: the
+                // agent keeps a blocked response open until then.
+                let unblocked = core::mem::replace(&mut (*sock).blocked, 0) != 0;
+                if unblocked || now.wrapping_sub((*sock).emitted_ns) >= PROGRESS_NS.load() {
                     (*sock).emitted_ns = now;
                     Some((*sock).msg_bytes)
                 } else {
@@ -264,6 +272,36 @@ pub(super) fn socket_call(
         );
     }
     Some(())
+}
+
+/// A send that found socket `sk`'s buffer full (`EAGAIN`) in the middle of the
+/// message it is sending: reported once, until a send moves bytes again. A
+/// send that blocks before any byte of a message went out starts nothing.
+#[inline(always)]
+fn blocked(sock: *mut SockState, pid_tgid: u64, id: u64, prev_touch: u64) {
+    // SAFETY: `sock` points to a map value valid for this program run.
+    let msg_bytes = unsafe {
+        if (*sock).dir != dir::SEND || (*sock).msg_bytes == 0 || (*sock).blocked != 0 {
+            return;
+        }
+        (*sock).blocked = 1;
+        (*sock).msg_bytes
+    };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: as above.
+    unsafe { (*sock).emitted_ns = now };
+    held::release(sock);
+    emit_io(
+        now,
+        pid_tgid,
+        id,
+        prev_touch,
+        msg_bytes,
+        -EAGAIN,
+        dir::SEND,
+        io::BLOCKED,
+    );
 }
 
 /// What a message event says besides its header and first line.

@@ -339,6 +339,7 @@ fn hint_facts(
         upstream_status: last.and_then(|a| a.status),
         request_sent: last.is_some_and(|a| a.request_sent.is_some()),
         pooled: last.is_some_and(|a| a.connect_start.is_none()),
+        reader_stalled_us: ex.reader_stalled().map(|(from, to)| us(from, to)),
         forwarded: from == Some(ResponseFrom::Upstream),
         after_us,
         waited_us,

@@ -93,6 +93,10 @@ pub struct Exchange {
     /// When the proxy process serving it exited before it answered (killed or
     /// crashed: nginx logs nothing for it). Nothing more can come.
     pub proxy_exited: Option<u64>,
+    /// When a send of the response found the client's socket buffer full, if
+    /// no byte has moved since: the client is not reading, and the response
+    /// is not over (it does not settle while so).
+    pub send_blocked: Option<u64>,
 }
 
 impl Exchange {
@@ -128,6 +132,7 @@ impl Exchange {
             unclaimed_record: false,
             subrequest: false,
             proxy_exited: None,
+            send_blocked: None,
         }
     }
 
@@ -165,6 +170,19 @@ impl Exchange {
         self.closed_by_proxy
             .map(|c| c.at)
             .filter(|&at| at >= started)
+    }
+
+    /// The client stopped reading the response and the proxy gave up on it:
+    /// the proxy closed (or reset) the connection while its send was blocked
+    /// on the client's full buffer, the client not having left. nginx's
+    /// `send_timeout` ("client timed out ... while sending to client").
+    /// Returns (blocked since, closed at).
+    pub fn reader_stalled(&self) -> Option<(u64, u64)> {
+        let blocked = self.send_blocked?;
+        let cut = self.response_cut_by_proxy().filter(|at| *at >= blocked)?;
+        self.client_left()
+            .is_none_or(|c| c > cut)
+            .then_some((blocked, cut))
     }
 
     /// The proxy's close of the client connection, if it came before any

@@ -298,6 +298,7 @@ impl Engine {
                 dir,
                 msg_bytes,
             } => self.progress(ts, *sock, *dir, *msg_bytes),
+            EventKind::Blocked { sock, .. } => self.send_blocked(ts, *sock),
             EventKind::Eof { sock, .. } => self.peer_fin(ts, *sock, true),
             EventKind::IoError {
                 sock, dir, errno, ..
@@ -1237,6 +1238,7 @@ impl Engine {
                     if ex.response.is_some() {
                         ex.last_send = ts;
                         ex.response_bytes = msg_bytes;
+                        ex.send_blocked = None;
                     }
                     ex.touch(ts);
                 }
@@ -1253,6 +1255,20 @@ impl Engine {
                         e.attempts[idx].last_recv = Some(ts);
                     }
                 }
+            }
+        }
+    }
+
+    /// A response's send found the client's buffer full: it goes on when the
+    /// client reads (a `progress` then), or the proxy gives up on the client.
+    fn send_blocked(&mut self, ts: u64, sock: SockId) {
+        if self.side(sock) != Some(Side::Client) {
+            return;
+        }
+        if let Some(ex) = self.current_mut(sock) {
+            if ex.response.is_some() {
+                ex.send_blocked.get_or_insert(ts);
+                ex.touch(ts);
             }
         }
     }
@@ -1641,7 +1657,10 @@ impl Engine {
             .exchanges
             .values()
             .filter(|e| {
+                // A response blocked on a client that does not read is not over:
+                // it ends when the client reads or the connection does.
                 (e.response.is_some() || e.orphan || e.http2)
+                    && e.send_blocked.is_none()
                     && now.saturating_sub(e.last_activity) >= settle
             })
             .map(|e| e.id)

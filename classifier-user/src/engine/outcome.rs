@@ -88,6 +88,11 @@ fn attempt_outcome(a: &Attempt, ex: &Exchange, last: bool) -> Outcome {
             if mid_body_leave(ex).is_some_and(|c| c <= dropped) {
                 return Outcome::Aborted;
             }
+            // The client stopped reading and the proxy gave up on it: the
+            // upstream went quiet because the proxy stopped reading it.
+            if ex.reader_stalled().is_some() {
+                return Outcome::Aborted;
+            }
             if stalled(a, ex, dropped) {
                 return Outcome::Timeout;
             }
@@ -284,6 +289,11 @@ pub fn exchange_verdict(
         ) if a.status == Some(s) => ResponseFrom::Upstream,
         _ => ResponseFrom::Proxy,
     };
+    // The client stopped reading and the proxy gave up on it (its send
+    // timeout): the client's doing, whatever the upstream did meanwhile.
+    if ex.reader_stalled().is_some() {
+        return (Verdict::ClientAbort, Origin::Client, Some(from));
+    }
     match last {
         Some((_, Outcome::Truncated)) => {
             return (Verdict::UpstreamTruncated, Origin::Upstream, Some(from))

@@ -1693,3 +1693,27 @@ fn a_client_that_half_closes_and_is_answered_did_not_abort() {
         )]
     );
 }
+
+#[test]
+fn a_response_blocked_on_a_slow_reader_does_not_settle_until_it_moves() {
+    let mut s = Script::new();
+    s.client(C1, 5000).pooled(U1, 40000, 9000);
+    s.kept_alive(C1, U1, "/big", 200);
+    s.ev(EventKind::Blocked {
+        sock: C1,
+        msg_bytes: 4_000_000,
+    });
+    // Far past the settle time: still going.
+    s.tick_after(3000);
+    assert!(s.out.is_empty(), "settled while blocked");
+    s.ev(EventKind::Progress {
+        sock: C1,
+        dir: Dir::Send,
+        msg_bytes: 10_000_000,
+    });
+    s.tick_after(1100);
+    let rs = s.finish();
+    assert_eq!(rs.len(), 1);
+    assert_eq!(rs[0].verdict, Verdict::Ok);
+    assert!(rs[0].duration_us >= 3_000_000, "{}", rs[0].duration_us);
+}
