@@ -230,48 +230,73 @@ pub(super) fn socket_call(
             }
         } else {
             // SAFETY: as above.
-            let progress = unsafe {
+            let due = unsafe {
                 (*sock).msg_bytes += ret as u64;
                 (*sock).msg_last_ns = now;
                 // The first bytes after a full buffer go out at once: the
                 // agent keeps a blocked response open until then.
                 let unblocked = core::mem::replace(&mut (*sock).blocked, 0) != 0;
-                if unblocked || now.wrapping_sub((*sock).emitted_ns) >= PROGRESS_NS.load() {
-                    (*sock).emitted_ns = now;
-                    Some((*sock).msg_bytes)
-                } else {
-                    None
-                }
+                unblocked || now.wrapping_sub((*sock).emitted_ns) >= PROGRESS_NS.load()
             };
-            if let Some(msg_bytes) = progress {
-                held::release(sock);
-                emit_io(
+            if due {
+                let call = IoCall {
                     now,
                     pid_tgid,
                     id,
                     prev_touch,
-                    msg_bytes,
                     ret,
                     direction,
-                    io::PROGRESS,
-                );
+                };
+                report(sock, &call, io::PROGRESS);
             }
         }
     } else if ret < 0 || (direction == dir::RECV && side_of(sock) == side::UPSTREAM) {
         // An error, or the upstream's FIN read by the proxy (a client's FIN shows
         // as CLOSE_WAIT already).
-        // SAFETY: as above.
-        let msg_bytes = unsafe {
-            (*sock).emitted_ns = now;
-            (*sock).msg_bytes
-        };
         let what = if ret == 0 { io::EOF } else { io::ERROR };
-        held::release(sock);
-        emit_io(
-            now, pid_tgid, id, prev_touch, msg_bytes, ret, direction, what,
-        );
+        let call = IoCall {
+            now,
+            pid_tgid,
+            id,
+            prev_touch,
+            ret,
+            direction,
+        };
+        report(sock, &call, what);
     }
     Some(())
+}
+
+/// One socket call, as an `Io` event reports it.
+struct IoCall {
+    now: u64,
+    pid_tgid: u64,
+    id: u64,
+    prev_touch: u64,
+    ret: i32,
+    direction: u8,
+}
+
+/// Emits an `Io` event (`what`) about socket `sock` for `call`, with the
+/// socket's message count; a request held on the socket goes out first.
+#[inline(always)]
+fn report(sock: *mut SockState, call: &IoCall, what: u8) {
+    // SAFETY: `sock` points to a map value valid for this program run.
+    let msg_bytes = unsafe {
+        (*sock).emitted_ns = call.now;
+        (*sock).msg_bytes
+    };
+    held::release(sock);
+    emit_io(
+        call.now,
+        call.pid_tgid,
+        call.id,
+        call.prev_touch,
+        msg_bytes,
+        call.ret,
+        call.direction,
+        what,
+    );
 }
 
 /// A send that found socket `sk`'s buffer full (`EAGAIN`) in the middle of the
@@ -280,28 +305,22 @@ pub(super) fn socket_call(
 #[inline(always)]
 fn blocked(sock: *mut SockState, pid_tgid: u64, id: u64, prev_touch: u64) {
     // SAFETY: `sock` points to a map value valid for this program run.
-    let msg_bytes = unsafe {
+    unsafe {
         if (*sock).dir != dir::SEND || (*sock).msg_bytes == 0 || (*sock).blocked != 0 {
             return;
         }
         (*sock).blocked = 1;
-        (*sock).msg_bytes
-    };
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: as above.
-    unsafe { (*sock).emitted_ns = now };
-    held::release(sock);
-    emit_io(
-        now,
+    }
+    let call = IoCall {
+        // SAFETY: helper without arguments.
+        now: unsafe { bpf_ktime_get_ns() },
         pid_tgid,
         id,
         prev_touch,
-        msg_bytes,
-        -EAGAIN,
-        dir::SEND,
-        io::BLOCKED,
-    );
+        ret: -EAGAIN,
+        direction: dir::SEND,
+    };
+    report(sock, &call, io::BLOCKED);
 }
 
 /// What a message event says besides its header and first line.
