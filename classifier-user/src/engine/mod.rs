@@ -324,7 +324,7 @@ impl Engine {
             ),
             EventKind::Reset {
                 sock, dir, unacked, ..
-            } => self.reset(ts, *sock, *dir, *unacked),
+            } => self.reset(ts, ev.tid, *sock, *dir, *unacked),
             EventKind::SockError { sock, errno, .. } => self.sock_error(ts, *sock, *errno),
             EventKind::Destroy {
                 sock,
@@ -1473,12 +1473,24 @@ impl Engine {
         }
     }
 
-    fn reset(&mut self, ts: u64, sock: SockId, dir: ResetDir, unacked: u32) {
+    fn reset(&mut self, ts: u64, tid: u32, sock: SockId, dir: ResetDir, unacked: u32) {
         if dir != ResetDir::Received {
-            if self.side(sock) == Some(Side::Upstream) {
-                if let Some((e, idx)) = self.attempt_mut(sock) {
-                    e.attempts[idx].rst_out.get_or_insert(ts);
+            match self.side(sock) {
+                Some(Side::Upstream) => {
+                    if let Some((e, idx)) = self.attempt_mut(sock) {
+                        e.attempts[idx].rst_out.get_or_insert(ts);
+                    }
                 }
+                Some(Side::Client) => {
+                    // The proxy reset its client (nginx's
+                    // reset_timedout_connection): its close, and the
+                    // ECONNRESET the socket then reports is its own doing.
+                    if let Some(s) = self.socks.get_mut(sock) {
+                        s.reset_sent = true;
+                    }
+                    self.proxy_closed_client(sock, ts, tid, &MsgCursor::default());
+                }
+                None => {}
             }
             return;
         }
@@ -1524,7 +1536,8 @@ impl Engine {
     fn sock_error(&mut self, ts: u64, sock: SockId, errno: i32) {
         match self.side(sock) {
             Some(Side::Client) => {
-                if errno == libc::ECONNRESET || errno == libc::EPIPE {
+                let own_reset = self.socks.get(sock).is_some_and(|s| s.reset_sent);
+                if (errno == libc::ECONNRESET || errno == libc::EPIPE) && !own_reset {
                     self.client_left(sock, ts, true);
                 }
             }
@@ -1569,6 +1582,17 @@ impl Engine {
                     .map(|s| s.exchanges.iter().copied().collect())
                     .unwrap_or_default();
                 for id in ids {
+                    // A dead worker's exchange waits out the settle time: the
+                    // kernel closes the worker's sockets in any order, and a
+                    // request it held on a pooled upstream connection is
+                    // reported only with that connection's end.
+                    if self
+                        .exchanges
+                        .get(&id)
+                        .is_some_and(|x| x.died_unanswered().is_some())
+                    {
+                        continue;
+                    }
                     self.finish(id, End::ConnectionClosed, out);
                 }
             }
@@ -1659,7 +1683,7 @@ impl Engine {
             .filter(|e| {
                 // A response blocked on a client that does not read is not over:
                 // it ends when the client reads or the connection does.
-                (e.response.is_some() || e.orphan || e.http2)
+                (e.response.is_some() || e.orphan || e.http2 || e.proxy_exited.is_some())
                     && e.send_blocked.is_none()
                     && now.saturating_sub(e.last_activity) >= settle
             })
@@ -1712,7 +1736,11 @@ impl Engine {
             self.counters.unattributed_attempts =
                 self.counters.unattributed_attempts.saturating_sub(1);
         }
-        if end == End::Flushed && ex.response.is_none() && ex.client_left().is_none() {
+        if end == End::Flushed
+            && ex.response.is_none()
+            && ex.client_left().is_none()
+            && ex.died_unanswered().is_none()
+        {
             // Still waiting when the agent stopped.
             ex.incomplete = true;
             ex.in_flight = true;

@@ -45,6 +45,8 @@ pub struct Sock {
     /// pool: nginx finds out only when it takes the connection for a request,
     /// from the socket's pending error, without a read (see `Engine::destroy`).
     pub unread_reset: Option<u64>,
+    /// Client side: the proxy reset the connection itself.
+    pub reset_sent: bool,
 }
 
 impl Sock {
@@ -71,6 +73,7 @@ impl Sock {
             tunnel: false,
             seen_since: ts,
             unread_reset: None,
+            reset_sent: false,
         }
     }
 }

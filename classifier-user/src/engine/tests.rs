@@ -1632,30 +1632,32 @@ fn a_worker_killed_mid_request_is_the_proxys_failure_not_a_configuration() {
         .destroy(C1, false)
         .destroy(U1, false)
         .destroy(C2, false);
+    // The dead worker's exchange waits out the settle time (a request held on
+    // a pooled connection may still come): written after the other.
     let rs = s.finish();
     assert_eq!(
         summary(&rs),
         vec![
-            (
-                "/slow".into(),
-                None,
-                Verdict::ProxyError,
-                vec![Outcome::Aborted]
-            ),
             (
                 "/done".into(),
                 Some(200),
                 Verdict::Ok,
                 vec![Outcome::Response]
             ),
+            (
+                "/slow".into(),
+                None,
+                Verdict::ProxyError,
+                vec![Outcome::Aborted]
+            ),
         ]
     );
-    let hint = rs[0].hint.as_deref().unwrap_or_default();
+    let hint = rs[1].hint.as_deref().unwrap_or_default();
     assert!(
         hint.contains("exited") && hint.contains("killed or crashed"),
         "{hint}"
     );
-    assert!(rs[0].duration_us >= 400_000, "{}", rs[0].duration_us);
+    assert!(rs[1].duration_us >= 400_000, "{}", rs[1].duration_us);
 }
 
 #[test]
@@ -1716,4 +1718,44 @@ fn a_response_blocked_on_a_slow_reader_does_not_settle_until_it_moves() {
     assert_eq!(rs.len(), 1);
     assert_eq!(rs[0].verdict, Verdict::Ok);
     assert!(rs[0].duration_us >= 3_000_000, "{}", rs[0].duration_us);
+}
+
+#[test]
+fn a_slow_reader_the_proxy_resets_is_the_clients_abort() {
+    // nginx's send_timeout with reset_timedout_connection on: the proxy's own
+    // RST ends the connection, and the ECONNRESET it leaves is no client reset.
+    let mut s = Script::new();
+    s.client(C1, 5000).pooled(U1, 40000, 9000);
+    s.kept_alive(C1, U1, "/big", 200);
+    s.ev(EventKind::Blocked {
+        sock: C1,
+        msg_bytes: 4_000_000,
+    })
+    .at(3000)
+    .state(C1, TcpState::Established, TcpState::Close, 8080, false)
+    .ev(EventKind::Reset {
+        sock: C1,
+        dir: ResetDir::Sent,
+        state: TcpState::Close,
+        unacked: 0,
+    })
+    .ev(EventKind::SockError {
+        sock: C1,
+        errno: libc::ECONNRESET,
+        state: TcpState::Close,
+    })
+    .destroy(C1, true);
+    let rs = s.finish();
+    assert_eq!(
+        summary(&rs),
+        vec![(
+            "/big".into(),
+            Some(200),
+            Verdict::ClientAbort,
+            vec![Outcome::Response]
+        )]
+    );
+    assert!(rs[0].duration_us >= 3_000_000, "{}", rs[0].duration_us);
+    let hint = rs[0].hint.as_deref().unwrap_or_default();
+    assert!(hint.contains("stopped reading"), "{hint}");
 }
