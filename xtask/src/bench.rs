@@ -578,9 +578,10 @@ pub(crate) fn program_times(env: &Env, bin: &Path, opts: &Options) -> Result<Val
         .args(["-qw", "kernel.bpf_stats_enabled=0"])
         .status()?;
     agent.stop()?;
-    const OURS: [&str; 11] = [
+    const OURS: [&str; 12] = [
         "sock_send_length",
         "sock_recv_length",
+        "sys_exit_io",
         "inet_sock_set_state",
         "tcp_destroy_sock",
         "tcp_receive_reset",
