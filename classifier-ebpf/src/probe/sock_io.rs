@@ -57,7 +57,7 @@ fn on_io(ctx: &RawTracePointContext, direction: u8) -> Option<()> {
     let sk: u64 = ctx.arg(0);
     let ret = ctx.arg::<u64>(1) as i32;
     let flags = ctx.arg::<u64>(2) as i32;
-    socket_call(thread, pid_tgid, sk, ret, flags, direction, 0)
+    socket_call::<false>(thread, pid_tgid, sk, ret, flags, direction, 0)
 }
 
 /// One I/O call of a watched thread on socket `sk`: `ret` bytes moved (or an
@@ -65,8 +65,13 @@ fn on_io(ctx: &RawTracePointContext, direction: u8) -> Option<()> {
 /// found through the syscall's saved registers), or the user buffer holding the
 /// plaintext of a TLS connection, given to or returned by the TLS library
 /// (`tls`), whose socket calls then only count as touches.
+///
+/// `TLS`: called from the TLS library's probes. Those leave the full-buffer
+/// tracking (`blocked`) to the socket's own calls: the 6.1 verifier walks
+/// every path of this function inlined into each TLS program, and one more
+/// branch or store there took `ssl_read_done` past its million instructions.
 #[inline(always)]
-pub(super) fn socket_call(
+pub(super) fn socket_call<const TLS: bool>(
     thread: *mut ThreadState,
     pid_tgid: u64,
     sk: u64,
@@ -115,9 +120,14 @@ pub(super) fn socket_call(
             ((*sock).side == side::CLIENT && msg_dir == dir::RECV) as u32;
         (id, prev.0, prev.1)
     };
-    if ret == -EAGAIN && direction == dir::SEND {
+    if !TLS && ret == -EAGAIN && direction == dir::SEND {
         blocked(sock, pid_tgid, id, prev_touch);
         return Some(());
+    }
+    if !TLS && ciphertext && direction == dir::SEND {
+        // A TLS connection's bytes moved: a full buffer is reported again.
+        // SAFETY: as above.
+        unsafe { (*sock).blocked = 0 };
     }
     if ret == -EAGAIN || flags & MSG_PEEK != 0 || ciphertext {
         // A touch and nothing else: nginx checks connections this way.
@@ -150,7 +160,9 @@ pub(super) fn socket_call(
             let (prev_bytes, prev_last) = unsafe {
                 let prev = ((*sock).msg_bytes, (*sock).msg_last_ns);
                 (*sock).dir = direction;
-                (*sock).blocked = 0;
+                if !TLS {
+                    (*sock).blocked = 0;
+                }
                 (*sock).msg_last_ns = now;
                 (*sock).emitted_ns = now;
                 if continued {
@@ -230,73 +242,51 @@ pub(super) fn socket_call(
             }
         } else {
             // SAFETY: as above.
-            let due = unsafe {
+            let progress = unsafe {
                 (*sock).msg_bytes += ret as u64;
                 (*sock).msg_last_ns = now;
-                // The first bytes after a full buffer go out at once: the
-                // agent keeps a blocked response open until then.
-                let unblocked = core::mem::replace(&mut (*sock).blocked, 0) != 0;
-                unblocked || now.wrapping_sub((*sock).emitted_ns) >= PROGRESS_NS.load()
+                // Bytes moved: a full buffer is reported again. The first
+                // bytes after one are due at once (`blocked` zeroed the
+                // throttle's clock), without a branch of their own.
+                if !TLS {
+                    (*sock).blocked = 0;
+                }
+                if now.wrapping_sub((*sock).emitted_ns) >= PROGRESS_NS.load() {
+                    (*sock).emitted_ns = now;
+                    Some((*sock).msg_bytes)
+                } else {
+                    None
+                }
             };
-            if due {
-                let call = IoCall {
+            if let Some(msg_bytes) = progress {
+                held::release(sock);
+                emit_io(
                     now,
                     pid_tgid,
                     id,
                     prev_touch,
+                    msg_bytes,
                     ret,
                     direction,
-                };
-                report(sock, &call, io::PROGRESS);
+                    io::PROGRESS,
+                );
             }
         }
     } else if ret < 0 || (direction == dir::RECV && side_of(sock) == side::UPSTREAM) {
         // An error, or the upstream's FIN read by the proxy (a client's FIN shows
         // as CLOSE_WAIT already).
-        let what = if ret == 0 { io::EOF } else { io::ERROR };
-        let call = IoCall {
-            now,
-            pid_tgid,
-            id,
-            prev_touch,
-            ret,
-            direction,
+        // SAFETY: as above.
+        let msg_bytes = unsafe {
+            (*sock).emitted_ns = now;
+            (*sock).msg_bytes
         };
-        report(sock, &call, what);
+        let what = if ret == 0 { io::EOF } else { io::ERROR };
+        held::release(sock);
+        emit_io(
+            now, pid_tgid, id, prev_touch, msg_bytes, ret, direction, what,
+        );
     }
     Some(())
-}
-
-/// One socket call, as an `Io` event reports it.
-struct IoCall {
-    now: u64,
-    pid_tgid: u64,
-    id: u64,
-    prev_touch: u64,
-    ret: i32,
-    direction: u8,
-}
-
-/// Emits an `Io` event (`what`) about socket `sock` for `call`, with the
-/// socket's message count; a request held on the socket goes out first.
-#[inline(always)]
-fn report(sock: *mut SockState, call: &IoCall, what: u8) {
-    // SAFETY: `sock` points to a map value valid for this program run.
-    let msg_bytes = unsafe {
-        (*sock).emitted_ns = call.now;
-        (*sock).msg_bytes
-    };
-    held::release(sock);
-    emit_io(
-        call.now,
-        call.pid_tgid,
-        call.id,
-        call.prev_touch,
-        msg_bytes,
-        call.ret,
-        call.direction,
-        what,
-    );
 }
 
 /// A send that found socket `sk`'s buffer full (`EAGAIN`) in the middle of the
@@ -305,22 +295,30 @@ fn report(sock: *mut SockState, call: &IoCall, what: u8) {
 #[inline(always)]
 fn blocked(sock: *mut SockState, pid_tgid: u64, id: u64, prev_touch: u64) {
     // SAFETY: `sock` points to a map value valid for this program run.
-    unsafe {
+    let msg_bytes = unsafe {
         if (*sock).dir != dir::SEND || (*sock).msg_bytes == 0 || (*sock).blocked != 0 {
             return;
         }
         (*sock).blocked = 1;
-    }
-    let call = IoCall {
-        // SAFETY: helper without arguments.
-        now: unsafe { bpf_ktime_get_ns() },
+        (*sock).msg_bytes
+    };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // The next send that moves bytes is reported at once (see the progress
+    // throttle in `socket_call`).
+    // SAFETY: as above.
+    unsafe { (*sock).emitted_ns = 0 };
+    held::release(sock);
+    emit_io(
+        now,
         pid_tgid,
         id,
         prev_touch,
-        ret: -EAGAIN,
-        direction: dir::SEND,
-    };
-    report(sock, &call, io::BLOCKED);
+        msg_bytes,
+        -EAGAIN,
+        dir::SEND,
+        io::BLOCKED,
+    );
 }
 
 /// What a message event says besides its header and first line.
