@@ -110,9 +110,18 @@ fn well_formed(out: &[Record]) -> Result<(), TestCaseError> {
             {
                 prop_assert!(!e.upstreams.is_empty(), "{:?}", e);
             }
-            // A client abort carries a status only when the client left mid-body:
-            // the upstream's header was forwarded and the proxy dropped that attempt.
-            if matches!(e.verdict.as_str(), "client_abort") && e.response.status.is_some() {
+            // A client abort carries a status only when the client left mid-body
+            // (the upstream's header was forwarded and the proxy dropped that
+            // attempt), or stopped reading until the proxy gave up on it (any
+            // response, the proxy's own included; its hint says so).
+            let stopped_reading = e
+                .hint
+                .as_deref()
+                .is_some_and(|h| h.starts_with("The client stopped reading"));
+            if matches!(e.verdict.as_str(), "client_abort")
+                && e.response.status.is_some()
+                && !stopped_reading
+            {
                 prop_assert!(e.response.from == Some(ResponseFrom::Upstream), "{:?}", e);
                 prop_assert!(
                     e.upstreams
