@@ -32,8 +32,9 @@ pub struct Offsets {
     pub regs_dx: u32,
     pub regs_r10: u32,
     /// From a file descriptor to its socket, for the syscall I/O probe (kernels
-    /// without the socket I/O tracepoints).
-    pub fd: FdOffsets,
+    /// without the socket I/O tracepoints). Needed only there: a kernel whose
+    /// BTF lacks one of these members still runs with the socket tracepoints.
+    pub fd: Option<FdOffsets>,
     /// task_struct.pid, task_struct.signal, signal_struct.live: a forked task's
     /// id and whether an exiting thread was its process's last (the raw
     /// `sched_process_fork`/`exit` tracepoints pass task pointers, the same on
@@ -126,16 +127,19 @@ impl Offsets {
             task_pid: off("task_struct", "pid")?,
             task_signal: off("task_struct", "signal")?,
             signal_live: off("signal_struct", "live")?,
-            fd: FdOffsets {
-                task_files: off("task_struct", "files")?,
-                files_fdt: off("files_struct", "fdt")?,
-                fdt_max_fds: off("fdtable", "max_fds")?,
-                fdt_fd: off("fdtable", "fd")?,
-                file_inode: off("file", "f_inode")?,
-                file_private_data: off("file", "private_data")?,
-                inode_mode: off("inode", "i_mode")?,
-                socket_sk: off("socket", "sk")?,
-            },
+            fd: (|| {
+                Ok::<_, anyhow::Error>(FdOffsets {
+                    task_files: off("task_struct", "files")?,
+                    files_fdt: off("files_struct", "fdt")?,
+                    fdt_max_fds: off("fdtable", "max_fds")?,
+                    fdt_fd: off("fdtable", "fd")?,
+                    file_inode: off("file", "f_inode")?,
+                    file_private_data: off("file", "private_data")?,
+                    inode_mode: off("inode", "i_mode")?,
+                    socket_sk: off("socket", "sk")?,
+                })
+            })()
+            .ok(),
         })
     }
 }

@@ -19,7 +19,7 @@ use aya::{
 use classifier_ebpf::{ThreadSlot, ThreadState};
 
 use super::{
-    kernel::{Offsets, Syscalls},
+    kernel::{FdOffsets, Offsets, Syscalls},
     tls_sites::{self, FastSites},
 };
 
@@ -211,6 +211,13 @@ impl Probes {
         let wakeup = u64::from((limits.ring_bytes / 2).min(WAKEUP_BYTES));
         let progress_ns: u64 = 200_000_000;
         let unix = offsets.unix.unwrap_or_default();
+        let fd = match (io, offsets.fd) {
+            (_, Some(fd)) => fd,
+            (IoHooks::Socket, None) => FdOffsets::default(),
+            (IoHooks::Syscall, None) => anyhow::bail!(
+                "this kernel's BTF lacks a member the syscall I/O probe needs (task_struct.files, files_struct.fdt, fdtable.max_fds/fd, file.f_inode/private_data, inode.i_mode, socket.sk)"
+            ),
+        };
         let unix_sockets = u32::from(offsets.unix.is_some());
         let mut loader = EbpfLoader::new();
         loader
@@ -251,14 +258,14 @@ impl Probes {
             .override_global("OFF_REGS_DI", &offsets.regs_di, true)
             .override_global("OFF_REGS_DX", &offsets.regs_dx, true)
             .override_global("OFF_REGS_R10", &offsets.regs_r10, true)
-            .override_global("OFF_TASK_FILES", &offsets.fd.task_files, true)
-            .override_global("OFF_FILES_FDT", &offsets.fd.files_fdt, true)
-            .override_global("OFF_FDT_MAX_FDS", &offsets.fd.fdt_max_fds, true)
-            .override_global("OFF_FDT_FD", &offsets.fd.fdt_fd, true)
-            .override_global("OFF_FILE_INODE", &offsets.fd.file_inode, true)
-            .override_global("OFF_FILE_PRIVATE_DATA", &offsets.fd.file_private_data, true)
-            .override_global("OFF_INODE_MODE", &offsets.fd.inode_mode, true)
-            .override_global("OFF_SOCKET_SK", &offsets.fd.socket_sk, true)
+            .override_global("OFF_TASK_FILES", &fd.task_files, true)
+            .override_global("OFF_FILES_FDT", &fd.files_fdt, true)
+            .override_global("OFF_FDT_MAX_FDS", &fd.fdt_max_fds, true)
+            .override_global("OFF_FDT_FD", &fd.fdt_fd, true)
+            .override_global("OFF_FILE_INODE", &fd.file_inode, true)
+            .override_global("OFF_FILE_PRIVATE_DATA", &fd.file_private_data, true)
+            .override_global("OFF_INODE_MODE", &fd.inode_mode, true)
+            .override_global("OFF_SOCKET_SK", &fd.socket_sk, true)
             .override_global("OFF_TASK_PID", &offsets.task_pid, true)
             .override_global("OFF_TASK_SIGNAL", &offsets.task_signal, true)
             .override_global("OFF_SIGNAL_LIVE", &offsets.signal_live, true)

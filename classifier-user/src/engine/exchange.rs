@@ -106,6 +106,16 @@ impl Exchange {
         self.response.is_none() && !self.subrequest
     }
 
+    /// Whether the proxy may still act for this exchange after its attempt
+    /// `idx`: that attempt ended (nginx read a failure or a reply, or closed the
+    /// connection itself), the exchange has not started its response, and it is
+    /// someone's (an orphan is nobody's). A retry chains on only then.
+    pub fn may_act_after(&self, idx: usize) -> bool {
+        self.response.is_none()
+            && !self.orphan
+            && self.attempts.get(idx).is_some_and(Attempt::ended)
+    }
+
     pub fn new(id: ExId, client: SockId, pid: u32, start: u64) -> Self {
         Self {
             id,

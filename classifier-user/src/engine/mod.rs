@@ -501,11 +501,7 @@ impl Engine {
                 }
                 self.exchanges
                     .get(&ex)
-                    .is_some_and(|x| {
-                        x.response.is_none()
-                            && !x.orphan
-                            && x.attempts.get(idx).is_some_and(Attempt::ended)
-                    })
+                    .is_some_and(|x| x.may_act_after(idx))
                     .then_some(ex)
             }
             Side::Client if sock.http2 => {
@@ -1654,18 +1650,18 @@ impl Engine {
     /// exchange.
     fn waiting_for_upstream(&self, sock: SockId) -> Option<ExId> {
         let s = self.socks.get_any(sock)?;
-        let waiting = |x: &Exchange| x.awaits_response() && !x.orphan && !x.http2;
+        let own = |x: &Exchange| !x.subrequest && !x.http2;
         match s.side {
             Side::Client => s.exchanges.back().copied().filter(|id| {
-                self.exchanges
-                    .get(id)
-                    .is_some_and(|x| waiting(x) && x.request.is_some())
+                self.exchanges.get(id).is_some_and(|x| {
+                    own(x) && x.awaits_response() && !x.orphan && x.request.is_some()
+                })
             }),
             Side::Upstream => {
                 let (ex, idx) = s.attempt?;
                 self.exchanges
                     .get(&ex)
-                    .is_some_and(|x| waiting(x) && x.attempts.get(idx).is_some_and(Attempt::ended))
+                    .is_some_and(|x| own(x) && x.may_act_after(idx))
                     .then_some(ex)
             }
         }
