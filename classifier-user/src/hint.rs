@@ -36,6 +36,9 @@ pub struct HintFacts {
     pub duration_us: u64,
     /// Upstream errno behind a failed connect, if known.
     pub errno: Option<i32>,
+    /// The proxy wrote bytes to the client that did not start with a status
+    /// line.
+    pub response_unreadable: bool,
 }
 
 /// Common idle and request timeouts of load balancers and proxies (seconds).
@@ -213,6 +216,11 @@ pub fn hint(verdict: Verdict, f: &HintFacts) -> Option<String> {
             "{up} closed the connection{after} without a response header{retried}: check it for crashes or restarts, and keep-alive timeouts shorter than the proxy's.{}",
             timeout_note(f.after_us)
         ),
+        Verdict::UpstreamInvalid if !f.request_sent && f.outcome == Some(Outcome::Invalid) => format!(
+            "The proxy closed its new connection to {up}{} without sending the request, and wrote {}{retried}: it rejected the upstream. Over TLS this is the handshake: a certificate that fails verification (untrusted, expired, or for another name: proxy_ssl_verify, proxy_ssl_trusted_certificate, proxy_ssl_name) or no protocol or cipher in common. The proxy's error log names it (\"upstream SSL certificate verify error\", \"SSL_do_handshake() failed\").",
+            f.after_us.map(|us| format!(" {} after connecting", ms(us))).unwrap_or_default(),
+            f.status.map_or("no response".to_owned(), |s| s.to_string()),
+        ),
         Verdict::UpstreamInvalid => match f.upstream_status {
             Some(theirs) => format!(
                 "{up} sent a status line ({theirs}) and then a header the proxy rejected{retried}: larger than its header buffer (nginx: \"upstream sent too big header\", proxy_buffer_size) or a malformed header line (\"upstream sent invalid header\"). Check the size of the headers and cookies it sets, and the proxy's error log."
@@ -222,8 +230,9 @@ pub fn hint(verdict: Verdict, f: &HintFacts) -> Option<String> {
             ),
         },
         Verdict::UpstreamTimeout => format!(
-            "{up} accepted the {} but sent no response header{after}; the proxy gave up (504). Check the upstream's latency and what it waits on (databases, downstream calls), and the proxy's read timeout.{}",
+            "{up} accepted the {} but sent no response header{after}; the proxy gave up ({}). Check the upstream's latency and what it waits on (databases, downstream calls), and the proxy's read timeout.{}",
             if f.request_sent { "request" } else { "connection" },
+            f.status.map_or("no response".to_owned(), |s| s.to_string()),
             timeout_note(f.after_us)
         ),
         Verdict::UpstreamConnectTimeout => format!(
@@ -239,6 +248,7 @@ pub fn hint(verdict: Verdict, f: &HintFacts) -> Option<String> {
                 "{up} sent the response header, then failed mid-body{after}; the client got a cut response. Check the upstream for crashes during long responses and for timeouts on large bodies."
             ),
         },
+        Verdict::ProxyError if f.response_unreadable => "The proxy answered this HTTP/1 request with bytes that are no HTTP/1 response, which the client cannot read (nginx logs nothing). Most often the listener speaks only HTTP/2 without TLS: `listen ... http2` on a plain port makes nginx before 1.25 answer HTTP/1 clients with HTTP/2 frames. Check the listen directive of this port.".to_owned(),
         Verdict::ProxyError => {
             let status = f.status.map(|s| s.to_string()).unwrap_or_else(|| "no response".into());
             format!(

@@ -312,6 +312,8 @@ fn hint_facts(
         let to = match outcome? {
             Outcome::Reset | Outcome::Closed | Outcome::Truncated => a.upstream_failed()?,
             Outcome::Timeout | Outcome::ConnectTimeout => a.local_close.or(a.connect_failed)?,
+            // Rejected before its request was sent (see `outcome`).
+            Outcome::Invalid if a.request_sent.is_none() => a.local_close?,
             _ => return None,
         };
         Some(us(from, to))
@@ -346,6 +348,7 @@ fn hint_facts(
         silent_us,
         duration_us,
         errno: last.and_then(|a| a.error.map(|(e, _)| e)),
+        response_unreadable: ex.response.as_ref().is_some_and(|r| r.status.is_none()),
     }
 }
 

@@ -311,6 +311,22 @@ impl Attempt {
         [self.eof_read, err].into_iter().flatten().min()
     }
 
+    /// The first sign of the upstream breaking the connection that the proxy
+    /// acted on: a FIN it read (EOF), a reset, a call that failed. A FIN that
+    /// only arrived did not stop the proxy: nginx learns of a FIN by reading it,
+    /// and it stops reading a length-delimited reply at its end, so the FIN of an
+    /// upstream that closes right after answering (told `Connection: close`)
+    /// often arrives before nginx's own close and is never read.
+    pub fn upstream_failed_seen(&self) -> Option<u64> {
+        let err = self
+            .error
+            .and_then(|(e, ts)| (e == libc::ECONNRESET || e == libc::EPIPE).then_some(ts));
+        [self.rst_in, err, self.eof_read]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
     /// The first sign that the upstream itself broke the connection.
     pub fn upstream_failed(&self) -> Option<u64> {
         let err = self

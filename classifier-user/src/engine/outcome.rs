@@ -74,7 +74,7 @@ fn attempt_outcome(a: &Attempt, ex: &Exchange, last: bool) -> Outcome {
         // Forwarded. It is cut when the upstream broke the connection after the
         // head and the proxy could not finish the response: it closed the client
         // connection right after, or a send to the client failed.
-        if let Some(failed) = a.upstream_failed() {
+        if let Some(failed) = a.upstream_failed_seen() {
             if failed >= a.first_byte.unwrap_or(0)
                 && response_cut(ex, failed)
                 && !ended_by_close(a, ex)
@@ -136,7 +136,7 @@ fn attempt_outcome(a: &Attempt, ex: &Exchange, last: bool) -> Outcome {
             _ => Outcome::ConnectTimeout,
         };
     }
-    if let Some(failed) = a.upstream_failed() {
+    if let Some(failed) = a.upstream_failed_seen() {
         if before_client(failed) {
             return broken(a, failed);
         }
@@ -162,8 +162,23 @@ fn attempt_outcome(a: &Attempt, ex: &Exchange, last: bool) -> Outcome {
     match (client_left, a.local_close) {
         (Some(c), Some(l)) if c <= l => Outcome::Aborted,
         (Some(c), None) if !answered_before(c) => Outcome::Aborted,
+        _ if rejected_before_request(a) => Outcome::Invalid,
         _ => Outcome::Timeout,
     }
+}
+
+/// The proxy closed a connection it had just established without sending its
+/// request on it, the upstream having failed nothing it read: it rejected the
+/// upstream. Over TLS, the handshake: a certificate that fails verification
+/// (nginx's `proxy_ssl_verify`: untrusted, expired, another name) or no common
+/// protocol; nginx writes 502 or tries the next upstream. A handshake that
+/// hangs runs into the connect timeout instead, and a plain HTTP connection
+/// carries the request at once.
+fn rejected_before_request(a: &Attempt) -> bool {
+    a.request_sent.is_none()
+        && a.established
+            .zip(a.local_close)
+            .is_some_and(|(up, closed)| closed.saturating_sub(up) < STALL_NS)
 }
 
 /// The upstream broke the connection at `failed`: reset (an RST or ECONNRESET
@@ -277,6 +292,12 @@ pub fn exchange_verdict(
         if client_too_slow(ex) {
             return (Verdict::ClientError, Origin::Client, None);
         }
+        // The upstream's bytes were no HTTP response, and the proxy wrote
+        // nothing of them (nginx logs 009 and closes once its read timeout ran
+        // out on an upstream that spoke first and stayed open).
+        if let Some((_, Outcome::Invalid)) = last {
+            return (Verdict::UpstreamInvalid, Origin::Upstream, None);
+        }
         // Also an exchange the agent stopped first (its hint says what it was
         // waiting on): nothing timed out yet, so no upstream verdict is
         // counted for it.
@@ -328,6 +349,21 @@ pub fn exchange_verdict(
     }
     if ex.response_lost.is_some() && ex.client_rst.is_some() {
         return (Verdict::ClientReset, Origin::Client, Some(from));
+    }
+    // The proxy's bytes to an HTTP/1 request were no HTTP/1 response: not an
+    // answer the client could read (an HTTP/2-only listener without TLS, as
+    // `listen 80 http2` makes nginx before 1.25, answers with HTTP/2 frames).
+    // An HTTP/0.9 request is answered without a status line, as it should be.
+    let http1_request = ex
+        .request
+        .as_ref()
+        .is_some_and(|r| r.version.starts_with("HTTP/1."));
+    if resp.status.is_none() && last.is_none() && http1_request {
+        return (
+            Verdict::ProxyError,
+            Origin::Proxy,
+            Some(ResponseFrom::Proxy),
+        );
     }
     let status = resp
         .status

@@ -1759,3 +1759,111 @@ fn a_slow_reader_the_proxy_resets_is_the_clients_abort() {
     let hint = rs[0].hint.as_deref().unwrap_or_default();
     assert!(hint.contains("stopped reading"), "{hint}");
 }
+
+#[test]
+fn an_upstream_fin_the_proxy_never_read_cuts_nothing() {
+    // nginx's default HTTP/1.0 to the upstream, which closes right after its
+    // length-delimited reply: nginx stops reading at the reply's end, so that
+    // FIN arrives unread before nginx closes the connection itself, then writes
+    // the response and closes the client's (`Connection: close`).
+    let run = |eof_read: bool| {
+        let mut s = Script::new();
+        s.client(C1, 5000).proxied(C1, U1, 40000, 200).state(
+            U1,
+            TcpState::Established,
+            TcpState::CloseWait,
+            40000,
+            false,
+        );
+        if eof_read {
+            s.ev(EventKind::Eof {
+                sock: U1,
+                prev_touch: None,
+            });
+        }
+        s.close(U1, TcpState::CloseWait)
+            .close(C1, TcpState::Established);
+        let r = s.finish().remove(0);
+        (r.verdict, r.upstreams[0].outcome)
+    };
+    assert_eq!(run(false), (Verdict::Ok, Outcome::Response));
+    // A FIN the proxy read before the client's close cut the body.
+    assert_eq!(run(true), (Verdict::UpstreamTruncated, Outcome::Truncated));
+}
+
+#[test]
+fn a_connection_the_proxy_drops_before_its_request_is_a_rejected_upstream() {
+    // A TLS upstream whose certificate fails nginx's verification: connected,
+    // the handshake's ciphertext is no event, nginx closes at once and writes
+    // 502. The upstream answering the alert with a FIN first changes nothing.
+    let run = |upstream_fin_first: bool| {
+        let mut s = Script::new();
+        s.client(C1, 5000)
+            .recv(C1, get("/a"))
+            .connect(U1, 9443, Some(C1))
+            .established(U1, 40000)
+            .at(2);
+        let from = if upstream_fin_first {
+            s.state(U1, TcpState::Established, TcpState::CloseWait, 40000, false);
+            TcpState::CloseWait
+        } else {
+            TcpState::Established
+        };
+        s.close(U1, from).send(C1, status(502), Some(U1));
+        let r = s.finish().remove(0);
+        (
+            r.verdict,
+            r.upstreams[0].outcome,
+            r.hint.unwrap_or_default(),
+        )
+    };
+    for fin_first in [false, true] {
+        let (verdict, outcome, hint) = run(fin_first);
+        assert_eq!(
+            (verdict, outcome),
+            (Verdict::UpstreamInvalid, Outcome::Invalid)
+        );
+        assert!(hint.contains("certificate"), "{hint}");
+    }
+}
+
+#[test]
+fn bytes_that_are_no_http_end_as_the_upstreams_or_the_proxys_fault() {
+    // An upstream that speaks first and stays open: nginx logs 009, writes
+    // nothing, and closes at its read timeout.
+    let mut s = Script::new();
+    s.client(C1, 5000)
+        .forwarded(C1, U1, 40000, "/ssh")
+        .recv(
+            U1,
+            Head::Other {
+                len: 21,
+                binary: false,
+            },
+        )
+        .at(60_000)
+        .close(U1, TcpState::Established)
+        .close(C1, TcpState::Established);
+    let r = s.finish().remove(0);
+    assert_eq!(
+        (r.verdict, r.response.status, r.upstreams[0].outcome),
+        (Verdict::UpstreamInvalid, None, Outcome::Invalid)
+    );
+    // HTTP/2 frames to an HTTP/1 request (`listen 80 http2` before nginx 1.25):
+    // the client cannot read them.
+    let mut s = Script::new();
+    s.client(C1, 5000)
+        .recv(C1, get("/a"))
+        .send(
+            C1,
+            Head::Other {
+                len: 57,
+                binary: true,
+            },
+            None,
+        )
+        .close(C1, TcpState::Established);
+    let r = s.finish().remove(0);
+    assert_eq!((r.verdict, r.response.status), (Verdict::ProxyError, None));
+    assert!(r.hint.unwrap_or_default().contains("http2"));
+}
