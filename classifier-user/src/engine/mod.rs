@@ -1104,18 +1104,22 @@ impl Engine {
                 self.open_orphan(owner, ts, out)
             }
         };
-        let connect_start = if fresh_unattributed {
-            Some(self.socks.get(sock).map_or(ts, |_| ts))
-        } else {
-            None
-        };
+        // A connect no exchange claimed at its start (made from a timer): its
+        // attempt began with the connect, and the connect's completion went by
+        // before this send.
+        let connect = self
+            .socks
+            .get(sock)
+            .filter(|_| fresh_unattributed)
+            .map(|s| (s.seen_since, s.established_at));
         self.attach(ex, sock, ts, false, out);
         if let Some((e, idx)) = self.attempt_mut(sock) {
             let a = &mut e.attempts[idx];
             a.request_sent = Some(ts);
             a.upstream_request = request;
-            if fresh_unattributed {
-                a.connect_start = connect_start;
+            if let Some((started, established)) = connect {
+                a.connect_start = Some(started);
+                a.established = established;
             }
         }
         self.subrequest_of_answered(sock);
@@ -1389,6 +1393,9 @@ impl Engine {
         }
         if peer.port != 0 {
             s.peer = peer;
+        }
+        if (old, new) == (TcpState::SynSent, TcpState::Established) {
+            s.established_at = Some(ts);
         }
         let (side, local_ep, seen_since, fin) = (s.side, s.local, s.seen_since, s.fin);
         match side {
@@ -1724,6 +1731,25 @@ impl Engine {
             ex.unclaimed_record = true;
             self.counters.unattributed_attempts += 1;
             self.exchanges.insert(id, ex);
+            return;
+        }
+        if ex.inferred
+            && ex.response.is_none()
+            && ex.died_unanswered().is_none()
+            && matches!(end, End::ConnectionClosed | End::Settled)
+        {
+            // Guessed for a pipelined request, and never answered though its
+            // connection ended (or, waiting as an orphan, no client response
+            // claimed it): nginx answers every request it read before it
+            // closes, so the upstream request was the proxy's own for the
+            // exchange before (a cache's background update under a rewritten
+            // URI, an include), which goes on after the client has gone.
+            self.forget_exchange(ex.client, id);
+            if ex.orphan {
+                self.counters.unattributed_attempts =
+                    self.counters.unattributed_attempts.saturating_sub(1);
+            }
+            self.counters.subrequests += 1;
             return;
         }
         if ex.orphan {

@@ -47,6 +47,10 @@ pub struct Sock {
     pub unread_reset: Option<u64>,
     /// Client side: the proxy reset the connection itself.
     pub reset_sent: bool,
+    /// Upstream side: when its connect completed (SYN_SENT → ESTABLISHED). A
+    /// connect made from a timer (a request `limit_req` delayed, a cache lock
+    /// that timed out) finds its exchange only at its first send, after this.
+    pub established_at: Option<u64>,
 }
 
 impl Sock {
@@ -74,6 +78,7 @@ impl Sock {
             seen_since: ts,
             unread_reset: None,
             reset_sent: false,
+            established_at: None,
         }
     }
 }
