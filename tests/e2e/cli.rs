@@ -38,15 +38,8 @@ fn fails_fast_without_root() {
 #[test]
 fn fails_fast_for_a_process_that_does_not_exist() {
     super::support::require_root();
-    let (ok, stderr, took) = run(Command::new(binary()).args(["--pid", "no-such-process"]));
-    assert!(!ok);
-    assert!(
-        stderr.contains("no process named \"no-such-process\""),
-        "unclear message: {stderr}"
-    );
+    let (ok, stderr, took) = run(Command::new(binary()).args(["--pid", "4000000"]));
     assert!(took < Duration::from_secs(2), "took {took:?}");
-
-    let (ok, stderr, _) = run(Command::new(binary()).args(["--pid", "4000000"]));
     assert!(!ok);
     assert!(
         stderr.contains("no process with PID 4000000"),

@@ -207,6 +207,32 @@ fn watching_by_name_survives_a_stop_and_start() {
     assert_matches_access_log(&out.exchanges(), &access);
 }
 
+/// An agent started before its proxy (a DaemonSet's pod scheduled first):
+/// it waits for a process of that name, and watches it from its exec.
+#[test]
+fn watching_by_name_waits_for_a_proxy_started_later() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let binary = renamed_nginx(dir.path(), "ngx-later");
+    let upstream = Upstream::start();
+    let running = classify::start(&["--pid", "ngx-later"]);
+    let mut c = Config::proxy(&[upstream.addr().to_string()], Some(4), "");
+    c.binary = Some(binary);
+    let nginx = Nginx::start(&c);
+    let mut c = Conn::connect(nginx.port).unwrap();
+    assert_eq!(c.request("GET", "/status/200").unwrap().status, 200);
+    assert_eq!(c.request("GET", "/status/503").unwrap().status, 503);
+    drop(c);
+    let (out, access) = stop_after_log(&nginx, running, 2);
+    assert!(
+        out.stderr
+            .contains("no process named \"ngx-later\" is running yet"),
+        "{}",
+        out.stderr
+    );
+    assert_matches_access_log(&out.exchanges(), &access);
+}
+
 #[test]
 fn a_watched_pid_that_exits_ends_the_run_with_a_summary() {
     require_root();

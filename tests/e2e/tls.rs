@@ -261,3 +261,49 @@ fn tls_connections_older_than_the_agent_are_picked_up_at_their_next_request() {
     // The request served before classify attached has no record; the others do.
     assert_matches_access_log(&out.exchanges(), &access[1..]);
 }
+
+/// A TLS upstream whose certificate fails nginx's verification
+/// (`proxy_ssl_verify on`, a certificate it does not trust): nginx closes the
+/// connection after the handshake, before any request, and writes 502. The
+/// record says the upstream was rejected and points at its certificate, not
+/// at a timeout or a crash (it once read `upstream_timeout`, "(504)").
+#[test]
+fn a_tls_upstream_whose_certificate_fails_verification_is_rejected() {
+    require_root();
+    let upstream = Upstream::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cert, key) = certificate(dir.path());
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).expect("dir");
+    let (untrusted_ca, _) = certificate(&other);
+    let tls_port = classify_tests::free_port();
+    // The TLS upstream is this nginx's own TLS listener.
+    let server = format!(
+        "    ssl_certificate {cert};\n    ssl_certificate_key {key};\n    listen 127.0.0.1:{tls_port} ssl;\n    location /verify/ {{ proxy_pass https://127.0.0.1:{tls_port}/; proxy_ssl_verify on; proxy_ssl_trusted_certificate {untrusted_ca}; }}\n"
+    );
+    let nginx = Nginx::start(&Config::front(upstream.addr(), "", &server));
+    let running = classify::start(&["--pid", &nginx.master_pid().to_string()]);
+    let url = format!("http://127.0.0.1:{}/verify/status/200", nginx.port);
+    for _ in 0..3 {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &url])
+            .output()
+            .expect("run curl");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "502");
+    }
+    let (out, access) = stop_after_log(&nginx, running, 3);
+    assert!(
+        nginx.error_log().contains("certificate verify"),
+        "{}",
+        nginx.error_log()
+    );
+    let exchanges = out.exchanges();
+    assert_matches_access_log(&exchanges, &access);
+    for r in &exchanges {
+        assert_eq!(r["verdict"], "upstream_invalid", "{r}");
+        assert_eq!(r["upstreams"][0]["outcome"], "invalid", "{r}");
+        assert_eq!(r["upstreams"][0]["port"], tls_port, "{r}");
+        let hint = r["hint"].as_str().unwrap_or_default();
+        assert!(hint.contains("certificate"), "{hint}");
+    }
+}

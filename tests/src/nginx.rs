@@ -112,6 +112,9 @@ impl Config {
     location /small/ {{ client_max_body_size 1k; proxy_pass http://up/; }}
     location /noretry/ {{ proxy_pass http://up/; proxy_next_upstream off; }}
     location = /maintenance {{ return 503; }}
+    # nginx's defaults: HTTP/1.0 upstream, Connection: close, so the upstream
+    # closes right after each reply.
+    location /http10/ {{ proxy_pass http://{up}/; proxy_http_version 1.0; proxy_set_header Connection close; }}
   }}
 "#
         );

@@ -126,9 +126,11 @@ pub fn run(args: &WatchArgs) -> Result<()> {
         if !found {
             match spec {
                 Spec::Pid(p) => bail!("no process with PID {p} is running"),
-                Spec::Name(n) => {
-                    bail!("no process named {n:?} is running (check the name with `pgrep -l {n}`)")
-                }
+                // A DaemonSet's agent may start before the proxy: the probes
+                // watch every exec of that name from now on.
+                Spec::Name(n) => eprintln!(
+                    "classify: no process named {n:?} is running yet; watching for one to start (check the name with `pgrep -l {n}`)"
+                ),
             }
         }
     }
