@@ -109,6 +109,16 @@ fn is_http2_preface(head: &Head) -> bool {
     matches!(head, Head::Request(r) if r.method == "PRI" && r.target == "*" && r.version == "HTTP/2.0")
 }
 
+/// The preface's first line as a request line (see `Sock::http2_preface`).
+fn http2_preface_line() -> Head {
+    Head::Request(crate::head::RequestLine {
+        method: "PRI".into(),
+        target: "*".into(),
+        version: "HTTP/2.0".into(),
+        truncated: false,
+    })
+}
+
 /// The client of an orphan exchange (see `Exchange::orphan`): no socket.
 const ORPHAN_CLIENT: SockId = SockId(0);
 
@@ -701,12 +711,29 @@ impl Engine {
         if side == Side::Client && (s.http2 || is_http2_preface(&head)) {
             if !s.http2 {
                 s.http2 = true;
+                s.http2_preface = Some(ts);
                 self.counters.http2_connections += 1;
             }
-            if dir == Dir::Send {
-                self.last_reply.remove(&tid);
+            let http1_answer = dir == Dir::Send && matches!(head, Head::Status(_));
+            let preface = if dir == Dir::Send {
+                s.http2_preface.take()
+            } else {
+                None
+            };
+            match preface.filter(|_| http1_answer) {
+                Some(at) => {
+                    // Not HTTP/2 after all: the preface was a bad request.
+                    s.http2 = false;
+                    self.counters.http2_connections -= 1;
+                    self.client_request(at, sock, http2_preface_line(), 0, out);
+                }
+                None => {
+                    if dir == Dir::Send {
+                        self.last_reply.remove(&tid);
+                    }
+                    return;
+                }
             }
-            return;
         }
         match (side, dir) {
             (Side::Client, Dir::Recv) => self.client_request(ts, sock, head, prev_msg_last, out),

@@ -30,6 +30,11 @@ pub struct Sock {
     /// are skipped, and each upstream request made for it gets an exchange that
     /// holds the attempt and writes no record.
     pub http2: bool,
+    /// Client side: when the HTTP/2 preface was read, until the proxy's first
+    /// answer on the connection confirms HTTP/2. An HTTP/1-only listener
+    /// answers it as a bad request line instead (nginx: 400, logged as
+    /// `PRI * HTTP/2.0`), which is then an exchange like any other.
+    pub http2_preface: Option<u64>,
     /// Client side: when the client's FIN arrived. A request read after it
     /// (sent just before the FIN, read by the proxy only after) opens an
     /// exchange whose client has already left.
@@ -73,6 +78,7 @@ impl Sock {
             attempt: None,
             uses: 0,
             http2: false,
+            http2_preface: None,
             fin: None,
             tunnel: false,
             seen_since: ts,

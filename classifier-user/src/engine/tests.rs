@@ -780,6 +780,23 @@ fn http2_connections_write_no_records_and_leave_others_alone() {
 }
 
 #[test]
+fn the_http2_preface_answered_in_http1_is_a_bad_request() {
+    // An h2c client on a port without `http2`: nginx reads the preface as a
+    // request line and answers 400 (logged as `PRI * HTTP/2.0`).
+    let mut s = Script::new();
+    s.client(C1, 5000)
+        .recv(C1, http2_preface())
+        .send(C1, status(400), None)
+        .close(C1, TcpState::Established);
+    let rs = s.finish();
+    assert_eq!(
+        summary(&rs),
+        vec![("*".into(), Some(400), Verdict::ClientError, vec![])]
+    );
+    assert_eq!(s.engine.counters().http2_connections, 0);
+}
+
+#[test]
 fn a_request_whose_client_left_before_it_was_read_is_a_client_abort() {
     // The client sent its request and closed at once: the FIN is in before the
     // proxy reads the request, proxies it, notices the client is gone (499) and
