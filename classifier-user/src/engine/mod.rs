@@ -1112,6 +1112,26 @@ impl Engine {
             Some(ex) => Some(ex),
             None => {
                 let found = self.match_request_line(sock, request.as_ref());
+                // The exchange still waits on another attempt: nginx never runs
+                // two attempts of one request at once, so this request runs
+                // beside it, the proxy's own (a `mirror` subrequest asks for
+                // the same URI): it goes to an exchange that writes no record.
+                if let Some(x) = found.and_then(|id| self.exchanges.get(&id)) {
+                    if x.attempts.last().is_some_and(|a| !a.ended()) {
+                        if fresh_unattributed {
+                            self.counters.unattributed_attempts =
+                                self.counters.unattributed_attempts.saturating_sub(1);
+                        }
+                        let owner = self.socks.get(sock).map_or(0, |s| s.owner);
+                        let id = self.open_orphan(owner, ts, out);
+                        if let Some(e) = self.exchanges.get_mut(&id) {
+                            e.orphan = false;
+                            e.subrequest = true;
+                        }
+                        self.attach_sent(id, sock, ts, fresh_unattributed, request, out);
+                        return;
+                    }
+                }
                 if found.is_some() {
                     self.counters.attributed_by_request_line += 1;
                     if fresh_unattributed {
@@ -1131,6 +1151,20 @@ impl Engine {
                 self.open_orphan(owner, ts, out)
             }
         };
+        self.attach_sent(ex, sock, ts, fresh_unattributed, request, out);
+        self.subrequest_of_answered(sock);
+    }
+
+    /// Attaches `sock`'s attempt, whose request was sent at `ts`, to `ex`.
+    fn attach_sent(
+        &mut self,
+        ex: ExId,
+        sock: SockId,
+        ts: u64,
+        fresh_unattributed: bool,
+        request: Option<RequestLine>,
+        out: &mut Vec<Record>,
+    ) {
         // A connect no exchange claimed at its start (made from a timer): its
         // attempt began with the connect, and the connect's completion went by
         // before this send.
@@ -1149,7 +1183,6 @@ impl Engine {
                 a.established = established;
             }
         }
-        self.subrequest_of_answered(sock);
     }
 
     /// An upstream request guessed to be the next pipelined request on a client
@@ -1713,7 +1746,11 @@ impl Engine {
             .filter(|e| {
                 // A response blocked on a client that does not read is not over:
                 // it ends when the client reads or the connection does.
-                (e.response.is_some() || e.orphan || e.http2 || e.proxy_exited.is_some())
+                (e.response.is_some()
+                    || e.orphan
+                    || e.http2
+                    || (e.subrequest && e.attempts.iter().all(Attempt::ended))
+                    || e.proxy_exited.is_some())
                     && e.send_blocked.is_none()
                     && now.saturating_sub(e.last_activity) >= settle
             })

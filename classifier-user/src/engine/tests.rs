@@ -1933,3 +1933,28 @@ fn a_background_update_under_a_rewritten_uri_writes_no_record() {
     );
     assert_eq!(s.engine.counters().subrequests, 1);
 }
+
+#[test]
+fn a_mirror_request_beside_the_exchanges_own_is_not_its_attempt() {
+    // `mirror` with `proxy_pass http://shadow$request_uri`: the shadow gets the
+    // same request line while the exchange's own attempt still waits. nginx
+    // never runs two attempts of one request at once: the shadow's is the
+    // proxy's own, and its 500 decides nothing.
+    let mut s = Script::new();
+    s.client(C1, 5000)
+        .forwarded(C1, U1, 40000, "/m")
+        .connect(U2, 9001, Some(U1))
+        .established(U2, 40001)
+        .send(U2, get("/m"), Some(U1))
+        .at(1)
+        .recv(U2, status(500))
+        .recv(U1, status(200))
+        .send(C1, status(200), Some(U1));
+    let rs = s.finish();
+    assert_eq!(
+        summary(&rs),
+        vec![("/m".into(), Some(200), Verdict::Ok, vec![Outcome::Response])]
+    );
+    assert_eq!(rs[0].upstreams[0].port, 9000);
+    assert_eq!(s.engine.counters().subrequests, 1);
+}
