@@ -317,14 +317,16 @@ impl Attempt {
     /// and it stops reading a length-delimited reply at its end, so the FIN of an
     /// upstream that closes right after answering (told `Connection: close`)
     /// often arrives before nginx's own close and is never read.
+    /// Once the proxy saw one, the failure began at its first sign, that FIN
+    /// included (an upstream that closed while nginx was still sending the
+    /// request body: the FIN, then the RST its kernel sends for the bytes that
+    /// keep coming, then nginx's `EPIPE`).
     pub fn upstream_failed_seen(&self) -> Option<u64> {
         let err = self
             .error
             .and_then(|(e, ts)| (e == libc::ECONNRESET || e == libc::EPIPE).then_some(ts));
-        [self.rst_in, err, self.eof_read]
-            .into_iter()
-            .flatten()
-            .min()
+        let seen = [self.rst_in, err, self.eof_read].into_iter().flatten().min()?;
+        Some(self.peer_fin.map_or(seen, |fin| fin.min(seen)))
     }
 
     /// The first sign that the upstream itself broke the connection.

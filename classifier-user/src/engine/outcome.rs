@@ -175,10 +175,15 @@ fn attempt_outcome(a: &Attempt, ex: &Exchange, last: bool) -> Outcome {
 /// hangs runs into the connect timeout instead, and a plain HTTP connection
 /// carries the request at once.
 fn rejected_before_request(a: &Attempt) -> bool {
+    // Quick from the connect on: a connect that completed only as the proxy's
+    // connect timeout ran out (a SYN retransmitted after 1 s) and was closed
+    // at once is that timeout, not a rejection.
+    let started = a.connect_start.or(a.established);
     a.request_sent.is_none()
-        && a.established
+        && a.established.is_some()
+        && started
             .zip(a.local_close)
-            .is_some_and(|(up, closed)| closed.saturating_sub(up) < STALL_NS)
+            .is_some_and(|(start, closed)| closed.saturating_sub(start) < STALL_NS)
 }
 
 /// The upstream broke the connection at `failed`: reset (an RST or ECONNRESET
