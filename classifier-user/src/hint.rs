@@ -249,6 +249,11 @@ pub fn hint(verdict: Verdict, f: &HintFacts) -> Option<String> {
             ),
         },
         Verdict::ProxyError if f.response_unreadable => "The proxy answered this HTTP/1 request with bytes that are no HTTP/1 response, which the client cannot read (nginx logs nothing). Most often the listener speaks only HTTP/2 without TLS: `listen ... http2` on a plain port makes nginx before 1.25 answer HTTP/1 clients with HTTP/2 frames. Check the listen directive of this port.".to_owned(),
+        Verdict::ProxyError if f.attempts == 0 && matches!(f.status, Some(501 | 505)) => format!(
+            "The proxy answered {} itself, without asking an upstream: nginx does so for a request it cannot take, {}. The client's request caused it: check what sends it.",
+            f.status.unwrap_or(501),
+            if f.status == Some(505) { "an HTTP version it does not speak (HTTP/2.0 or 3.0 on an HTTP/1 request line)" } else { "such as one with a Transfer-Encoding it does not know" }
+        ),
         Verdict::ProxyError if f.status == Some(502) && f.attempts == 0 => "The proxy wrote 502 itself without trying an upstream. nginx does this when every server of the upstream group is marked failed after recent errors (\"no live upstreams\" in its error log; max_fails and fail_timeout): the failures just before this one are the cause. Otherwise check its configuration (return, error_page).".to_owned(),
         Verdict::ProxyError => {
             let status = f.status.map(|s| s.to_string()).unwrap_or_else(|| "no response".into());
