@@ -325,7 +325,10 @@ impl Attempt {
         let err = self
             .error
             .and_then(|(e, ts)| (e == libc::ECONNRESET || e == libc::EPIPE).then_some(ts));
-        let seen = [self.rst_in, err, self.eof_read].into_iter().flatten().min()?;
+        let seen = [self.rst_in, err, self.eof_read]
+            .into_iter()
+            .flatten()
+            .min()?;
         Some(self.peer_fin.map_or(seen, |fin| fin.min(seen)))
     }
 

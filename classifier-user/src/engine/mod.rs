@@ -1262,9 +1262,12 @@ impl Engine {
                     .as_ref()
                     .is_some_and(|r| r.method == request.method && r.target == request.target)
             })
-            .map(|e| e.id)
-            // The first opened, whatever the map's order.
+            // The first opened, whatever the map's order; first among those not
+            // waiting on an attempt of their own (requests for one URL that
+            // `limit_req` delayed go out one per timer, each its own).
+            .map(|e| (e.attempts.last().is_some_and(|a| !a.ended()), e.id))
             .min()
+            .map(|(_, id)| id)
     }
 
     fn upstream_response(&mut self, ts: u64, sock: SockId, head: &Head) {

@@ -1958,3 +1958,42 @@ fn a_mirror_request_beside_the_exchanges_own_is_not_its_attempt() {
     assert_eq!(rs[0].upstreams[0].port, 9000);
     assert_eq!(s.engine.counters().subrequests, 1);
 }
+
+#[test]
+fn delayed_requests_for_one_url_each_get_their_own_attempt() {
+    // `limit_req` with a burst: two clients ask for the same URL, and nginx
+    // connects for each from its own timer, the first still waiting on its
+    // reply when the second goes out.
+    let mut s = Script::new();
+    s.client(C1, 5000).client(C2, 5001);
+    s.recv(C1, get("/slow")).recv(C2, get("/slow")).at(100);
+    for (u, port) in [(U1, 40000), (U2, 40001)] {
+        s.connect(u, 9000, None)
+            .established(u, port)
+            .send(u, get("/slow"), None)
+            .at(100);
+    }
+    s.recv(U1, status(200))
+        .send(C1, status(200), Some(U1))
+        .recv(U2, status(201))
+        .send(C2, status(201), Some(U2));
+    let mut rs = summary(&s.finish());
+    rs.sort_by_key(|r| r.1);
+    assert_eq!(
+        rs,
+        vec![
+            (
+                "/slow".into(),
+                Some(200),
+                Verdict::Ok,
+                vec![Outcome::Response]
+            ),
+            (
+                "/slow".into(),
+                Some(201),
+                Verdict::Ok,
+                vec![Outcome::Response]
+            ),
+        ]
+    );
+}
