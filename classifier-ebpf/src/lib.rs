@@ -33,6 +33,9 @@ pub mod msg {
     /// `HTTP/1.` prefix (pipelined requests, or a final status after `100
     /// Continue`), not by a change of direction.
     pub const SNIFFED: u8 = 2;
+    /// The bytes are a TLS connection's plaintext, from the TLS library's
+    /// probes: what the socket carries is more (records, alerts).
+    pub const TLS: u8 = 4;
 }
 
 /// Which side of the proxy a socket is on.

@@ -277,6 +277,7 @@ impl Decoder {
                 prev_touch: touch(sent.prev_touch),
                 prev_msg_bytes: u64::from(sent.prev_msg_bytes),
                 prev_msg_last: 0,
+                tls: false,
             },
         });
     }
@@ -475,6 +476,7 @@ impl Decoder {
             prev_touch: touch(e.prev_touch),
             prev_msg_bytes: e.prev_msg_bytes,
             prev_msg_last: e.prev_msg_last_ns,
+            tls: e.flags & wire::msg::TLS != 0,
         };
         Ok(Event {
             ts: h.ts_ns,

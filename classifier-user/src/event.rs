@@ -224,6 +224,9 @@ pub enum EventKind {
         prev_touch: Option<SockId>,
         prev_msg_bytes: u64,
         prev_msg_last: u64,
+        /// The bytes are a TLS connection's plaintext.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        tls: bool,
     },
     /// More bytes in the current message (throttled).
     Progress {

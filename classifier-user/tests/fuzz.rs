@@ -211,6 +211,7 @@ fn event() -> impl Strategy<Value = EventKind> {
                 prev_touch,
                 prev_msg_bytes: 5,
                 prev_msg_last: 3,
+                tls: false,
             }
         ),
         (sock(), dir()).prop_map(|(sock, dir)| EventKind::Progress {

@@ -307,3 +307,51 @@ fn a_tls_upstream_whose_certificate_fails_verification_is_rejected() {
         assert!(hint.contains("certificate"), "{hint}");
     }
 }
+
+/// A TLS client that reads the whole response and closes (here nginx itself,
+/// proxying over `https` with its default HTTP/1.0): the server's
+/// `close_notify` meets a closed socket and is reset. Nothing was lost (a
+/// share of such responses was once called `client_reset`).
+#[test]
+fn a_tls_clients_reset_of_the_close_notify_is_no_lost_response() {
+    require_root();
+    let upstream = Upstream::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (cert, key) = certificate(dir.path());
+    let tls_port = classify_tests::free_port();
+    let server = format!(
+        "    ssl_certificate {cert};\n    ssl_certificate_key {key};\n    listen 127.0.0.1:{tls_port} ssl;\n    location /over-tls/ {{ proxy_pass https://127.0.0.1:{tls_port}/; proxy_http_version 1.0; proxy_set_header Connection close; }}\n    location = /direct {{ return 200 \"fine\\n\"; }}\n"
+    );
+    let nginx = Nginx::start(&Config::front(upstream.addr(), "", &server));
+    let running = classify::start(&["--pid", &nginx.master_pid().to_string()]);
+    let n = 200;
+    let paths = vec!["/over-tls/direct"; n];
+    // One curl, one plain connection kept alive; each request opens its own
+    // TLS connection from nginx to itself, answered at once.
+    let statuses = curl_plain(nginx.port, &paths);
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let (out, access) = stop_after_log(&nginx, running, 2 * n);
+    let exchanges = out.exchanges();
+    assert_matches_access_log(&exchanges, &access);
+    let not_ok: Vec<_> = exchanges
+        .iter()
+        .filter(|r| r["verdict"] != "ok")
+        .map(|r| (r["request"]["target"].clone(), r["verdict"].clone()))
+        .collect();
+    assert!(not_ok.is_empty(), "{not_ok:?}");
+}
+
+/// `curl` over plain HTTP/1.1: each URL in turn on one kept-alive connection.
+fn curl_plain(port: u16, paths: &[&str]) -> Vec<u16> {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-w", "%{http_code}\\n"]);
+    for p in paths {
+        cmd.arg(format!("http://127.0.0.1:{port}{p}"));
+        cmd.args(["-o", "/dev/null"]);
+    }
+    let out = cmd.output().expect("run curl");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim().parse().unwrap_or(0))
+        .collect()
+}

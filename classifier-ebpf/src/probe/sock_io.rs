@@ -179,13 +179,14 @@ pub(super) fn socket_call<const TLS: bool>(
                 held::hold(sock, now, pid_tgid, prev_touch, ret, prev_bytes);
                 return Some(());
             }
+            // `TLS` is a constant of each program: no branch.
             let flags = if continued {
                 msg::CONTINUED
             } else if sniffed {
                 msg::SNIFFED
             } else {
                 0
-            };
+            } | if TLS { msg::TLS } else { 0 };
             let start = MessageStart {
                 plain,
                 prev_touch,

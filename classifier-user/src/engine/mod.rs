@@ -119,6 +119,10 @@ fn http2_preface_line() -> Head {
     })
 }
 
+/// The largest TLS alert record (a `close_notify`: 24 bytes in TLS 1.3, 31
+/// with TLS 1.2's AES-GCM, more with CBC and its MAC).
+const TLS_ALERT_MAX: u32 = 64;
+
 /// The client of an orphan exchange (see `Exchange::orphan`): no socket.
 const ORPHAN_CLIENT: SockId = SockId(0);
 
@@ -264,8 +268,14 @@ impl Engine {
             prev_touch,
             prev_msg_bytes,
             prev_msg_last,
+            tls,
         } = &mut ev.kind
         {
+            if *tls {
+                if let Some(s) = self.socks.get_mut(*sock) {
+                    s.tls = true;
+                }
+            }
             // The request line moves into the exchange, no copy.
             let head = std::mem::take(head);
             self.message(
@@ -1567,9 +1577,14 @@ impl Engine {
                 // all the proxy wrote: it never got the whole response, even if
                 // the proxy had written its last byte (a client that stops
                 // reading and leaves fills the proxy's send queue first).
+                // Over TLS, the proxy ends the connection with a
+                // `close_notify` alert: a client that had closed first resets
+                // that alone, after the whole response.
+                let tls = self.socks.get(sock).is_some_and(|s| s.tls);
                 if unacked > 0 {
                     if let Some(ex) = self.current_mut(sock) {
-                        if ex.response.is_some() {
+                        let alert_only = tls && unacked <= TLS_ALERT_MAX && ex.client_fin.is_some();
+                        if ex.response.is_some() && !alert_only {
                             ex.response_lost.get_or_insert(ts);
                         }
                     }

@@ -52,6 +52,9 @@ pub struct Sock {
     pub unread_reset: Option<u64>,
     /// Client side: the proxy reset the connection itself.
     pub reset_sent: bool,
+    /// Its messages come from a TLS library's plaintext: the socket also
+    /// carries the library's own records (a `close_notify` alert at close).
+    pub tls: bool,
     /// Upstream side: when its connect completed (SYN_SENT → ESTABLISHED). A
     /// connect made from a timer (a request `limit_req` delayed, a cache lock
     /// that timed out) finds its exchange only at its first send, after this.
@@ -84,6 +87,7 @@ impl Sock {
             seen_since: ts,
             unread_reset: None,
             reset_sent: false,
+            tls: false,
             established_at: None,
         }
     }

@@ -102,6 +102,7 @@ impl Script {
             prev_touch: None,
             prev_msg_bytes,
             prev_msg_last: 0,
+            tls: false,
         })
     }
 
@@ -115,6 +116,7 @@ impl Script {
             prev_touch,
             prev_msg_bytes,
             prev_msg_last: 0,
+            tls: false,
         })
     }
 
@@ -1996,4 +1998,33 @@ fn delayed_requests_for_one_url_each_get_their_own_attempt() {
             ),
         ]
     );
+}
+
+#[test]
+fn a_tls_clients_reset_of_the_close_notify_loses_nothing() {
+    // A TLS client reads the whole response and closes; the proxy's
+    // `close_notify` then meets a closed socket, whose RST leaves those 31
+    // bytes unacknowledged. Plain bytes unacknowledged are response lost.
+    let run = |tls: bool, unacked: u32| {
+        let mut s = Script::new();
+        s.client(C1, 5000);
+        s.ev(EventKind::Message {
+            sock: C1,
+            dir: Dir::Recv,
+            bytes: 80,
+            head: get("/a"),
+            prev_touch: None,
+            prev_msg_bytes: 0,
+            prev_msg_last: 0,
+            tls,
+        })
+        .send(C1, status(200), None)
+        .state(C1, TcpState::Established, TcpState::CloseWait, 8080, false)
+        .reset_in(C1, unacked)
+        .destroy(C1, true);
+        s.finish().remove(0).verdict
+    };
+    assert_eq!(run(true, 31), Verdict::Ok);
+    assert_eq!(run(true, 4000), Verdict::ClientReset);
+    assert_eq!(run(false, 31), Verdict::ClientReset);
 }
