@@ -97,6 +97,9 @@ fn attach_tls(probes: &mut Probes, proc_root: &Path, pids: impl IntoIterator<Ite
                     file.display()
                 ),
                 Ok(_) => {}
+                // A process gone meanwhile (nginx's daemonizing parent) has no
+                // TLS connections to miss.
+                Err(_) if !proc_root.join(pid.to_string()).exists() => {}
                 Err(e) => {
                     eprintln!("classify: TLS connections of process {pid} stay opaque: {e:#}")
                 }
@@ -458,6 +461,16 @@ impl Agent {
             }
         }
         if !new.is_empty() {
+            if self.watched.is_empty() {
+                // What was waited for (a name not running at the start) or
+                // came back (a proxy restarted): say so once.
+                let mut found: Vec<String> = now
+                    .iter()
+                    .map(|(p, i)| format!("{} ({p})", i.comm))
+                    .collect();
+                found.truncate(8);
+                eprintln!("classify: watching {}", found.join(", "));
+            }
             attach_tls(&mut self.probes, proc_root, new.iter().copied());
             self.probes
                 .add_listeners(&listeners::listeners(proc_root, new))?;
