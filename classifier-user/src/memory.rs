@@ -39,6 +39,16 @@ impl StartUp {
     }
 }
 
+/// Gives back the pages the run has freed (bursts of held records, pools
+/// trimmed): mimalloc purges a page only when the thread that freed it
+/// allocates again after the purge delay, so without a collection pages freed
+/// in a burst can stay resident for good.
+pub fn give_back() {
+    // SAFETY: `mi_collect` only walks the allocator's own structures; `false`
+    // leaves abandoned pages of other threads alone (there are none in the run).
+    unsafe { mi_collect(false) };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

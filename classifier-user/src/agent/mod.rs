@@ -62,6 +62,9 @@ const HOLD_LINES: Duration = Duration::from_secs(5);
 /// stays rare). A watched process's exit triggers one at once.
 const RESCAN_EVERY: Duration = Duration::from_secs(5);
 
+/// How often freed memory is given back to the kernel (see `memory::give_back`).
+const GIVE_BACK_EVERY: Duration = Duration::from_secs(1);
+
 /// Whether `every` has passed since `last`, which then restarts.
 fn due(last: &mut Instant, every: Duration) -> bool {
     let due = last.elapsed() >= every;
@@ -273,6 +276,7 @@ impl Agent {
         let mut last_loss_check = Instant::now();
         let mut last_skipped_check = Instant::now();
         let mut last_rescan = Instant::now();
+        let mut last_give_back = Instant::now();
         let mut last_stats = Instant::now();
         let stop_reason;
         loop {
@@ -297,6 +301,9 @@ impl Agent {
                     tid: 0,
                     kind: EventKind::Tick,
                 })?;
+            }
+            if due(&mut last_give_back, GIVE_BACK_EVERY) {
+                crate::memory::give_back();
             }
             if self.rescan_due || last_rescan.elapsed() >= RESCAN_EVERY {
                 last_rescan = Instant::now();
