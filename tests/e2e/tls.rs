@@ -262,6 +262,37 @@ fn tls_connections_older_than_the_agent_are_picked_up_at_their_next_request() {
     assert_matches_access_log(&out.exchanges(), &access[1..]);
 }
 
+/// nginx in front of the test upstream whose own TLS listener (a self-signed
+/// certificate) serves as a TLS upstream for the locations `locations(tls port,
+/// scratch dir)` gives.
+struct OwnTlsUpstream {
+    _upstream: Upstream,
+    _dir: tempfile::TempDir,
+    nginx: Nginx,
+    tls_port: u16,
+}
+
+impl OwnTlsUpstream {
+    fn start(locations: impl FnOnce(u16, &Path) -> String) -> Self {
+        require_root();
+        let upstream = Upstream::start();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (cert, key) = certificate(dir.path());
+        let tls_port = classify_tests::free_port();
+        let server = format!(
+            "    ssl_certificate {cert};\n    ssl_certificate_key {key};\n    listen 127.0.0.1:{tls_port} ssl;\n    {}\n",
+            locations(tls_port, dir.path())
+        );
+        let nginx = Nginx::start(&Config::front(upstream.addr(), "", &server));
+        Self {
+            _upstream: upstream,
+            _dir: dir,
+            nginx,
+            tls_port,
+        }
+    }
+}
+
 /// A TLS upstream whose certificate fails nginx's verification
 /// (`proxy_ssl_verify on`, a certificate it does not trust): nginx closes the
 /// connection after the handshake, before any request, and writes 502. The
@@ -269,19 +300,13 @@ fn tls_connections_older_than_the_agent_are_picked_up_at_their_next_request() {
 /// at a timeout or a crash (it once read `upstream_timeout`, "(504)").
 #[test]
 fn a_tls_upstream_whose_certificate_fails_verification_is_rejected() {
-    require_root();
-    let upstream = Upstream::start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (cert, key) = certificate(dir.path());
-    let other = dir.path().join("other");
-    std::fs::create_dir(&other).expect("dir");
-    let (untrusted_ca, _) = certificate(&other);
-    let tls_port = classify_tests::free_port();
-    // The TLS upstream is this nginx's own TLS listener.
-    let server = format!(
-        "    ssl_certificate {cert};\n    ssl_certificate_key {key};\n    listen 127.0.0.1:{tls_port} ssl;\n    location /verify/ {{ proxy_pass https://127.0.0.1:{tls_port}/; proxy_ssl_verify on; proxy_ssl_trusted_certificate {untrusted_ca}; }}\n"
-    );
-    let nginx = Nginx::start(&Config::front(upstream.addr(), "", &server));
+    let lab = OwnTlsUpstream::start(|tls_port, dir| {
+        let other = dir.join("other");
+        std::fs::create_dir(&other).expect("dir");
+        let (untrusted_ca, _) = certificate(&other);
+        format!("location /verify/ {{ proxy_pass https://127.0.0.1:{tls_port}/; proxy_ssl_verify on; proxy_ssl_trusted_certificate {untrusted_ca}; }}")
+    });
+    let (nginx, tls_port) = (&lab.nginx, lab.tls_port);
     let running = classify::start(&["--pid", &nginx.master_pid().to_string()]);
     let url = format!("http://127.0.0.1:{}/verify/status/200", nginx.port);
     for _ in 0..3 {
@@ -291,7 +316,7 @@ fn a_tls_upstream_whose_certificate_fails_verification_is_rejected() {
             .expect("run curl");
         assert_eq!(String::from_utf8_lossy(&out.stdout), "502");
     }
-    let (out, access) = stop_after_log(&nginx, running, 3);
+    let (out, access) = stop_after_log(nginx, running, 3);
     assert!(
         nginx.error_log().contains("certificate verify"),
         "{}",
@@ -314,15 +339,10 @@ fn a_tls_upstream_whose_certificate_fails_verification_is_rejected() {
 /// share of such responses was once called `client_reset`).
 #[test]
 fn a_tls_clients_reset_of_the_close_notify_is_no_lost_response() {
-    require_root();
-    let upstream = Upstream::start();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (cert, key) = certificate(dir.path());
-    let tls_port = classify_tests::free_port();
-    let server = format!(
-        "    ssl_certificate {cert};\n    ssl_certificate_key {key};\n    listen 127.0.0.1:{tls_port} ssl;\n    location /over-tls/ {{ proxy_pass https://127.0.0.1:{tls_port}/; proxy_http_version 1.0; proxy_set_header Connection close; }}\n    location = /direct {{ return 200 \"fine\\n\"; }}\n"
-    );
-    let nginx = Nginx::start(&Config::front(upstream.addr(), "", &server));
+    let lab = OwnTlsUpstream::start(|tls_port, _| {
+        format!("location /over-tls/ {{ proxy_pass https://127.0.0.1:{tls_port}/; proxy_http_version 1.0; proxy_set_header Connection close; }}\n    location = /direct {{ return 200 \"fine\\n\"; }}")
+    });
+    let nginx = &lab.nginx;
     let running = classify::start(&["--pid", &nginx.master_pid().to_string()]);
     let n = 200;
     let paths = vec!["/over-tls/direct"; n];
@@ -330,7 +350,7 @@ fn a_tls_clients_reset_of_the_close_notify_is_no_lost_response() {
     // TLS connection from nginx to itself, answered at once.
     let statuses = curl_plain(nginx.port, &paths);
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-    let (out, access) = stop_after_log(&nginx, running, 2 * n);
+    let (out, access) = stop_after_log(nginx, running, 2 * n);
     let exchanges = out.exchanges();
     assert_matches_access_log(&exchanges, &access);
     let not_ok: Vec<_> = exchanges
