@@ -913,7 +913,15 @@ impl Engine {
                         None => true,
                         Some(r) => fb > r.ts || a.request_sent.is_some_and(|sent| sent > r.ts),
                     }));
-            if foreign {
+            // A reply whose status this response does not carry was not
+            // forwarded by it (an HTTP/2 stream's reply, unattributed, on a
+            // pool its HTTP/1 neighbours share); a response the proxy made
+            // itself (5xx) may follow any reply.
+            let other_status = match (head, a.status) {
+                (Head::Status(st), Some(theirs)) => st.code != theirs && st.code < 500,
+                _ => false,
+            };
+            if foreign && !other_status {
                 found = Some((from, idx));
                 break;
             }

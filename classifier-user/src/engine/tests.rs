@@ -2028,3 +2028,34 @@ fn a_tls_clients_reset_of_the_close_notify_loses_nothing() {
     assert_eq!(run(true, 4000), Verdict::ClientReset);
     assert_eq!(run(false, 31), Verdict::ClientReset);
 }
+
+#[test]
+fn a_response_does_not_claim_a_reply_whose_status_it_does_not_carry() {
+    // An HTTP/2 stream's upstream request that found no exchange (an orphan)
+    // on the keep-alive pool its HTTP/1 neighbours share: its 503 came back
+    // just before an HTTP/1 client's 200 went out, right after the thread
+    // touched that connection.
+    let mut s = Script::new();
+    s.client(C2, 5001)
+        .pooled(U1, 40000, 9000)
+        .pooled(U2, 40001, 9000);
+    s.send(U1, get("/s503"), None)
+        .recv(C2, get("/ok"))
+        .send(U2, Head::None, Some(C2))
+        .recv(U2, status(200))
+        .recv(U1, status(503))
+        .send(C2, status(200), Some(U1))
+        .tick_after(1500);
+    let rs = s.finish();
+    assert_eq!(
+        summary(&rs),
+        vec![(
+            "/ok".into(),
+            Some(200),
+            Verdict::Ok,
+            vec![Outcome::Response]
+        )]
+    );
+    assert_eq!(rs[0].upstreams[0].local_port, 40001);
+    assert_eq!(s.engine.counters().reattributed_attempts, 0);
+}
