@@ -465,7 +465,8 @@ impl Engine {
         prev_touch: Option<SockId>,
         out: &mut Vec<Record>,
     ) {
-        let sock = Sock::new(side, how, owner, local, peer, ts);
+        let mut sock = Sock::new(side, how, owner, local, peer, ts);
+        sock.from_timer = side == Side::Upstream && how == Opened::Connect && prev_touch.is_none();
         for (old_id, old) in self.socks.insert(id, sock) {
             self.counters.evicted_sockets += 1;
             if old.side == Side::Client {
@@ -1266,7 +1267,8 @@ impl Engine {
 
     fn match_request_line(&self, sock: SockId, request: Option<&RequestLine>) -> Option<ExId> {
         let request = request?;
-        let owner = self.socks.get(sock)?.owner;
+        let s = self.socks.get(sock)?;
+        let (owner, from_timer) = (s.owner, s.from_timer);
         self.exchanges
             .values()
             .filter(|e| e.pid == owner && e.response.is_none())
@@ -1280,10 +1282,15 @@ impl Engine {
                     .as_ref()
                     .is_some_and(|r| r.method == request.method && r.target == request.target)
             })
-            // The first opened, whatever the map's order; first among those not
-            // waiting on an attempt of their own (requests for one URL that
-            // `limit_req` delayed go out one per timer, each its own).
-            .map(|e| (e.attempts.last().is_some_and(|a| !a.ended()), e.id))
+            // The first opened, whatever the map's order. A connect from a
+            // timer serves, first, one not waiting on an attempt of its own
+            // (requests for one URL that `limit_req` delayed go out one per
+            // timer, each its own); one made beside a request's own attempt
+            // (a `mirror`) serves the first opened.
+            .map(|e| {
+                let busy = e.attempts.last().is_some_and(|a| !a.ended());
+                (from_timer && busy, e.id)
+            })
             .min()
             .map(|(_, id)| id)
     }
@@ -1823,8 +1830,18 @@ impl Engine {
             self.exchanges.insert(id, ex);
             return;
         }
+        // nginx drops a request's upstream when its client leaves; it lets its
+        // own subrequests finish.
+        let dropped_for_client = ex.client_left().is_some_and(|c| {
+            ex.attempts.last().is_some_and(|a| {
+                a.first_byte.is_none()
+                    && a.local_close
+                        .is_some_and(|l| l >= c && a.upstream_failed().is_none_or(|f| f > l))
+            })
+        });
         if ex.inferred
             && ex.response.is_none()
+            && !dropped_for_client
             && ex.died_unanswered().is_none()
             && matches!(end, End::ConnectionClosed | End::Settled)
         {

@@ -162,9 +162,18 @@ fn attempt_outcome(a: &Attempt, ex: &Exchange, last: bool) -> Outcome {
     match (client_left, a.local_close) {
         (Some(c), Some(l)) if c <= l => Outcome::Aborted,
         (Some(c), None) if !answered_before(c) => Outcome::Aborted,
-        _ if rejected_before_request(a) => Outcome::Invalid,
+        // A 504 is the proxy's timeout, however short (a TLS handshake that
+        // outlasted a 50 ms `proxy_connect_timeout`).
+        _ if rejected_before_request(a) && !(last && proxy_wrote(ex, 504)) => Outcome::Invalid,
         _ => Outcome::Timeout,
     }
+}
+
+/// Whether the proxy's response to the client carries `status`.
+fn proxy_wrote(ex: &Exchange, status: u16) -> bool {
+    ex.response
+        .as_ref()
+        .is_some_and(|r| r.status == Some(status))
 }
 
 /// The proxy closed a connection it had just established without sending its

@@ -59,6 +59,10 @@ pub struct Sock {
     /// connect made from a timer (a request `limit_req` delayed, a cache lock
     /// that timed out) finds its exchange only at its first send, after this.
     pub established_at: Option<u64>,
+    /// Upstream side: connected with no touch before it in its loop iteration,
+    /// from a timer (a request `limit_req` delayed, a cache lock that timed
+    /// out), not from a handler working for an exchange.
+    pub from_timer: bool,
 }
 
 impl Sock {
@@ -89,6 +93,7 @@ impl Sock {
             reset_sent: false,
             tls: false,
             established_at: None,
+            from_timer: false,
         }
     }
 }

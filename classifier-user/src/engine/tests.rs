@@ -2059,3 +2059,54 @@ fn a_response_does_not_claim_a_reply_whose_status_it_does_not_carry() {
     assert_eq!(rs[0].upstreams[0].local_port, 40001);
     assert_eq!(s.engine.counters().reattributed_attempts, 0);
 }
+
+#[test]
+fn a_handshake_that_outlasts_a_short_connect_timeout_is_a_timeout() {
+    // `proxy_connect_timeout 50ms` and a TLS upstream that never handshakes:
+    // closed soon after connecting with no request, as a rejected
+    // certificate is, but nginx writes 504: its timeout.
+    let mut s = Script::new();
+    s.client(C1, 5000)
+        .recv(C1, get("/a"))
+        .connect(U1, 9443, Some(C1))
+        .established(U1, 40000)
+        .at(50)
+        .close(U1, TcpState::Established)
+        .send(C1, status(504), Some(U1));
+    let r = s.finish().remove(0);
+    assert_eq!(
+        (r.verdict, r.upstreams[0].outcome),
+        (Verdict::UpstreamTimeout, Outcome::Timeout)
+    );
+}
+
+#[test]
+fn a_pipelined_request_dropped_when_its_client_left_keeps_its_record() {
+    // Two requests in one segment; the client reads the first answer and
+    // leaves while the second waits on its upstream: nginx closes that
+    // upstream connection at once and logs 499. Not the proxy's own request.
+    let mut s = Script::new();
+    s.client(C1, 5000)
+        .proxied(C1, U1, 40000, 200)
+        .connect(U2, 9000, Some(C1))
+        .established(U2, 40001)
+        .send(U2, get("/slow"), None)
+        .at(300)
+        .state(C1, TcpState::Established, TcpState::CloseWait, 8080, false)
+        .close(U2, TcpState::Established)
+        .close(C1, TcpState::CloseWait)
+        .destroy(C1, false);
+    let rs = s.finish();
+    assert_eq!(
+        summary(&rs),
+        vec![
+            ("/a".into(), Some(200), Verdict::Ok, vec![Outcome::Response]),
+            (
+                "/slow".into(),
+                None,
+                Verdict::ClientAbort,
+                vec![Outcome::Aborted]
+            ),
+        ]
+    );
+}
