@@ -66,7 +66,12 @@ pub fn parse_stat(text: &str) -> Option<ProcInfo> {
     let pid = text[..open].trim().parse().ok()?;
     let comm = text.get(open + 1..close)?.to_owned();
     let mut rest = text.get(close + 1..)?.split_whitespace();
-    let _state = rest.next()?;
+    // A zombie (or dead) process has exited: one its parent has not reaped
+    // yet (a worker orphaned to an init that does not reap) must not keep a
+    // run whose PIDs all exited going.
+    if matches!(rest.next()?, "Z" | "X" | "x") {
+        return None;
+    }
     let ppid = rest.next()?.parse().ok()?;
     Some(ProcInfo { pid, ppid, comm })
 }
@@ -148,6 +153,11 @@ mod tests {
     fn stat_with_odd_comm() {
         let s = "123 (a (b) c) S 1 123 123 0 -1";
         assert_eq!(parse_stat(s), Some(p(123, 1, "a (b) c")));
+    }
+
+    #[test]
+    fn a_zombie_is_no_process_to_watch() {
+        assert_eq!(parse_stat("124 (nginx) Z 1 123 123 0 -1"), None);
     }
 
     #[test]
