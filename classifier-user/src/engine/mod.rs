@@ -670,6 +670,16 @@ impl Engine {
         id
     }
 
+    /// An exchange for a request the proxy makes on its own, beside a client's
+    /// (see `Exchange::subrequest`): it holds the attempt and writes no record.
+    fn open_proxys_own(&mut self, pid: u32, ts: u64, out: &mut Vec<Record>) -> ExId {
+        let id = self.open_inferred(ORPHAN_CLIENT, pid, ts, out);
+        if let Some(e) = self.exchanges.get_mut(&id) {
+            e.subrequest = true;
+        }
+        id
+    }
+
     /// The attempt an upstream socket serves now, if its exchange is in flight.
     fn attempt_mut(&mut self, sock: SockId) -> Option<(&mut Exchange, usize)> {
         let (ex, idx) = self.socks.get(sock)?.attempt?;
@@ -735,7 +745,8 @@ impl Engine {
                 Some(at) => {
                     // Not HTTP/2 after all: the preface was a bad request.
                     s.http2 = false;
-                    self.counters.http2_connections -= 1;
+                    self.counters.http2_connections =
+                        self.counters.http2_connections.saturating_sub(1);
                     self.client_request(at, sock, http2_preface_line(), 0, out);
                 }
                 None => {
@@ -1142,11 +1153,7 @@ impl Engine {
                                 self.counters.unattributed_attempts.saturating_sub(1);
                         }
                         let owner = self.socks.get(sock).map_or(0, |s| s.owner);
-                        let id = self.open_orphan(owner, ts, out);
-                        if let Some(e) = self.exchanges.get_mut(&id) {
-                            e.orphan = false;
-                            e.subrequest = true;
-                        }
+                        let id = self.open_proxys_own(owner, ts, out);
                         self.attach_sent(id, sock, ts, fresh_unattributed, request, out);
                         return;
                     }
