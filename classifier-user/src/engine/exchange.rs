@@ -317,15 +317,13 @@ impl Attempt {
     /// and it stops reading a length-delimited reply at its end, so the FIN of an
     /// upstream that closes right after answering (told `Connection: close`)
     /// often arrives before nginx's own close and is never read.
+    ///
     /// Once the proxy saw one, the failure began at its first sign, that FIN
     /// included (an upstream that closed while nginx was still sending the
     /// request body: the FIN, then the RST its kernel sends for the bytes that
     /// keep coming, then nginx's `EPIPE`).
     pub fn upstream_failed_seen(&self) -> Option<u64> {
-        let err = self
-            .error
-            .and_then(|(e, ts)| (e == libc::ECONNRESET || e == libc::EPIPE).then_some(ts));
-        let seen = [self.rst_in, err, self.eof_read]
+        let seen = [self.rst_in, self.failed_call(), self.eof_read]
             .into_iter()
             .flatten()
             .min()?;
@@ -334,12 +332,16 @@ impl Attempt {
 
     /// The first sign that the upstream itself broke the connection.
     pub fn upstream_failed(&self) -> Option<u64> {
-        let err = self
-            .error
-            .and_then(|(e, ts)| (e == libc::ECONNRESET || e == libc::EPIPE).then_some(ts));
-        [self.rst_in, err, self.peer_fin]
+        [self.rst_in, self.failed_call(), self.peer_fin]
             .into_iter()
             .flatten()
             .min()
+    }
+
+    /// When a call on the connection failed because the upstream broke it
+    /// (`ECONNRESET`, `EPIPE`).
+    fn failed_call(&self) -> Option<u64> {
+        self.error
+            .and_then(|(e, ts)| (e == libc::ECONNRESET || e == libc::EPIPE).then_some(ts))
     }
 }
