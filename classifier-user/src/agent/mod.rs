@@ -278,22 +278,37 @@ impl Agent {
         let mut last_rescan = Instant::now();
         let mut last_give_back = Instant::now();
         let mut last_stats = Instant::now();
+        // Events left in the ring when the last drain reached its deadline.
+        let mut behind = false;
         let stop_reason;
         loop {
             let now = Instant::now();
-            let until = deadline.map_or(next_drain, |d| d.min(next_drain));
+            // Behind: no sleep (the ring's wakeup is edge-triggered, and what is
+            // left would not raise another).
+            let until = if behind {
+                now
+            } else {
+                deadline.map_or(next_drain, |d| d.min(next_drain))
+            };
             let wake = waiter.wait(until.saturating_duration_since(now))?;
             if wake == Wake::Signal || deadline.is_some_and(|d| Instant::now() >= d) {
                 stop_reason = None;
                 break;
             }
-            self.drain(&mut ring)?;
+            behind = self.drain(&mut ring, Some(next_drain))?;
             if Instant::now() >= next_drain {
                 next_drain = Instant::now() + DRAIN_EVERY;
                 let skipped = due(&mut last_skipped_check, SKIPPED_CHECK_EVERY);
                 let maps = due(&mut last_loss_check, LOSS_CHECK_EVERY);
                 self.check_loss(skipped, maps)?;
-                let now = monotonic_ns();
+                // Behind, the engine's time is that of the last event drained,
+                // older than the clock's: a tick at the clock's time would settle
+                // exchanges whose last events are still in the ring.
+                let now = if behind {
+                    self.engine.now()
+                } else {
+                    monotonic_ns()
+                };
                 self.release_lines(now.saturating_sub(HOLD_LINES.as_nanos() as u64))?;
                 self.feed(&mut Event {
                     ts: now,
@@ -323,7 +338,7 @@ impl Agent {
         }
         // Detach first, then drain what is left and flush.
         self.probes.detach();
-        self.drain(&mut ring)?;
+        self.drain(&mut ring, None)?;
         self.release_lines(u64::MAX)?;
         self.check_loss(true, true)?;
         let mut out = std::mem::take(&mut self.out);
@@ -350,8 +365,16 @@ impl Agent {
         Ok(())
     }
 
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) -> Result<()> {
+    /// Feeds what the ring holds to the engine, until it is empty or, with a
+    /// deadline, until the deadline passes. Returns whether events were left:
+    /// under a backlog the ring would never empty, and the loop's periodic work
+    /// (ticks that release held records, loss checks, stats, flushes) must still
+    /// come; held records waited for the end of the whole backlog before, and
+    /// their memory grew with it.
+    fn drain(&mut self, ring: &mut RingBuf<MapData>, until: Option<Instant>) -> Result<bool> {
         let mut decoded = std::mem::take(&mut self.decoded);
+        let mut left = false;
+        let mut n: u32 = 0;
         while let Some(item) = ring.next() {
             self.ring_records += 1;
             self.event_bytes += item.len() as u64;
@@ -365,9 +388,15 @@ impl Agent {
                 self.feed(ev)?;
             }
             decoded.clear();
+            n = n.wrapping_add(1);
+            // The clock read once per 1,024 records: a fraction of a µs each.
+            if n.is_multiple_of(1024) && until.is_some_and(|u| Instant::now() >= u) {
+                left = true;
+                break;
+            }
         }
         self.decoded = decoded;
-        Ok(())
+        Ok(left)
     }
 
     /// Releases first lines held for longer than `HOLD_LINES` (a client that

@@ -246,7 +246,12 @@ impl Engine {
     /// `memmove` call, and the agent's hot path moved every event several times).
     /// A message's first line is taken out of `ev`; the rest is left as it was.
     pub fn ingest_in_place(&mut self, ev: &mut Event, out: &mut Vec<Record>) {
-        self.now = self.now.max(ev.ts);
+        // A loss the agent found by polling carries the clock's time, which is
+        // ahead of the events' own while the agent drains a backlog: it must
+        // not move the engine's time past events still to come.
+        if !matches!(ev.kind, EventKind::Lost { since: Some(_), .. }) {
+            self.now = self.now.max(ev.ts);
+        }
         let ts = ev.ts;
         if let Some(sock) = own_action(&ev.kind) {
             if self.last_own.len() >= MAX_THREADS_REMEMBERED {
@@ -385,18 +390,23 @@ impl Engine {
 
     /// Evidence went missing (see `EventKind::Lost`).
     fn lost(&mut self, ts: u64, since: Option<u64>) {
-        for ex in self.exchanges.values_mut() {
-            ex.incomplete = true;
-        }
-        if let Some(since) = since {
-            for h in self.held.iter_mut().filter(|h| h.end >= since) {
-                h.record.complete = false;
+        let Some(since) = since else {
+            // A gap in the stream itself: whatever is in flight may miss events.
+            for ex in self.exchanges.values_mut() {
+                ex.incomplete = true;
             }
-            if self.loss_windows.len() >= MAX_LOSS_WINDOWS {
-                self.loss_windows.pop_front();
-            }
-            self.loss_windows.push_back((since, ts));
+            return;
+        };
+        // A loss the agent polled, since `since`: an exchange is marked when it
+        // ends, if it overlaps the window (one still in flight ends after
+        // `since`, unless the agent is behind and its end is still in the ring).
+        for h in self.held.iter_mut().filter(|h| h.end >= since) {
+            h.record.complete = false;
         }
+        if self.loss_windows.len() >= MAX_LOSS_WINDOWS {
+            self.loss_windows.pop_front();
+        }
+        self.loss_windows.push_back((since, ts));
     }
 
     /// Writes the records of exchanges held long enough (all with `all`).

@@ -701,6 +701,37 @@ fn a_loss_found_after_an_exchange_ended_still_marks_it() {
 }
 
 #[test]
+fn a_loss_found_by_polling_leaves_the_time_to_the_events() {
+    // The agent polls its loss counters at the clock's time, which runs ahead of
+    // the events while it drains a backlog: the exchange whose close is still in
+    // the ring must not settle at the poll's time.
+    let mut s = Script::new();
+    s.client(C1, 5000).proxied(C1, U1, 40000, 200);
+    let events_time = s.engine.now();
+    let clock = events_time + 10_000 * MS;
+    s.engine.ingest(
+        Event {
+            ts: clock,
+            pid: 0,
+            tid: 0,
+            kind: EventKind::Lost {
+                events: 1,
+                sockets: 0,
+                since: Some(clock - MS),
+            },
+        },
+        &mut s.out,
+    );
+    assert_eq!(s.engine.now(), events_time);
+    // The backlog's next event is the client's close, 1 ms after its response.
+    s.at(1).destroy(C1, false);
+    let rs = s.finish();
+    assert_eq!(rs.len(), 1);
+    assert!(rs[0].complete, "the loss came after the exchange ended");
+    assert_eq!(rs[0].verdict, Verdict::Ok);
+}
+
+#[test]
 fn a_reused_connection_whose_first_exchange_was_lost_serves_the_next_request() {
     let mut s = Script::new();
     // C1's request opens U1; its request and reply on U1 are lost with the ring
