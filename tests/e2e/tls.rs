@@ -361,6 +361,60 @@ fn a_tls_clients_reset_of_the_close_notify_is_no_lost_response() {
     assert!(not_ok.is_empty(), "{not_ok:?}");
 }
 
+/// A TLS client that closes as soon as it has read the response (Python's
+/// `ssl` module, `Connection: close`): nginx closes first, its `close_notify`
+/// is left unread, so the client's close is a reset, and the client's kernel
+/// may not have acknowledged the response's last segment yet (a delayed ACK).
+/// Every response was read whole: no `client_reset` (a third of them were).
+#[test]
+fn a_tls_client_that_closes_once_it_has_the_response_lost_nothing() {
+    let lab = OwnTlsUpstream::start(|_, _| "location = /direct { return 200 \"fine\\n\"; }".into());
+    let nginx = &lab.nginx;
+    let running = classify::start(&["--pid", &nginx.master_pid().to_string()]);
+    let n = 100;
+    let script = format!(
+        "import socket, ssl\n\
+         ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE\n\
+         whole = 0\n\
+         for i in range({n}):\n\
+         \x20   s = ctx.wrap_socket(socket.create_connection(('127.0.0.1', {port})))\n\
+         \x20   s.sendall(b'GET /direct HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n')\n\
+         \x20   buf = b''\n\
+         \x20   while b'fine\\n' not in buf:\n\
+         \x20       chunk = s.recv(4096)\n\
+         \x20       if not chunk: break\n\
+         \x20       buf += chunk\n\
+         \x20   whole += b'fine\\n' in buf\n\
+         \x20   s.close()\n\
+         print(whole)\n",
+        port = lab.tls_port
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), n.to_string());
+    let (out, access) = stop_after_log(nginx, running, n);
+    let exchanges = out.exchanges();
+    assert_matches_access_log(&exchanges, &access);
+    let not_ok: Vec<_> = exchanges
+        .iter()
+        .filter(|r| r["verdict"] != "ok")
+        .map(|r| (r["client"]["port"].clone(), r["verdict"].clone()))
+        .collect();
+    assert!(
+        not_ok.is_empty(),
+        "{} of {n}, first: {:?}",
+        not_ok.len(),
+        &not_ok[..not_ok.len().min(5)]
+    );
+}
+
 /// `curl` over plain HTTP/1.1: each URL in turn on one kept-alive connection.
 fn curl_plain(port: u16, paths: &[&str]) -> Vec<u16> {
     let mut cmd = Command::new("curl");

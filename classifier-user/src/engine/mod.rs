@@ -123,6 +123,46 @@ fn http2_preface_line() -> Head {
 /// with TLS 1.2's AES-GCM, more with CBC and its MAC).
 const TLS_ALERT_MAX: u32 = 64;
 
+/// Linux acknowledges received data within 200 ms (`TCP_DELACK_MAX`), and may
+/// leave up to a segment unacknowledged until then: 64 KiB on loopback, whose
+/// MTU is 64 KiB, and far less on a network.
+const DELAYED_ACK_MAX_NS: u64 = 200_000_000;
+const DELAYED_ACK_MAX_BYTES: u64 = 65_536;
+
+/// A TLS record's bytes beyond its plaintext, at most (header, explicit IV,
+/// MAC or tag, padding), and the plaintext a record carries at most.
+const TLS_RECORD_OVERHEAD: u64 = 64;
+const TLS_RECORD_MAX: u64 = 16_384;
+
+/// Whether a client's reset, with `unacked` bytes of the proxy's still
+/// unacknowledged, came after the client had the whole response.
+/// - The client closed first, over TLS: the proxy's `close_notify` alone met
+///   a closed socket.
+/// - The proxy closed first: its FIN takes a sequence number of its own, so
+///   one unacknowledged is no byte of the response (the client reset with
+///   data of its own unread, or the FIN's acknowledgement crossed the reset).
+/// - The proxy closed first, over TLS: a client that closes as soon as it has
+///   the response leaves the proxy's `close_notify` unread, which makes its
+///   close a reset, and its kernel may not have acknowledged the response's
+///   last segment yet (a delayed ACK). Only that much, and only that soon.
+fn reset_after_whole_response(ex: &Exchange, tls: bool, unacked: u32, ts: u64) -> bool {
+    let unacked = u64::from(unacked);
+    if tls && unacked <= u64::from(TLS_ALERT_MAX) && ex.client_fin.is_some() {
+        return true;
+    }
+    if ex.closed_by_proxy.is_none() {
+        return false;
+    }
+    let data = unacked - 1;
+    if data == 0 {
+        return true;
+    }
+    let response = ex.response_bytes.min(DELAYED_ACK_MAX_BYTES);
+    let on_the_wire = response + response.div_ceil(TLS_RECORD_MAX) * TLS_RECORD_OVERHEAD;
+    tls && ts.saturating_sub(ex.last_send) <= DELAYED_ACK_MAX_NS
+        && data <= on_the_wire + u64::from(TLS_ALERT_MAX)
+}
+
 /// The client of an orphan exchange (see `Exchange::orphan`): no socket.
 const ORPHAN_CLIENT: SockId = SockId(0);
 
@@ -1615,8 +1655,9 @@ impl Engine {
                 let tls = self.socks.get(sock).is_some_and(|s| s.tls);
                 if unacked > 0 {
                     if let Some(ex) = self.current_mut(sock) {
-                        let alert_only = tls && unacked <= TLS_ALERT_MAX && ex.client_fin.is_some();
-                        if ex.response.is_some() && !alert_only {
+                        if ex.response.is_some()
+                            && !reset_after_whole_response(ex, tls, unacked, ts)
+                        {
                             ex.response_lost.get_or_insert(ts);
                         }
                     }

@@ -2061,6 +2061,46 @@ fn a_tls_clients_reset_of_the_close_notify_loses_nothing() {
 }
 
 #[test]
+fn a_reset_after_the_proxys_close_loses_only_what_the_client_never_had() {
+    // nginx wrote a 120-byte response and closed first (its FIN); the client
+    // then reset, `after_ms` after that last write, leaving `unacked` bytes
+    // unacknowledged (the FIN takes one).
+    let run = |tls: bool, unacked: u32, after_ms: u64| {
+        let mut s = Script::new();
+        s.client(C1, 5000);
+        s.ev(EventKind::Message {
+            sock: C1,
+            dir: Dir::Recv,
+            bytes: 80,
+            head: get("/a"),
+            prev_touch: None,
+            prev_msg_bytes: 0,
+            prev_msg_last: 0,
+            tls,
+        })
+        .send(C1, status(200), None)
+        .state(C1, TcpState::Established, TcpState::FinWait1, 8080, true)
+        .at(after_ms)
+        .reset_in(C1, unacked)
+        .destroy(C1, false);
+        s.finish().remove(0).verdict
+    };
+    // Only the FIN: the client had every byte.
+    assert_eq!(run(false, 1, 0), Verdict::Ok);
+    assert_eq!(run(true, 1, 0), Verdict::Ok);
+    // Plain bytes the client never acknowledged: it did not have them all.
+    assert_eq!(run(false, 121, 0), Verdict::ClientReset);
+    // Over TLS, the response's record (120 + 29), the `close_notify` (31) and
+    // the FIN: a client that closed as soon as it read the response, its
+    // delayed ACK not yet sent.
+    assert_eq!(run(true, 181, 0), Verdict::Ok);
+    // But not long after the write (a received segment is acknowledged within
+    // 200 ms), nor more than the response could have put on the wire.
+    assert_eq!(run(true, 181, 300), Verdict::ClientReset);
+    assert_eq!(run(true, 4000, 0), Verdict::ClientReset);
+}
+
+#[test]
 fn a_response_does_not_claim_a_reply_whose_status_it_does_not_carry() {
     // An HTTP/2 stream's upstream request that found no exchange (an orphan)
     // on the keep-alive pool its HTTP/1 neighbours share: its 503 came back
