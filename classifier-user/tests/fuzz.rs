@@ -159,7 +159,8 @@ fn head() -> impl Strategy<Value = Head> {
             method: "GET".into(),
             target: "/a".into(),
             version: "HTTP/1.1".into(),
-            truncated: false
+            truncated: false,
+            query: 0,
         })),
         (100u16..600).prop_map(|code| Head::Status(StatusLine {
             version: "HTTP/1.1".into(),

@@ -116,6 +116,7 @@ fn http2_preface_line() -> Head {
         target: "*".into(),
         version: "HTTP/2.0".into(),
         truncated: false,
+        query: 0,
     })
 }
 
@@ -1334,22 +1335,32 @@ impl Engine {
                     .last()
                     .is_none_or(|a| a.first_byte.is_none() || a.status.is_none())
             })
+            // The same method and target, and not another query: a proxy
+            // passes a request's query on as it came (the records elide it, a
+            // hash tells queries apart), so a request for the same path with
+            // another query is someone else's: an HTTP/2 stream's that
+            // `limit_req` delayed went to a waiting HTTP/1 exchange.
             .filter(|e| {
-                e.request
-                    .as_ref()
-                    .is_some_and(|r| r.method == request.method && r.target == request.target)
+                e.request.as_ref().is_some_and(|r| {
+                    r.method == request.method
+                        && r.target == request.target
+                        && (r.query == request.query || r.query == 0 || request.query == 0)
+                })
             })
-            // The first opened, whatever the map's order. A connect from a
-            // timer serves, first, one not waiting on an attempt of its own
-            // (requests for one URL that `limit_req` delayed go out one per
-            // timer, each its own); one made beside a request's own attempt
-            // (a `mirror`) serves the first opened.
+            // The first opened, whatever the map's order, among those whose
+            // query is the request's own (one added by the proxy still finds
+            // its path's). A connect from a timer serves, first, one not
+            // waiting on an attempt of its own (requests for one URL that
+            // `limit_req` delayed go out one per timer, each its own); one made
+            // beside a request's own attempt (a `mirror`) serves the first
+            // opened.
             .map(|e| {
+                let other_query = e.request.as_ref().is_some_and(|r| r.query != request.query);
                 let busy = e.attempts.last().is_some_and(|a| !a.ended());
-                (from_timer && busy, e.id)
+                (other_query, from_timer && busy, e.id)
             })
             .min()
-            .map(|(_, id)| id)
+            .map(|(_, _, id)| id)
     }
 
     fn upstream_response(&mut self, ts: u64, sock: SockId, head: &Head) {

@@ -27,6 +27,7 @@ fn get(target: &str) -> Head {
         target: target.into(),
         version: "HTTP/1.1".into(),
         truncated: false,
+        query: 0,
     })
 }
 
@@ -776,6 +777,7 @@ fn http2_preface() -> Head {
         target: "*".into(),
         version: "HTTP/2.0".into(),
         truncated: false,
+        query: 0,
     })
 }
 
@@ -2029,6 +2031,36 @@ fn delayed_requests_for_one_url_each_get_their_own_attempt() {
             ),
         ]
     );
+}
+
+#[test]
+fn a_delayed_request_with_another_query_is_not_a_waiting_clients() {
+    // `limit_req` delays an HTTP/1 client's request and an HTTP/2 stream's
+    // for the same path (the stream's frames are not read: no exchange of its
+    // own to match). nginx sends the stream's first, from a timer, on the pool
+    // the client's request then uses. The records elide queries; their hashes
+    // tell the stream's request from the client's.
+    let line = |t: &str| {
+        crate::head::parse(
+            format!("GET {t} HTTP/1.1\r\n").as_bytes(),
+            crate::head::QueryPolicy::Elide,
+        )
+    };
+    let mut s = Script::new();
+    s.client(C1, 5000).pooled(U1, 40000, 9000);
+    s.recv(C1, line("/slow?page=1")).at(100);
+    // The stream's request and its reply (forwarded in frames, unseen).
+    s.send(U1, line("/slow?page=9"), None)
+        .recv(U1, status(200))
+        .at(100);
+    // The client's, from its own timer.
+    s.send(U1, line("/slow?page=1"), None)
+        .recv(U1, status(201))
+        .send(C1, status(201), Some(U1));
+    let r = s.finish().remove(0);
+    assert_eq!(r.response.status, Some(201));
+    let statuses: Vec<_> = r.upstreams.iter().map(|u| u.status).collect();
+    assert_eq!(statuses, [Some(201)], "{:?}", r.upstreams);
 }
 
 #[test]
