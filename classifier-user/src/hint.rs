@@ -143,6 +143,16 @@ pub fn hint(verdict: Verdict, f: &HintFacts) -> Option<String> {
                 (None, _) => format!("The proxy answered {status} itself, without asking an upstream: {}.", client_4xx(status)),
             },
         },
+        // Not forwarded: a status the proxy retries on, with no server left.
+        Verdict::UpstreamError if !f.forwarded && f.upstream_status.is_some() => {
+            let theirs = f.upstream_status.unwrap_or(503);
+            let status = f.status.unwrap_or(502);
+            format!(
+                "{up} answered {theirs}, a status the proxy retries on (nginx: proxy_next_upstream http_{theirs}), and no other server of its upstream group was left to try, so the proxy wrote {status} itself (nginx logs $upstream_status \"{theirs}, {status}\" and \"no live upstreams\" in its error log). {} first: {}; then why the group's other servers are down or marked failed.",
+                up.to_owned(),
+                if theirs >= 500 { upstream_5xx(theirs) } else { "its answer is the client's error there, check the request" }
+            )
+        }
         Verdict::UpstreamError => {
             let status = f.status.unwrap_or(500);
             format!("{up} answered {status} itself and the proxy forwarded it unchanged: {}.", upstream_5xx(status))

@@ -6,6 +6,11 @@ use crate::verdict::{Origin, Outcome, ResponseFrom, Verdict};
 
 /// How each attempt of an exchange ended, into `out` (cleared first: the engine
 /// reuses one buffer for every record).
+
+/// The upstream statuses nginx can retry on (`proxy_next_upstream http_500`,
+/// `http_503`, `http_504`, `http_403`, `http_404`, `http_429`; its own 502 is
+/// forwarded unchanged when no server is left).
+const RETRIED_STATUSES: [u16; 6] = [500, 503, 504, 403, 404, 429];
 pub fn outcomes(ex: &Exchange, out: &mut Vec<Outcome>) {
     let n = ex.attempts.len();
     out.clear();
@@ -50,6 +55,12 @@ fn attempt_outcome(a: &Attempt, ex: &Exchange, last: bool) -> Outcome {
             }
             if written == 504 {
                 return Outcome::Timeout;
+            }
+            // A status the proxy retries on (`proxy_next_upstream http_503`),
+            // with no server left to try: nginx writes 502 ("no live
+            // upstreams") in place of the upstream's own error answer.
+            if written == 502 && RETRIED_STATUSES.contains(&status) {
+                return Outcome::Response;
             }
             return Outcome::Invalid;
         }
@@ -394,6 +405,9 @@ pub fn exchange_verdict(
             Some(Outcome::Invalid) => Verdict::UpstreamInvalid,
             Some(Outcome::Timeout) => Verdict::UpstreamTimeout,
             Some(Outcome::ConnectTimeout) => Verdict::UpstreamConnectTimeout,
+            // The upstream's error answer, which the proxy retried on and
+            // then replaced with its own 502 (see `attempt_outcome`).
+            Some(Outcome::Response) => Verdict::UpstreamError,
             _ => Verdict::ProxyError,
         },
     };

@@ -2064,6 +2064,41 @@ fn a_delayed_request_with_another_query_is_not_a_waiting_clients() {
 }
 
 #[test]
+fn a_retried_status_with_no_server_left_is_the_upstreams_error() {
+    // `proxy_next_upstream http_503` and the group's other server down: nginx
+    // takes the 503 as a failure, finds no live upstream, and writes 502.
+    // A 200 replaced by the proxy's 502 was a header it rejected.
+    let run = |theirs: u16| {
+        let mut s = Script::new();
+        s.client(C1, 5000)
+            .recv(C1, get("/a"))
+            .connect(U1, 9000, Some(C1))
+            .established(U1, 40000)
+            .send(U1, get("/a"), Some(U1))
+            .recv(U1, status(theirs))
+            .close(U1, TcpState::Established)
+            .send(C1, status(502), None);
+        let r = s.finish().remove(0);
+        (
+            r.verdict,
+            r.upstreams[0].outcome,
+            r.hint.unwrap_or_default(),
+        )
+    };
+    let (verdict, outcome, hint) = run(503);
+    assert_eq!(
+        (verdict, outcome),
+        (Verdict::UpstreamError, Outcome::Response)
+    );
+    assert!(hint.contains("no live upstreams"), "{hint}");
+    let (verdict, outcome, _) = run(200);
+    assert_eq!(
+        (verdict, outcome),
+        (Verdict::UpstreamInvalid, Outcome::Invalid)
+    );
+}
+
+#[test]
 fn a_tls_clients_reset_of_the_close_notify_loses_nothing() {
     // A TLS client reads the whole response and closes; the proxy's
     // `close_notify` then meets a closed socket, whose RST leaves those 31
