@@ -142,26 +142,23 @@ const TLS_RECORD_MAX: u64 = 16_384;
 /// - The proxy closed first: its FIN takes a sequence number of its own, so
 ///   one unacknowledged is no byte of the response (the client reset with
 ///   data of its own unread, or the FIN's acknowledgement crossed the reset).
-/// - The proxy closed first, over TLS: a client that closes as soon as it has
-///   the response leaves the proxy's `close_notify` unread, which makes its
-///   close a reset, and its kernel may not have acknowledged the response's
-///   last segment yet (a delayed ACK). Only that much, and only that soon.
+/// - Over TLS, the proxy ends a connection with a `close_notify` (before its
+///   close, which the reset may overtake): a client that closes as soon as it
+///   has the response leaves the alert unread, which makes its close a reset,
+///   and its kernel may not have acknowledged the response's last segment yet
+///   (a delayed ACK). Only that much, and only that soon.
 fn reset_after_whole_response(ex: &Exchange, tls: bool, unacked: u32, ts: u64) -> bool {
     let unacked = u64::from(unacked);
     if tls && unacked <= u64::from(TLS_ALERT_MAX) && ex.client_fin.is_some() {
         return true;
     }
-    if ex.closed_by_proxy.is_none() {
-        return false;
-    }
-    let data = unacked - 1;
-    if data == 0 {
+    if ex.closed_by_proxy.is_some() && unacked <= 1 {
         return true;
     }
     let response = ex.response_bytes.min(DELAYED_ACK_MAX_BYTES);
     let on_the_wire = response + response.div_ceil(TLS_RECORD_MAX) * TLS_RECORD_OVERHEAD;
     tls && ts.saturating_sub(ex.last_send) <= DELAYED_ACK_MAX_NS
-        && data <= on_the_wire + u64::from(TLS_ALERT_MAX)
+        && unacked <= on_the_wire + u64::from(TLS_ALERT_MAX) + 1
 }
 
 /// The client of an orphan exchange (see `Exchange::orphan`): no socket.
@@ -1493,6 +1490,7 @@ impl Engine {
                     }
                 }
             }
+            Some(Side::Upstream) if self.raised_by_alert_reset(sock, errno) => {}
             Some(Side::Upstream) => {
                 self.read_failure(sock);
                 if let Some((e, idx)) = self.attempt_mut(sock) {
@@ -1675,6 +1673,12 @@ impl Engine {
                 }
             }
             Some(Side::Upstream) => {
+                if self.resets_the_alert_after_fin(sock, unacked) {
+                    if let Some(s) = self.socks.get_mut(sock) {
+                        s.alert_reset = true;
+                    }
+                    return;
+                }
                 // Idle: its attempt has its reply, or its exchange is over (a
                 // refused connect's reset comes while its attempt is under way).
                 let idle = match self.attempt_mut(sock) {
@@ -1698,6 +1702,25 @@ impl Engine {
         }
     }
 
+    /// Whether an upstream's reset answers the proxy's TLS `close_notify`
+    /// alone, after the upstream's FIN: the proxy ends a connection the
+    /// upstream closed first (an HTTP/1.0 upstream, `Connection: close`) with
+    /// that alert, and the closed socket answers with a reset.
+    fn resets_the_alert_after_fin(&mut self, sock: SockId, unacked: u32) -> bool {
+        let tls = self.socks.get(sock).is_some_and(|s| s.tls);
+        tls && unacked <= TLS_ALERT_MAX
+            && self
+                .attempt_mut(sock)
+                .is_some_and(|(e, idx)| e.attempts[idx].peer_fin.is_some())
+    }
+
+    /// An error the upstream's reset of the proxy's `close_notify` raised
+    /// (see `Sock::alert_reset`).
+    fn raised_by_alert_reset(&self, sock: SockId, errno: i32) -> bool {
+        (errno == libc::EPIPE || errno == libc::ECONNRESET)
+            && self.socks.get(sock).is_some_and(|s| s.alert_reset)
+    }
+
     fn sock_error(&mut self, ts: u64, sock: SockId, errno: i32) {
         match self.side(sock) {
             Some(Side::Client) => {
@@ -1706,6 +1729,7 @@ impl Engine {
                     self.client_left(sock, ts, true);
                 }
             }
+            Some(Side::Upstream) if self.raised_by_alert_reset(sock, errno) => {}
             Some(Side::Upstream) => {
                 if let Some((e, idx)) = self.attempt_mut(sock) {
                     e.touch(ts);

@@ -4,13 +4,13 @@
 use super::exchange::{Attempt, Exchange};
 use crate::verdict::{Origin, Outcome, ResponseFrom, Verdict};
 
-/// How each attempt of an exchange ended, into `out` (cleared first: the engine
-/// reuses one buffer for every record).
-
 /// The upstream statuses nginx can retry on (`proxy_next_upstream http_500`,
 /// `http_503`, `http_504`, `http_403`, `http_404`, `http_429`; its own 502 is
 /// forwarded unchanged when no server is left).
 const RETRIED_STATUSES: [u16; 6] = [500, 503, 504, 403, 404, 429];
+
+/// How each attempt of an exchange ended, into `out` (cleared first: the engine
+/// reuses one buffer for every record).
 pub fn outcomes(ex: &Exchange, out: &mut Vec<Outcome>) {
     let n = ex.attempts.len();
     out.clear();

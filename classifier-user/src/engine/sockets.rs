@@ -55,6 +55,11 @@ pub struct Sock {
     /// Its messages come from a TLS library's plaintext: the socket also
     /// carries the library's own records (a `close_notify` alert at close).
     pub tls: bool,
+    /// Upstream side, over TLS: a reset that answered the proxy's
+    /// `close_notify` after the upstream's own FIN (at most an alert's bytes
+    /// unacknowledged). The upstream had finished: neither the reset nor the
+    /// errors it raises in the proxy's calls are a failure.
+    pub alert_reset: bool,
     /// Upstream side: when its connect completed (SYN_SENT → ESTABLISHED). A
     /// connect made from a timer (a request `limit_req` delayed, a cache lock
     /// that timed out) finds its exchange only at its first send, after this.
@@ -92,6 +97,7 @@ impl Sock {
             unread_reset: None,
             reset_sent: false,
             tls: false,
+            alert_reset: false,
             established_at: None,
             from_timer: false,
         }

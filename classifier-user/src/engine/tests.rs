@@ -2099,6 +2099,50 @@ fn a_retried_status_with_no_server_left_is_the_upstreams_error() {
 }
 
 #[test]
+fn a_tls_upstreams_reset_of_the_close_notify_after_its_fin_is_no_failure() {
+    // An HTTP/1.0 upstream over TLS sends its whole reply and closes; nginx
+    // ends the connection with a `close_notify`, which the closed socket
+    // answers with a reset (the alert unacknowledged), and the alert's write
+    // fails with EPIPE. The response then goes out whole.
+    let run = |unacked: u32| {
+        let mut s = Script::new();
+        s.client(C1, 5000)
+            .recv(C1, get("/a"))
+            .connect(U1, 9443, Some(C1))
+            .established(U1, 40000)
+            .send(U1, get("/a"), Some(U1));
+        s.ev(EventKind::Message {
+            sock: U1,
+            dir: Dir::Recv,
+            bytes: 97,
+            head: status(200),
+            prev_touch: Some(U1),
+            prev_msg_bytes: 0,
+            prev_msg_last: 0,
+            tls: true,
+        })
+        .state(U1, TcpState::Established, TcpState::CloseWait, 40000, false)
+        .reset_in(U1, unacked)
+        .ev(EventKind::SockError {
+            sock: U1,
+            errno: libc::EPIPE,
+            state: TcpState::Close,
+        })
+        .destroy(U1, true)
+        .send(C1, status(200), Some(U1))
+        // `Connection: close`: nginx closes the client right after.
+        .close(C1, TcpState::Established)
+        .destroy(C1, false);
+        let r = s.finish().remove(0);
+        (r.verdict, r.upstreams[0].outcome)
+    };
+    assert_eq!(run(31), (Verdict::Ok, Outcome::Response));
+    // More than an alert's bytes unacknowledged: not the alert's reset, and
+    // the reset stays the upstream's failure, as on a plain connection.
+    assert_eq!(run(500), (Verdict::UpstreamTruncated, Outcome::Truncated));
+}
+
+#[test]
 fn a_tls_clients_reset_of_the_close_notify_loses_nothing() {
     // A TLS client reads the whole response and closes; the proxy's
     // `close_notify` then meets a closed socket, whose RST leaves those 31
@@ -2132,7 +2176,7 @@ fn a_reset_after_the_proxys_close_loses_only_what_the_client_never_had() {
     // nginx wrote a 120-byte response and closed first (its FIN); the client
     // then reset, `after_ms` after that last write, leaving `unacked` bytes
     // unacknowledged (the FIN takes one).
-    let run = |tls: bool, unacked: u32, after_ms: u64| {
+    let run_with = |tls: bool, unacked: u32, after_ms: u64, proxy_closed: bool| {
         let mut s = Script::new();
         s.client(C1, 5000);
         s.ev(EventKind::Message {
@@ -2145,13 +2189,14 @@ fn a_reset_after_the_proxys_close_loses_only_what_the_client_never_had() {
             prev_msg_last: 0,
             tls,
         })
-        .send(C1, status(200), None)
-        .state(C1, TcpState::Established, TcpState::FinWait1, 8080, true)
-        .at(after_ms)
-        .reset_in(C1, unacked)
-        .destroy(C1, false);
+        .send(C1, status(200), None);
+        if proxy_closed {
+            s.state(C1, TcpState::Established, TcpState::FinWait1, 8080, true);
+        }
+        s.at(after_ms).reset_in(C1, unacked).destroy(C1, false);
         s.finish().remove(0).verdict
     };
+    let run = |tls, unacked, after_ms| run_with(tls, unacked, after_ms, true);
     // Only the FIN: the client had every byte.
     assert_eq!(run(false, 1, 0), Verdict::Ok);
     assert_eq!(run(true, 1, 0), Verdict::Ok);
@@ -2161,6 +2206,9 @@ fn a_reset_after_the_proxys_close_loses_only_what_the_client_never_had() {
     // the FIN: a client that closed as soon as it read the response, its
     // delayed ACK not yet sent.
     assert_eq!(run(true, 181, 0), Verdict::Ok);
+    // The reset can overtake the proxy's close (its alert went out first).
+    assert_eq!(run_with(true, 180, 0, false), Verdict::Ok);
+    assert_eq!(run_with(false, 180, 0, false), Verdict::ClientReset);
     // But not long after the write (a received segment is acknowledged within
     // 200 ms), nor more than the response could have put on the wire.
     assert_eq!(run(true, 181, 300), Verdict::ClientReset);
