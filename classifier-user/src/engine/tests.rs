@@ -94,16 +94,21 @@ impl Script {
     }
 
     fn recv(&mut self, sock: SockId, head: Head) -> &mut Self {
-        let prev_msg_bytes = self.last_bytes.insert(sock, 80).unwrap_or(0);
+        self.tls_recv(sock, head, 80, false)
+    }
+
+    /// A received message of `bytes`, its plaintext from a TLS library or not.
+    fn tls_recv(&mut self, sock: SockId, head: Head, bytes: u32, tls: bool) -> &mut Self {
+        let prev_msg_bytes = self.last_bytes.insert(sock, u64::from(bytes)).unwrap_or(0);
         self.ev(EventKind::Message {
             sock,
             dir: Dir::Recv,
-            bytes: 80,
+            bytes,
             head,
             prev_touch: None,
             prev_msg_bytes,
             prev_msg_last: 0,
-            tls: false,
+            tls,
         })
     }
 
@@ -2111,28 +2116,19 @@ fn a_tls_upstreams_reset_of_the_close_notify_after_its_fin_is_no_failure() {
             .connect(U1, 9443, Some(C1))
             .established(U1, 40000)
             .send(U1, get("/a"), Some(U1));
-        s.ev(EventKind::Message {
-            sock: U1,
-            dir: Dir::Recv,
-            bytes: 97,
-            head: status(200),
-            prev_touch: Some(U1),
-            prev_msg_bytes: 0,
-            prev_msg_last: 0,
-            tls: true,
-        })
-        .state(U1, TcpState::Established, TcpState::CloseWait, 40000, false)
-        .reset_in(U1, unacked)
-        .ev(EventKind::SockError {
-            sock: U1,
-            errno: libc::EPIPE,
-            state: TcpState::Close,
-        })
-        .destroy(U1, true)
-        .send(C1, status(200), Some(U1))
-        // `Connection: close`: nginx closes the client right after.
-        .close(C1, TcpState::Established)
-        .destroy(C1, false);
+        s.tls_recv(U1, status(200), 97, true)
+            .state(U1, TcpState::Established, TcpState::CloseWait, 40000, false)
+            .reset_in(U1, unacked)
+            .ev(EventKind::SockError {
+                sock: U1,
+                errno: libc::EPIPE,
+                state: TcpState::Close,
+            })
+            .destroy(U1, true)
+            .send(C1, status(200), Some(U1))
+            // `Connection: close`: nginx closes the client right after.
+            .close(C1, TcpState::Established)
+            .destroy(C1, false);
         let r = s.finish().remove(0);
         (r.verdict, r.upstreams[0].outcome)
     };
@@ -2150,20 +2146,11 @@ fn a_tls_clients_reset_of_the_close_notify_loses_nothing() {
     let run = |tls: bool, unacked: u32| {
         let mut s = Script::new();
         s.client(C1, 5000);
-        s.ev(EventKind::Message {
-            sock: C1,
-            dir: Dir::Recv,
-            bytes: 80,
-            head: get("/a"),
-            prev_touch: None,
-            prev_msg_bytes: 0,
-            prev_msg_last: 0,
-            tls,
-        })
-        .send(C1, status(200), None)
-        .state(C1, TcpState::Established, TcpState::CloseWait, 8080, false)
-        .reset_in(C1, unacked)
-        .destroy(C1, true);
+        s.tls_recv(C1, get("/a"), 80, tls)
+            .send(C1, status(200), None)
+            .state(C1, TcpState::Established, TcpState::CloseWait, 8080, false)
+            .reset_in(C1, unacked)
+            .destroy(C1, true);
         s.finish().remove(0).verdict
     };
     assert_eq!(run(true, 31), Verdict::Ok);
@@ -2179,17 +2166,8 @@ fn a_reset_after_the_proxys_close_loses_only_what_the_client_never_had() {
     let run_with = |tls: bool, unacked: u32, after_ms: u64, proxy_closed: bool| {
         let mut s = Script::new();
         s.client(C1, 5000);
-        s.ev(EventKind::Message {
-            sock: C1,
-            dir: Dir::Recv,
-            bytes: 80,
-            head: get("/a"),
-            prev_touch: None,
-            prev_msg_bytes: 0,
-            prev_msg_last: 0,
-            tls,
-        })
-        .send(C1, status(200), None);
+        s.tls_recv(C1, get("/a"), 80, tls)
+            .send(C1, status(200), None);
         if proxy_closed {
             s.state(C1, TcpState::Established, TcpState::FinWait1, 8080, true);
         }
