@@ -115,6 +115,26 @@ pub struct StatsRecord {
     pub incomplete_exchanges: u64,
     pub verdicts: BTreeMap<String, u64>,
     pub engine: EngineCounters,
+    /// What the engine holds now (every table has a limit; see
+    /// docs/cli/tuning.md): the main drivers of the agent's memory.
+    #[serde(default)]
+    pub tables: TableSizes,
+    /// The agent's resident memory now, in KiB (0 where unknown, as in replay).
+    #[serde(default)]
+    pub resident_kib: u64,
+}
+
+/// Entries in the engine's tables at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableSizes {
+    /// Live sockets tracked.
+    pub sockets: u64,
+    /// Destroyed sockets remembered for late events.
+    pub destroyed_sockets: u64,
+    /// Exchanges in flight.
+    pub exchanges: u64,
+    /// Ended exchanges' records waiting out the loss checks' hold.
+    pub held_records: u64,
 }
 
 impl StatsRecord {

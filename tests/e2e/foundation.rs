@@ -103,6 +103,12 @@ fn records_match_the_access_log_for_upstream_statuses_and_keepalive() {
     let stats = out.final_stats().expect("final stats record");
     assert_eq!(stats["lost_events"], 0);
     assert_eq!(stats["engine"]["unattributed_attempts"], 0);
+    // Written after the flush: nothing left in flight or held, and the
+    // connections' sockets gone (kept-alive upstream ones may remain).
+    assert_eq!(stats["tables"]["exchanges"], 0, "{stats}");
+    assert_eq!(stats["tables"]["held_records"], 0, "{stats}");
+    let resident = stats["resident_kib"].as_u64().unwrap_or(0);
+    assert!((1_024..1_048_576).contains(&resident), "{stats}");
 }
 
 #[test]

@@ -270,6 +270,17 @@ impl Engine {
         self.exchanges.len()
     }
 
+    /// What the tables hold now (for the stats record).
+    pub fn table_sizes(&self) -> crate::record::TableSizes {
+        let (sockets, destroyed) = self.socks.sizes();
+        crate::record::TableSizes {
+            sockets: sockets as u64,
+            destroyed_sockets: destroyed as u64,
+            exchanges: self.exchanges.len() as u64,
+            held_records: self.held.len() as u64,
+        }
+    }
+
     /// Names a process (the agent does this for processes it found at start).
     pub fn set_comm(&mut self, pid: u32, comm: &str) {
         self.comms.insert(pid, comm.into());

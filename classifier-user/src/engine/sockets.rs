@@ -148,6 +148,11 @@ impl Sockets {
         evicted
     }
 
+    /// Live sockets, and destroyed ones remembered.
+    pub fn sizes(&self) -> (usize, usize) {
+        (self.live.len(), self.dead.len())
+    }
+
     pub fn get(&self, id: SockId) -> Option<&Sock> {
         self.live.get(&id)
     }
