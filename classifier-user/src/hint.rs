@@ -103,6 +103,11 @@ fn upstream_5xx(status: u16) -> &'static str {
     }
 }
 
+/// What the proxy wrote, for a sentence: its status, or that it wrote none.
+fn written(status: Option<u16>) -> String {
+    status.map_or("no response".to_owned(), |s| s.to_string())
+}
+
 /// The hint for an exchange, or `None` when there is nothing to act on.
 pub fn hint(verdict: Verdict, f: &HintFacts) -> Option<String> {
     let up = f.upstream.as_deref().unwrap_or("the upstream");
@@ -229,7 +234,7 @@ pub fn hint(verdict: Verdict, f: &HintFacts) -> Option<String> {
         Verdict::UpstreamInvalid if !f.request_sent && f.outcome == Some(Outcome::Invalid) => format!(
             "The proxy closed its new connection to {up}{} without sending the request, and wrote {}{retried}: it rejected the upstream. Over TLS this is the handshake: a certificate that fails verification (untrusted, expired, or for another name: proxy_ssl_verify, proxy_ssl_trusted_certificate, proxy_ssl_name) or no protocol or cipher in common. The proxy's error log names it (\"upstream SSL certificate verify error\", \"SSL_do_handshake() failed\").",
             f.after_us.map(|us| format!(" {} after connecting", ms(us))).unwrap_or_default(),
-            f.status.map_or("no response".to_owned(), |s| s.to_string()),
+            written(f.status),
         ),
         Verdict::UpstreamInvalid => match f.upstream_status {
             Some(theirs) => format!(
@@ -242,7 +247,7 @@ pub fn hint(verdict: Verdict, f: &HintFacts) -> Option<String> {
         Verdict::UpstreamTimeout => format!(
             "{up} accepted the {} but sent no response header{after}; the proxy gave up ({}). Check the upstream's latency and what it waits on (databases, downstream calls), and the proxy's read timeout.{}",
             if f.request_sent { "request" } else { "connection" },
-            f.status.map_or("no response".to_owned(), |s| s.to_string()),
+            written(f.status),
             timeout_note(f.after_us)
         ),
         Verdict::UpstreamConnectTimeout => format!(
@@ -266,7 +271,7 @@ pub fn hint(verdict: Verdict, f: &HintFacts) -> Option<String> {
         ),
         Verdict::ProxyError if f.status == Some(502) && f.attempts == 0 => "The proxy wrote 502 itself without trying an upstream. nginx does this when every server of the upstream group is marked failed after recent errors (\"no live upstreams\" in its error log; max_fails and fail_timeout): the failures just before this one are the cause. Otherwise check its configuration (return, error_page).".to_owned(),
         Verdict::ProxyError => {
-            let status = f.status.map(|s| s.to_string()).unwrap_or_else(|| "no response".into());
+            let status = written(f.status);
             format!(
                 "The proxy produced {status} itself with no upstream failure behind it: check its configuration (return, limits, error_page) and its error log."
             )
