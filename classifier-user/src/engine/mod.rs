@@ -879,7 +879,13 @@ impl Engine {
                 // exchange that has not answered lost its response's evidence
                 // (a full ring): ended here, incomplete, it cannot take the
                 // next exchange's response, and the ones after it theirs.
+                // A guess whose upstream reply has not come yet may instead be
+                // another client's request, sent from a timer in the loop
+                // iteration that touched this connection last (`limit_req`
+                // delays): it becomes an orphan, which the response that
+                // forwards its reply claims.
                 let mut done = std::mem::take(&mut self.ending);
+                let mut orphaned = Vec::new();
                 if let Some(s) = self.socks.get(sock) {
                     for id in &s.exchanges {
                         let Some(x) = self.exchanges.get_mut(id) else {
@@ -889,6 +895,16 @@ impl Engine {
                             continue;
                         }
                         if x.inferred && x.response.is_none() {
+                            let waiting = x
+                                .attempts
+                                .last()
+                                .is_some_and(|a| a.first_byte.is_none() && !a.ended());
+                            if waiting && !x.subrequest {
+                                x.orphan = true;
+                                x.client = ORPHAN_CLIENT;
+                                orphaned.push(*id);
+                                continue;
+                            }
                             x.subrequest = true;
                         } else if x.response.is_none() && !x.subrequest {
                             x.incomplete = true;
@@ -896,6 +912,9 @@ impl Engine {
                         }
                         done.push(*id);
                     }
+                }
+                if let Some(s) = self.socks.get_mut(sock) {
+                    s.exchanges.retain(|id| !orphaned.contains(id));
                 }
                 for ex in done.drain(..) {
                     self.finish(ex, End::NextRequest, out);

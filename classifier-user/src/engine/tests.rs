@@ -2139,6 +2139,47 @@ fn a_tls_upstreams_reset_of_the_close_notify_after_its_fin_is_no_failure() {
 }
 
 #[test]
+fn a_delayed_request_sent_after_another_clients_response_is_not_that_clients() {
+    // `limit_req` delays C2's request. Its timer fires in the loop iteration
+    // that just answered C1 on the pooled connection U1, so the send's last
+    // touch is C1, whose exchange already has its response. The reply is
+    // forwarded to C2: the attempt is C2's.
+    let mut s = Script::new();
+    s.client(C1, 5000).client(C2, 5001).pooled(U1, 40000, 9000);
+    s.recv(C1, get("/lq/a"))
+        .recv(C2, get("/lq/b"))
+        .send(U1, get("/a"), Some(C1))
+        .at(20)
+        .recv(U1, status(200))
+        .send(C1, status(200), Some(U1))
+        .send(U1, get("/b"), Some(C1))
+        .recv(C1, get("/next"))
+        .send(C1, status(204), None)
+        .at(50)
+        .recv(U1, status(201))
+        .send(C2, status(201), Some(U1));
+    let rs = s.finish();
+    let got: Vec<_> = rs
+        .iter()
+        .map(|r| {
+            (
+                r.request.as_ref().map(|q| q.target.to_string()),
+                r.response.status,
+                r.upstreams.iter().map(|u| u.status).collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    assert!(
+        got.contains(&(Some("/lq/b".into()), Some(201), vec![Some(201)])),
+        "{got:?}"
+    );
+    assert!(
+        got.contains(&(Some("/lq/a".into()), Some(200), vec![Some(200)])),
+        "{got:?}"
+    );
+}
+
+#[test]
 fn a_tls_clients_reset_of_the_close_notify_loses_nothing() {
     // A TLS client reads the whole response and closes; the proxy's
     // `close_notify` then meets a closed socket, whose RST leaves those 31
