@@ -1216,6 +1216,15 @@ impl Engine {
         } else {
             self.resolve(prev_touch, ts, out)
         };
+        // The thread's last touch named an HTTP/2 stream, but the request's
+        // query is a waiting HTTP/1 client's own: sent from a timer (a
+        // `limit_req` delay) in an iteration that had served a stream.
+        let ex = match ex {
+            Some(id) if self.exchanges.get(&id).is_some_and(|x| x.http2) => {
+                self.waiting_with_query(sock, request.as_ref()).or(Some(id))
+            }
+            other => other,
+        };
         let ex = match ex {
             Some(ex) => Some(ex),
             None => {
@@ -1348,6 +1357,26 @@ impl Engine {
             self.order.pop_front();
         }
         None
+    }
+
+    /// The HTTP/1 exchange of the same process that waits for its first
+    /// attempt and asked with the same method and query (a non-empty one,
+    /// whose hash is in the line), if exactly one does.
+    fn waiting_with_query(&self, sock: SockId, request: Option<&RequestLine>) -> Option<ExId> {
+        let request = request.filter(|r| r.query != 0)?;
+        let owner = self.socks.get(sock)?.owner;
+        let mut found = self.exchanges.values().filter(|e| {
+            e.pid == owner
+                && !e.http2
+                && !e.orphan
+                && e.response.is_none()
+                && e.attempts.is_empty()
+                && e.request
+                    .as_ref()
+                    .is_some_and(|r| r.query == request.query && r.method == request.method)
+        });
+        let first = found.next()?;
+        found.next().is_none().then_some(first.id)
     }
 
     fn match_request_line(&self, sock: SockId, request: Option<&RequestLine>) -> Option<ExId> {

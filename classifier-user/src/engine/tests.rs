@@ -2180,6 +2180,86 @@ fn a_delayed_request_sent_after_another_clients_response_is_not_that_clients() {
 }
 
 #[test]
+fn delayed_requests_connecting_one_after_another_find_their_clients() {
+    // One timer releases three delayed requests: three connects in a row, each
+    // touching the one before, then their sends. `proxy_pass` rewrites the
+    // path, so no request line matches its client's.
+    let line = |t: &str| {
+        crate::head::parse(
+            format!("GET {t} HTTP/1.1\r\n").as_bytes(),
+            crate::head::QueryPolicy::Elide,
+        )
+    };
+    let mut s = Script::new();
+    let (c3, u3) = (SockId(3), SockId(13));
+    s.client(C1, 5000).client(C2, 5001).client(c3, 5002);
+    s.recv(C1, line("/lq/x?q=1"))
+        .recv(C2, line("/lq/x?q=2"))
+        .recv(c3, line("/lq/x?q=3"))
+        .at(50);
+    s.connect(U1, 9000, None).established(U1, 40001);
+    s.connect(U2, 9000, Some(U1)).established(U2, 40002);
+    s.connect(u3, 9000, Some(U2)).established(u3, 40003);
+    s.send(U1, line("/x?q=1"), Some(C1))
+        .send(U2, line("/x?q=2"), Some(U1))
+        .send(u3, line("/x?q=3"), Some(U2))
+        .at(50);
+    s.recv(U1, status(201))
+        .send(C1, status(201), Some(U1))
+        .recv(U2, status(202))
+        .send(C2, status(202), Some(U2))
+        .recv(u3, status(203))
+        .send(c3, status(203), Some(u3));
+    let mut got: Vec<_> = s
+        .finish()
+        .iter()
+        .map(|r| {
+            (
+                r.response.status,
+                r.upstreams.iter().map(|u| u.status).collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            (Some(201), vec![Some(201)]),
+            (Some(202), vec![Some(202)]),
+            (Some(203), vec![Some(203)])
+        ]
+    );
+}
+
+#[test]
+fn a_delayed_request_sent_after_a_stream_goes_to_the_client_with_its_query() {
+    // A timer sends an HTTP/1 client's delayed request in an iteration that
+    // served an HTTP/2 connection last: the thread's touch names a stream, the
+    // request's query names the client.
+    let line = |t: &str| {
+        crate::head::parse(
+            format!("GET {t} HTTP/1.1\r\n").as_bytes(),
+            crate::head::QueryPolicy::Elide,
+        )
+    };
+    let mut s = Script::new();
+    let h2 = SockId(7);
+    s.client(h2, 6000).client(C1, 5000).pooled(U1, 40000, 9000);
+    s.recv(h2, http2_preface())
+        .send(h2, Head::None, Some(h2))
+        .recv(C1, line("/lq/x?q=1"))
+        .at(50)
+        .recv(h2, Head::None)
+        .send(U1, line("/x?q=1"), Some(h2))
+        .recv(U1, status(201))
+        .send(C1, status(201), Some(U1));
+    let r = s.finish().remove(0);
+    assert_eq!(r.response.status, Some(201));
+    let statuses: Vec<_> = r.upstreams.iter().map(|u| u.status).collect();
+    assert_eq!(statuses, [Some(201)]);
+}
+
+#[test]
 fn a_tls_clients_reset_of_the_close_notify_loses_nothing() {
     // A TLS client reads the whole response and closes; the proxy's
     // `close_notify` then meets a closed socket, whose RST leaves those 31
