@@ -323,6 +323,44 @@ fn an_upstream_that_closes_after_a_whole_reply_cut_nothing() {
 
 /// Everything the proxy sends until it closes or is quiet for a second (a raw
 /// passthrough response has no length to stop at).
+#[test]
+fn an_error_page_fallback_keeps_the_failure_it_covered() {
+    // nginx sends the fallback's 200 body under the upstream's 503, or under
+    // its own 502 for the reset: the fallback answered, the first upstream
+    // failed.
+    let lab = Lab::start();
+    let port = lab.port();
+    assert_eq!(
+        client::get(port, "/fallback/status/503").unwrap().status,
+        503
+    );
+    assert_eq!(
+        client::get(port, "/fallback/fault/reset").unwrap().status,
+        502
+    );
+    let run = lab.finish(2);
+    let by_target = |t: &str| {
+        run.exchanges
+            .iter()
+            .find(|r| r["request"]["target"] == t)
+            .unwrap_or_else(|| panic!("no record for {t}: {:#?}", run.exchanges))
+    };
+    assert_record(
+        by_target("/fallback/status/503"),
+        "upstream_error",
+        Some(503),
+        Some("upstream"),
+        &["response", "response"],
+    );
+    assert_record(
+        by_target("/fallback/fault/reset"),
+        "upstream_reset",
+        Some(502),
+        Some("proxy"),
+        &["reset", "response"],
+    );
+}
+
 fn read_until_quiet(c: &Conn) -> Vec<u8> {
     let mut s = c.stream().try_clone().unwrap();
     s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();

@@ -115,6 +115,10 @@ impl Config {
     # nginx's defaults: HTTP/1.0 upstream, Connection: close, so the upstream
     # closes right after each reply.
     location /http10/ {{ proxy_pass http://{up}/; proxy_http_version 1.0; proxy_set_header Connection close; }}
+    # `error_page` without `=`: the fallback's body goes out under the status
+    # of the failure it covered.
+    location /fallback/ {{ proxy_intercept_errors on; error_page 502 503 /fallback-page; proxy_pass http://up/; }}
+    location = /fallback-page {{ proxy_pass http://up/status/200; }}
   }}
 "#
         );

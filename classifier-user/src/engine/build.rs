@@ -304,9 +304,11 @@ fn hint_facts(
     verdict: Verdict,
     from: Option<ResponseFrom>,
 ) -> HintFacts {
-    // The deciding attempt: the last one (nginx reports the last upstream tried).
-    let last = ex.attempts.last();
-    let outcome = outcomes.last().copied();
+    // The deciding attempt: the last one (nginx reports the last upstream
+    // tried), or the one an `error_page` fallback covered.
+    let deciding = super::outcome::deciding_attempt(ex);
+    let last = deciding.and_then(|i| ex.attempts.get(i));
+    let outcome = deciding.and_then(|i| outcomes.get(i).copied());
     let after_us = last.and_then(|a| {
         let from = a.request_sent.or(a.connect_start)?;
         let to = match outcome? {

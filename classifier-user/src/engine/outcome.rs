@@ -22,6 +22,42 @@ pub fn outcomes(ex: &Exchange, out: &mut Vec<Outcome>) {
     );
 }
 
+/// The attempt that decided the exchange: the last one tried, unless that one
+/// answered an `error_page` without `=` (see `answered_error_page`): then the
+/// one before it, whose failure the fallback covered.
+pub fn deciding_attempt(ex: &Exchange) -> Option<usize> {
+    let last = ex.attempts.len().checked_sub(1)?;
+    Some(if answered_error_page(ex) {
+        last - 1
+    } else {
+        last
+    })
+}
+
+/// The last attempt was an `error_page` fallback that proxies (`error_page 502
+/// 503 /fallback` with `proxy_intercept_errors`, no `=`): nginx sends the
+/// fallback's body under the status of the failure it caught (the earlier
+/// attempt's own, or its 502 or 504), so the status written is a 5xx the
+/// fallback did not send. Told from a retry (`proxy_next_upstream`) whose
+/// reply's header the proxy rejected (its own 502): the status written is the
+/// earlier attempt's own, or the fallback asked for another target (a retry
+/// asks for the same one).
+fn answered_error_page(ex: &Exchange) -> bool {
+    let [.., before, fallback] = ex.attempts.as_slice() else {
+        return false;
+    };
+    let Some(written) = ex.response.as_ref().and_then(|r| r.status) else {
+        return false;
+    };
+    let other_target = match (&before.upstream_request, &fallback.upstream_request) {
+        (Some(a), Some(b)) => a.target != b.target,
+        _ => false,
+    };
+    written >= 500
+        && fallback.status.is_some_and(|s| s != written)
+        && (before.status == Some(written) || other_target)
+}
+
 /// How an upstream attempt ended.
 fn attempt_outcome(a: &Attempt, ex: &Exchange, last: bool) -> Outcome {
     let client_left = ex.client_left();
@@ -46,7 +82,9 @@ fn attempt_outcome(a: &Attempt, ex: &Exchange, last: bool) -> Outcome {
             .response
             .as_ref()
             .and_then(|r| r.status.map(|s| (s, r.ts)));
-        if let Some((written, at)) = proxy_status.filter(|(s, _)| last && *s >= 500 && *s != status)
+        if let Some((written, at)) = proxy_status
+            .filter(|(s, _)| last && *s >= 500 && *s != status)
+            .filter(|_| !answered_error_page(ex))
         {
             // What the proxy read decides (a FIN that merely arrived after a
             // rejected head does not).
@@ -302,7 +340,7 @@ pub fn exchange_verdict(
     ex: &Exchange,
     outcomes: &[Outcome],
 ) -> (Verdict, Origin, Option<ResponseFrom>) {
-    let last = ex.attempts.last().zip(outcomes.last().copied());
+    let last = deciding_attempt(ex).and_then(|i| ex.attempts.get(i).zip(outcomes.get(i).copied()));
     let Some(resp) = &ex.response else {
         // No response written.
         if ex.died_unanswered().is_some() {

@@ -2260,6 +2260,54 @@ fn a_delayed_request_sent_after_a_stream_goes_to_the_client_with_its_query() {
 }
 
 #[test]
+fn an_error_page_fallback_keeps_the_failure_it_covered() {
+    // `proxy_intercept_errors on; error_page 502 503 /fallback;` (no `=`): the
+    // first upstream answers 503 or resets, the fallback answers 200, and nginx
+    // sends the fallback's body under the 503 or its own 502.
+    let run = |first: Option<u16>| {
+        let mut s = Script::new();
+        s.client(C1, 5000)
+            .recv(C1, get("/fb/a"))
+            .connect(U1, 9000, Some(C1))
+            .established(U1, 40000)
+            .send(U1, get("/a"), Some(U1));
+        let written = match first {
+            Some(code) => {
+                s.recv(U1, status(code)).close(U1, TcpState::Established);
+                code
+            }
+            None => {
+                s.reset_in(U1, 0).destroy(U1, true);
+                502
+            }
+        };
+        s.connect(U2, 9001, Some(U1))
+            .established(U2, 40001)
+            .send(U2, get("/fallback"), Some(U2))
+            .recv(U2, status(200))
+            .close(U2, TcpState::Established)
+            .send(C1, status(written), Some(U2));
+        let r = s.finish().remove(0);
+        let outcomes: Vec<_> = r.upstreams.iter().map(|u| u.outcome).collect();
+        (r.verdict, outcomes)
+    };
+    assert_eq!(
+        run(Some(503)),
+        (
+            Verdict::UpstreamError,
+            vec![Outcome::Response, Outcome::Response]
+        )
+    );
+    assert_eq!(
+        run(None),
+        (
+            Verdict::UpstreamReset,
+            vec![Outcome::Reset, Outcome::Response]
+        )
+    );
+}
+
+#[test]
 fn a_tls_clients_reset_of_the_close_notify_loses_nothing() {
     // A TLS client reads the whole response and closes; the proxy's
     // `close_notify` then meets a closed socket, whose RST leaves those 31
