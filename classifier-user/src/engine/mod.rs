@@ -1549,7 +1549,7 @@ impl Engine {
                     }
                 }
             }
-            Some(Side::Upstream) if self.raised_by_alert_reset(sock, errno) => {}
+            Some(Side::Upstream) if self.raised_by_reset_after_fin(sock, errno) => {}
             Some(Side::Upstream) => {
                 self.read_failure(sock);
                 if let Some((e, idx)) = self.attempt_mut(sock) {
@@ -1732,9 +1732,9 @@ impl Engine {
                 }
             }
             Some(Side::Upstream) => {
-                if self.resets_the_alert_after_fin(sock, unacked) {
+                if self.resets_after_its_fin(sock) {
                     if let Some(s) = self.socks.get_mut(sock) {
-                        s.alert_reset = true;
+                        s.reset_after_fin = true;
                     }
                     return;
                 }
@@ -1761,23 +1761,23 @@ impl Engine {
         }
     }
 
-    /// Whether an upstream's reset answers the proxy's TLS `close_notify`
-    /// alone, after the upstream's FIN: the proxy ends a connection the
-    /// upstream closed first (an HTTP/1.0 upstream, `Connection: close`) with
-    /// that alert, and the closed socket answers with a reset.
-    fn resets_the_alert_after_fin(&mut self, sock: SockId, unacked: u32) -> bool {
-        let tls = self.socks.get(sock).is_some_and(|s| s.tls);
-        tls && unacked <= TLS_ALERT_MAX
-            && self
-                .attempt_mut(sock)
-                .is_some_and(|(e, idx)| e.attempts[idx].peer_fin.is_some())
+    /// Whether an upstream's reset came after it had answered and closed its
+    /// end (its FIN): the closed socket answers whatever the proxy still
+    /// sends, and the reply was over. Over TLS, the proxy's `close_notify` at
+    /// its own close; an app that answers an upload early (401, 413) and
+    /// closes without reading it, the rest of the request body.
+    fn resets_after_its_fin(&mut self, sock: SockId) -> bool {
+        self.attempt_mut(sock).is_some_and(|(e, idx)| {
+            let a = &e.attempts[idx];
+            a.status.is_some() && a.peer_fin.is_some()
+        })
     }
 
-    /// An error the upstream's reset of the proxy's `close_notify` raised
-    /// (see `Sock::alert_reset`).
-    fn raised_by_alert_reset(&self, sock: SockId, errno: i32) -> bool {
+    /// An error such a reset raised in the proxy's calls (see
+    /// `Sock::reset_after_fin`).
+    fn raised_by_reset_after_fin(&self, sock: SockId, errno: i32) -> bool {
         (errno == libc::EPIPE || errno == libc::ECONNRESET)
-            && self.socks.get(sock).is_some_and(|s| s.alert_reset)
+            && self.socks.get(sock).is_some_and(|s| s.reset_after_fin)
     }
 
     fn sock_error(&mut self, ts: u64, sock: SockId, errno: i32) {
@@ -1788,7 +1788,7 @@ impl Engine {
                     self.client_left(sock, ts, true);
                 }
             }
-            Some(Side::Upstream) if self.raised_by_alert_reset(sock, errno) => {}
+            Some(Side::Upstream) if self.raised_by_reset_after_fin(sock, errno) => {}
             Some(Side::Upstream) => {
                 if let Some((e, idx)) = self.attempt_mut(sock) {
                     e.touch(ts);

@@ -55,11 +55,12 @@ pub struct Sock {
     /// Its messages come from a TLS library's plaintext: the socket also
     /// carries the library's own records (a `close_notify` alert at close).
     pub tls: bool,
-    /// Upstream side, over TLS: a reset that answered the proxy's
-    /// `close_notify` after the upstream's own FIN (at most an alert's bytes
-    /// unacknowledged). The upstream had finished: neither the reset nor the
-    /// errors it raises in the proxy's calls are a failure.
-    pub alert_reset: bool,
+    /// Upstream side: a reset that came after the upstream had answered and
+    /// sent its FIN, answering what the proxy still sent (a TLS
+    /// `close_notify`, the rest of an upload the upstream refused early). The
+    /// reply was over: neither the reset nor the errors it raises in the
+    /// proxy's calls are a failure.
+    pub reset_after_fin: bool,
     /// Upstream side: when its connect completed (SYN_SENT → ESTABLISHED). A
     /// connect made from a timer (a request `limit_req` delayed, a cache lock
     /// that timed out) finds its exchange only at its first send, after this.
@@ -97,7 +98,7 @@ impl Sock {
             unread_reset: None,
             reset_sent: false,
             tls: false,
-            alert_reset: false,
+            reset_after_fin: false,
             established_at: None,
             from_timer: false,
         }

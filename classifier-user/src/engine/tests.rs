@@ -2133,9 +2133,40 @@ fn a_tls_upstreams_reset_of_the_close_notify_after_its_fin_is_no_failure() {
         (r.verdict, r.upstreams[0].outcome)
     };
     assert_eq!(run(31), (Verdict::Ok, Outcome::Response));
-    // More than an alert's bytes unacknowledged: not the alert's reset, and
-    // the reset stays the upstream's failure, as on a plain connection.
-    assert_eq!(run(500), (Verdict::UpstreamTruncated, Outcome::Truncated));
+    // Whatever the proxy still sent: the upstream had answered and closed.
+    assert_eq!(run(500), (Verdict::Ok, Outcome::Response));
+}
+
+#[test]
+fn an_upload_answered_early_and_closed_is_the_apps_answer() {
+    // An app answers 413 to a large upload without reading it, in one segment
+    // with its body, and closes: its FIN, then a reset for the upload's bytes
+    // still coming (1.8 MB unacknowledged), and the proxy's next write of the
+    // body fails with EPIPE, all before the proxy forwards the whole answer
+    // and closes the client's connection.
+    let mut s = Script::new();
+    s.client(C1, 5000)
+        .recv(C1, get("/upload"))
+        .connect(U1, 9000, Some(C1))
+        .established(U1, 40000)
+        .send(U1, get("/upload"), Some(U1))
+        .recv(U1, status(413))
+        .state(U1, TcpState::Established, TcpState::CloseWait, 40000, false)
+        .reset_in(U1, 1_801_344)
+        .ev(EventKind::SockError {
+            sock: U1,
+            errno: libc::EPIPE,
+            state: TcpState::Close,
+        })
+        .destroy(U1, true)
+        .send(C1, status(413), Some(U1))
+        .close(C1, TcpState::Established)
+        .destroy(C1, false);
+    let r = s.finish().remove(0);
+    assert_eq!(
+        (r.verdict, r.upstreams[0].outcome),
+        (Verdict::ClientError, Outcome::Response)
+    );
 }
 
 #[test]
