@@ -1205,6 +1205,18 @@ impl Engine {
                 return;
             }
         }
+        // More of the attempt's own request: a body the proxy streams as the
+        // client sends it (`proxy_request_buffering off`), still going out
+        // after the upstream began an early answer (401, 413). The thread read
+        // it from that exchange's client just before.
+        if request.is_none() {
+            if let Some((e, _)) = self.attempt_mut(sock) {
+                if e.response.is_none() && prev_touch == Some(e.client) {
+                    e.touch(ts);
+                    return;
+                }
+            }
+        }
         let s = self.socks.get(sock).expect("checked by caller");
         let fresh_unattributed = s.how == Opened::Connect && s.uses == 0;
         // A connection reused from the keep-alive pool: the first send of a new

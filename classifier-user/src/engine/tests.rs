@@ -2339,6 +2339,38 @@ fn an_error_page_fallback_keeps_the_failure_it_covered() {
 }
 
 #[test]
+fn a_streamed_upload_going_on_after_an_early_answer_is_no_new_attempt() {
+    // `proxy_request_buffering off`: the app answers 401 without reading the
+    // upload, its header in one write and its 7-byte body in another; between
+    // them the proxy sends the next piece of the client's body.
+    let mut s = Script::new();
+    s.client(C1, 5000)
+        .pooled(U1, 40000, 9000)
+        .recv(C1, get("/upload"))
+        .send(U1, get("/upload"), Some(C1))
+        .recv(U1, status(401))
+        .recv(C1, Head::None)
+        .send(U1, Head::None, Some(C1))
+        .recv(
+            U1,
+            Head::Other {
+                len: 7,
+                binary: false,
+            },
+        )
+        .close(U1, TcpState::Established)
+        .send(C1, status(401), Some(U1))
+        .close(C1, TcpState::Established)
+        .destroy(C1, false);
+    let r = s.finish().remove(0);
+    let outcomes: Vec<_> = r.upstreams.iter().map(|u| u.outcome).collect();
+    assert_eq!(
+        (r.verdict, outcomes),
+        (Verdict::ClientError, vec![Outcome::Response])
+    );
+}
+
+#[test]
 fn a_tls_clients_reset_of_the_close_notify_loses_nothing() {
     // A TLS client reads the whole response and closes; the proxy's
     // `close_notify` then meets a closed socket, whose RST leaves those 31
