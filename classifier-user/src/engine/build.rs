@@ -203,6 +203,15 @@ pub fn build(
             crate::hint::ms(duration_us),
             ex.pid
         ))
+    } else if let Some(cut) = ex
+        .shut_down_mid_response()
+        .filter(|_| verdict == Verdict::ProxyError)
+    {
+        Some(format!(
+            "The proxy's process (PID {}) cut this response {} into it and exited right after: its own shutdown, most often an old worker whose worker_shutdown_timeout ran out after a reload (nginx's error log: \"gracefully shutting down\", then \"exiting\"), else a stopped or killed worker. The upstream and the client had not failed. Long-lived responses (streams, downloads) are cut at every reload: check how often nginx reloads, and worker_shutdown_timeout.",
+            ex.pid,
+            crate::hint::ms(us(ex.start, cut.max(ex.start))),
+        ))
     } else if verdict == Verdict::Ok {
         None
     } else {

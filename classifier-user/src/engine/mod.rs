@@ -1578,8 +1578,10 @@ impl Engine {
     /// waits for its requests to be answered). The kernel closes its sockets
     /// after this event.
     fn proxy_exited(&mut self, pid: u32, ts: u64) {
+        // Unanswered exchanges died with it; answered ones it may have cut on
+        // its way out (`Exchange::shut_down_mid_response`).
         for ex in self.exchanges.values_mut() {
-            if ex.pid == pid && ex.response.is_none() && !ex.orphan {
+            if ex.pid == pid && !ex.orphan {
                 ex.proxy_exited.get_or_insert(ts);
                 ex.touch(ts);
             }

@@ -143,6 +143,11 @@ fn attempt_outcome(a: &Attempt, ex: &Exchange, last: bool) -> Outcome {
                 return Outcome::Aborted;
             }
             if stalled(a, ex, dropped) {
+                // The proxy cut it on its way out (see
+                // `Exchange::shut_down_mid_response`): dropped, not timed out.
+                if ex.shut_down_mid_response().is_some() {
+                    return Outcome::Aborted;
+                }
                 return Outcome::Timeout;
             }
         }
@@ -386,6 +391,13 @@ pub fn exchange_verdict(
         // cut the body at its read timeout.
         Some((_, Outcome::Timeout)) if from == ResponseFrom::Upstream => {
             return (Verdict::UpstreamTruncated, Origin::Upstream, Some(from))
+        }
+        // The proxy cut the response and its process exited right after: its
+        // own shutdown, the upstream still sending.
+        Some((_, Outcome::Aborted))
+            if from == ResponseFrom::Upstream && ex.shut_down_mid_response().is_some() =>
+        {
+            return (Verdict::ProxyError, Origin::Proxy, Some(from));
         }
         // The client left mid-body and the proxy dropped the upstream.
         Some((_, Outcome::Aborted)) if from == ResponseFrom::Upstream => {

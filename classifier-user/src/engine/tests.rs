@@ -1673,6 +1673,48 @@ fn a_refused_connect_closed_after_another_clients_request_stays_its_own() {
 }
 
 #[test]
+fn a_stream_cut_by_a_worker_shutting_down_is_the_proxys_doing() {
+    // An old worker after a reload: its worker_shutdown_timeout runs out 150 ms
+    // after the upstream's last event, it closes the upstream and the client,
+    // and exits half a millisecond later.
+    let run = |exits: bool| {
+        let mut s = Script::new();
+        s.client(C1, 5000)
+            .recv(C1, get("/events"))
+            .connect(U1, 9000, Some(C1))
+            .established(U1, 40000)
+            .send(U1, get("/events"), Some(U1))
+            .recv(U1, status(200))
+            .send(C1, status(200), Some(U1))
+            .at(150)
+            .close(U1, TcpState::Established)
+            .close(C1, TcpState::Established);
+        if exits {
+            s.ev(EventKind::Exit {
+                task: 100,
+                group_dead: true,
+            });
+        }
+        s.at(1).destroy(C1, false).destroy(U1, false);
+        let r = s.finish().remove(0);
+        (
+            r.verdict,
+            r.upstreams[0].outcome,
+            r.hint.unwrap_or_default(),
+        )
+    };
+    let (verdict, outcome, hint) = run(true);
+    assert_eq!((verdict, outcome), (Verdict::ProxyError, Outcome::Aborted));
+    assert!(hint.contains("worker_shutdown_timeout"), "{hint}");
+    // The same cut without the exit: the proxy gave up on a silent upstream.
+    let (verdict, outcome, _) = run(false);
+    assert_eq!(
+        (verdict, outcome),
+        (Verdict::UpstreamTruncated, Outcome::Timeout)
+    );
+}
+
+#[test]
 fn a_worker_killed_mid_request_is_the_proxys_failure_not_a_configuration() {
     let mut s = Script::new();
     s.client(C1, 5000).forwarded(C1, U1, 40001, "/slow");
