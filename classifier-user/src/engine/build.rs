@@ -120,6 +120,33 @@ impl AddressText {
     }
 }
 
+/// The hint of a response the proxy's worker cut on its way out.
+fn shutdown_hint(pid: u32, into_us: u64) -> String {
+    format!(
+        "The proxy's process (PID {pid}) cut this response {} into it and exited right after: its own shutdown, most often an old worker whose worker_shutdown_timeout ran out after a reload (nginx's error log: \"gracefully shutting down\", then \"exiting\"), else a stopped or killed worker. The upstream and the client had not failed. Long-lived responses (streams, downloads) are cut at every reload: check how often nginx reloads, and worker_shutdown_timeout.",
+        crate::hint::ms(into_us),
+    )
+}
+
+/// A record already built whose response its worker cut just before exiting
+/// (its exchange ended before the exit was seen): what
+/// `Exchange::shut_down_mid_response` makes of it when the exit comes first.
+pub fn mark_shut_down(r: &mut ExchangeRecord, pid: u32) {
+    let timed_out = r
+        .upstreams
+        .last()
+        .is_some_and(|u| u.outcome == Outcome::Timeout);
+    if r.verdict != Verdict::UpstreamTruncated || !timed_out {
+        return;
+    }
+    r.verdict = Verdict::ProxyError;
+    r.origin = crate::verdict::Origin::Proxy;
+    if let Some(u) = r.upstreams.last_mut() {
+        u.outcome = Outcome::Aborted;
+    }
+    r.hint = Some(shutdown_hint(pid, r.duration_us));
+}
+
 /// Builds the record of an ended exchange. `conn`: the client connection's local
 /// and peer endpoints, if known. `spare`: a record already written out, whose box,
 /// time text and upstream list are reused (no allocation for them per record).
@@ -207,11 +234,7 @@ pub fn build(
         .shut_down_mid_response()
         .filter(|_| verdict == Verdict::ProxyError)
     {
-        Some(format!(
-            "The proxy's process (PID {}) cut this response {} into it and exited right after: its own shutdown, most often an old worker whose worker_shutdown_timeout ran out after a reload (nginx's error log: \"gracefully shutting down\", then \"exiting\"), else a stopped or killed worker. The upstream and the client had not failed. Long-lived responses (streams, downloads) are cut at every reload: check how often nginx reloads, and worker_shutdown_timeout.",
-            ex.pid,
-            crate::hint::ms(us(ex.start, cut.max(ex.start))),
-        ))
+        Some(shutdown_hint(ex.pid, us(ex.start, cut.max(ex.start))))
     } else if verdict == Verdict::Ok {
         None
     } else {

@@ -34,7 +34,7 @@ pub enum End {
 
 /// How soon after cutting a response a worker that exits was shutting down
 /// (measured: 0.4–0.6 ms between an old worker's last closes and its exit).
-const SHUTDOWN_CUT_NS: u64 = 10_000_000;
+pub const SHUTDOWN_CUT_NS: u64 = 10_000_000;
 
 #[derive(Clone, Debug)]
 pub struct Exchange {

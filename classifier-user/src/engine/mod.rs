@@ -1578,6 +1578,12 @@ impl Engine {
     /// waits for its requests to be answered). The kernel closes its sockets
     /// after this event.
     fn proxy_exited(&mut self, pid: u32, ts: u64) {
+        // Records already built of responses it cut on its way out.
+        for h in self.held.iter_mut().filter(|h| {
+            h.record.proxy.pid == pid && ts.saturating_sub(h.end) <= exchange::SHUTDOWN_CUT_NS
+        }) {
+            build::mark_shut_down(&mut h.record, pid);
+        }
         // Unanswered exchanges died with it; answered ones it may have cut on
         // its way out (`Exchange::shut_down_mid_response`).
         for ex in self.exchanges.values_mut() {

@@ -1677,8 +1677,15 @@ fn a_stream_cut_by_a_worker_shutting_down_is_the_proxys_doing() {
     // An old worker after a reload: its worker_shutdown_timeout runs out 150 ms
     // after the upstream's last event, it closes the upstream and the client,
     // and exits half a millisecond later.
-    let run = |exits: bool| {
+    // `exit`: none, seen before the exchange ended, or after (its record
+    // built and held by then).
+    let run = |exit: Option<bool>| {
         let mut s = Script::new();
+        // Records held as the agent holds them, for the loss checks.
+        s.engine = Engine::new(EngineConfig {
+            hold_ns: 500 * MS,
+            ..EngineConfig::default()
+        });
         s.client(C1, 5000)
             .recv(C1, get("/events"))
             .connect(U1, 9000, Some(C1))
@@ -1689,13 +1696,17 @@ fn a_stream_cut_by_a_worker_shutting_down_is_the_proxys_doing() {
             .at(150)
             .close(U1, TcpState::Established)
             .close(C1, TcpState::Established);
-        if exits {
-            s.ev(EventKind::Exit {
-                task: 100,
-                group_dead: true,
-            });
+        let exited = EventKind::Exit {
+            task: 100,
+            group_dead: true,
+        };
+        if exit == Some(true) {
+            s.ev(exited.clone());
         }
-        s.at(1).destroy(C1, false).destroy(U1, false);
+        s.destroy(C1, false).destroy(U1, false);
+        if exit == Some(false) {
+            s.ev(exited);
+        }
         let r = s.finish().remove(0);
         (
             r.verdict,
@@ -1703,11 +1714,13 @@ fn a_stream_cut_by_a_worker_shutting_down_is_the_proxys_doing() {
             r.hint.unwrap_or_default(),
         )
     };
-    let (verdict, outcome, hint) = run(true);
-    assert_eq!((verdict, outcome), (Verdict::ProxyError, Outcome::Aborted));
-    assert!(hint.contains("worker_shutdown_timeout"), "{hint}");
+    for before_the_end in [true, false] {
+        let (verdict, outcome, hint) = run(Some(before_the_end));
+        assert_eq!((verdict, outcome), (Verdict::ProxyError, Outcome::Aborted));
+        assert!(hint.contains("worker_shutdown_timeout"), "{hint}");
+    }
     // The same cut without the exit: the proxy gave up on a silent upstream.
-    let (verdict, outcome, _) = run(false);
+    let (verdict, outcome, _) = run(None);
     assert_eq!(
         (verdict, outcome),
         (Verdict::UpstreamTruncated, Outcome::Timeout)
