@@ -21,14 +21,12 @@ fn ep(port: u16) -> Endpoint {
     Endpoint::ip(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
 }
 
+/// A GET request line as the decoder makes it (a query elided, its hash kept).
 fn get(target: &str) -> Head {
-    Head::Request(RequestLine {
-        method: "GET".into(),
-        target: target.into(),
-        version: "HTTP/1.1".into(),
-        truncated: false,
-        query: 0,
-    })
+    crate::head::parse(
+        format!("GET {target} HTTP/1.1\r\n").as_bytes(),
+        crate::head::QueryPolicy::Elide,
+    )
 }
 
 fn status(code: u16) -> Head {
@@ -2100,21 +2098,15 @@ fn a_delayed_request_with_another_query_is_not_a_waiting_clients() {
     // own to match). nginx sends the stream's first, from a timer, on the pool
     // the client's request then uses. The records elide queries; their hashes
     // tell the stream's request from the client's.
-    let line = |t: &str| {
-        crate::head::parse(
-            format!("GET {t} HTTP/1.1\r\n").as_bytes(),
-            crate::head::QueryPolicy::Elide,
-        )
-    };
     let mut s = Script::new();
     s.client(C1, 5000).pooled(U1, 40000, 9000);
-    s.recv(C1, line("/slow?page=1")).at(100);
+    s.recv(C1, get("/slow?page=1")).at(100);
     // The stream's request and its reply (forwarded in frames, unseen).
-    s.send(U1, line("/slow?page=9"), None)
+    s.send(U1, get("/slow?page=9"), None)
         .recv(U1, status(200))
         .at(100);
     // The client's, from its own timer.
-    s.send(U1, line("/slow?page=1"), None)
+    s.send(U1, get("/slow?page=1"), None)
         .recv(U1, status(201))
         .send(C1, status(201), Some(U1));
     let r = s.finish().remove(0);
@@ -2270,25 +2262,19 @@ fn delayed_requests_connecting_one_after_another_find_their_clients() {
     // One timer releases three delayed requests: three connects in a row, each
     // touching the one before, then their sends. `proxy_pass` rewrites the
     // path, so no request line matches its client's.
-    let line = |t: &str| {
-        crate::head::parse(
-            format!("GET {t} HTTP/1.1\r\n").as_bytes(),
-            crate::head::QueryPolicy::Elide,
-        )
-    };
     let mut s = Script::new();
     let (c3, u3) = (SockId(3), SockId(13));
     s.client(C1, 5000).client(C2, 5001).client(c3, 5002);
-    s.recv(C1, line("/lq/x?q=1"))
-        .recv(C2, line("/lq/x?q=2"))
-        .recv(c3, line("/lq/x?q=3"))
+    s.recv(C1, get("/lq/x?q=1"))
+        .recv(C2, get("/lq/x?q=2"))
+        .recv(c3, get("/lq/x?q=3"))
         .at(50);
     s.connect(U1, 9000, None).established(U1, 40001);
     s.connect(U2, 9000, Some(U1)).established(U2, 40002);
     s.connect(u3, 9000, Some(U2)).established(u3, 40003);
-    s.send(U1, line("/x?q=1"), Some(C1))
-        .send(U2, line("/x?q=2"), Some(U1))
-        .send(u3, line("/x?q=3"), Some(U2))
+    s.send(U1, get("/x?q=1"), Some(C1))
+        .send(U2, get("/x?q=2"), Some(U1))
+        .send(u3, get("/x?q=3"), Some(U2))
         .at(50);
     s.recv(U1, status(201))
         .send(C1, status(201), Some(U1))
@@ -2322,21 +2308,15 @@ fn a_delayed_request_sent_after_a_stream_goes_to_the_client_with_its_query() {
     // A timer sends an HTTP/1 client's delayed request in an iteration that
     // served an HTTP/2 connection last: the thread's touch names a stream, the
     // request's query names the client.
-    let line = |t: &str| {
-        crate::head::parse(
-            format!("GET {t} HTTP/1.1\r\n").as_bytes(),
-            crate::head::QueryPolicy::Elide,
-        )
-    };
     let mut s = Script::new();
     let h2 = SockId(7);
     s.client(h2, 6000).client(C1, 5000).pooled(U1, 40000, 9000);
     s.recv(h2, http2_preface())
         .send(h2, Head::None, Some(h2))
-        .recv(C1, line("/lq/x?q=1"))
+        .recv(C1, get("/lq/x?q=1"))
         .at(50)
         .recv(h2, Head::None)
-        .send(U1, line("/x?q=1"), Some(h2))
+        .send(U1, get("/x?q=1"), Some(h2))
         .recv(U1, status(201))
         .send(C1, status(201), Some(U1));
     let r = s.finish().remove(0);
