@@ -913,8 +913,10 @@ impl Engine {
                         done.push(*id);
                     }
                 }
-                if let Some(s) = self.socks.get_mut(sock) {
-                    s.exchanges.retain(|id| !orphaned.contains(id));
+                if !orphaned.is_empty() {
+                    if let Some(s) = self.socks.get_mut(sock) {
+                        s.exchanges.retain(|id| !orphaned.contains(id));
+                    }
                 }
                 for ex in done.drain(..) {
                     self.finish(ex, End::NextRequest, out);
