@@ -20,7 +20,9 @@ use classify_tests::{
 };
 use serde_json::Value;
 
-use super::support::{assert_matches_access_log, assert_schema, require_root, start_classify};
+use super::support::{
+    assert_all_ok, assert_matches_access_log, assert_schema, require_root, start_classify,
+};
 
 /// nginx in front of the test upstream, with a location per fault, and classify
 /// attached.
@@ -312,13 +314,7 @@ fn an_upstream_that_closes_after_a_whole_reply_cut_nothing() {
         assert_eq!(status.unwrap(), 200);
     }
     let run = lab.finish(n);
-    let verdicts: Vec<&str> = run
-        .exchanges
-        .iter()
-        .map(|r| r["verdict"].as_str().unwrap())
-        .filter(|v| *v != "ok")
-        .collect();
-    assert!(verdicts.is_empty(), "not ok: {verdicts:?}");
+    assert_all_ok(&run.exchanges);
 }
 
 /// Everything the proxy sends until it closes or is quiet for a second (a raw

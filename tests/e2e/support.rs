@@ -177,3 +177,27 @@ pub fn start_classify(pid: u32, extra: &[&str]) -> classify_tests::classify::Run
     }
     running
 }
+
+/// Every record is `ok`; otherwise says how many are not, and shows the
+/// first few (client port, target, verdict).
+pub fn assert_all_ok<'a>(exchanges: impl IntoIterator<Item = &'a Value>) {
+    let mut total = 0;
+    let not_ok: Vec<_> = exchanges
+        .into_iter()
+        .inspect(|_| total += 1)
+        .filter(|r| r["verdict"] != "ok")
+        .map(|r| {
+            (
+                r["client"]["port"].clone(),
+                r["request"]["target"].clone(),
+                r["verdict"].clone(),
+            )
+        })
+        .collect();
+    assert!(
+        not_ok.is_empty(),
+        "{} of {total} records not ok, first: {:?}",
+        not_ok.len(),
+        &not_ok[..not_ok.len().min(5)]
+    );
+}
