@@ -746,6 +746,12 @@ impl Engine {
         (idx < e.attempts.len()).then_some((e, idx))
     }
 
+    /// The attempt an upstream socket serves now, read only.
+    fn attempt(&self, sock: SockId) -> Option<&Attempt> {
+        let (ex, idx) = self.socks.get(sock)?.attempt?;
+        self.exchanges.get(&ex)?.attempts.get(idx)
+    }
+
     /// The exchange a client socket serves now (the newest in flight).
     fn current_mut(&mut self, sock: SockId) -> Option<&mut Exchange> {
         let s = self.socks.get(sock)?;
@@ -1762,8 +1768,8 @@ impl Engine {
                 }
                 // Idle: its attempt has its reply, or its exchange is over (a
                 // refused connect's reset comes while its attempt is under way).
-                let idle = match self.attempt_mut(sock) {
-                    Some((e, idx)) => e.attempts[idx].first_byte.is_some(),
+                let idle = match self.attempt(sock) {
+                    Some(a) => a.first_byte.is_some(),
                     None => self
                         .socks
                         .get(sock)
@@ -1788,11 +1794,9 @@ impl Engine {
     /// sends, and the reply was over. Over TLS, the proxy's `close_notify` at
     /// its own close; an app that answers an upload early (401, 413) and
     /// closes without reading it, the rest of the request body.
-    fn resets_after_its_fin(&mut self, sock: SockId) -> bool {
-        self.attempt_mut(sock).is_some_and(|(e, idx)| {
-            let a = &e.attempts[idx];
-            a.status.is_some() && a.peer_fin.is_some()
-        })
+    fn resets_after_its_fin(&self, sock: SockId) -> bool {
+        self.attempt(sock)
+            .is_some_and(|a| a.status.is_some() && a.peer_fin.is_some())
     }
 
     /// An error such a reset raised in the proxy's calls (see
