@@ -347,6 +347,12 @@ impl Attempt {
         Some(self.peer_fin.map_or(seen, |fin| fin.min(seen)))
     }
 
+    /// When the upstream broke the connection by more than a close: its reset
+    /// arrived, or a call on the connection failed.
+    pub fn broke(&self) -> Option<u64> {
+        [self.rst_in, self.failed_call()].into_iter().flatten().min()
+    }
+
     /// The first sign that the upstream itself broke the connection.
     pub fn upstream_failed(&self) -> Option<u64> {
         [self.rst_in, self.failed_call(), self.peer_fin]

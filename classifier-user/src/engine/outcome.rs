@@ -125,7 +125,7 @@ fn attempt_outcome(a: &Attempt, ex: &Exchange, last: bool) -> Outcome {
         // connection right after, or a send to the client failed.
         if let Some(failed) = a.upstream_failed_seen() {
             if failed >= a.first_byte.unwrap_or(0)
-                && response_cut(ex, failed)
+                && response_cut(ex, a, failed)
                 && !ended_by_close(a, ex)
             {
                 return Outcome::Truncated;
@@ -310,10 +310,20 @@ fn stalled(a: &Attempt, ex: &Exchange, dropped: u64) -> bool {
         && ex.response_cut_by_proxy().is_some_and(|k| k >= dropped)
 }
 
-/// Whether the response to the client was cut after the upstream failed at `failed`.
-fn response_cut(ex: &Exchange, failed: u64) -> bool {
-    ex.response_lost.is_some_and(|t| t >= failed)
-        || ex.response_cut_by_proxy().is_some_and(|t| t >= failed)
+/// Whether the response to the client was cut after the upstream failed at
+/// `failed`. After a reset or a failed call the upstream broke the reply: the
+/// proxy closing the client's connection, or the client not getting it all,
+/// follows from that. After a mere close (its FIN) the reply may have ended
+/// there: an upstream without keep-alive closes after every reply, and the
+/// proxy then goes on sending what it holds. Only the proxy cutting the client
+/// off then says the reply was short; a client that left first, or one that
+/// stopped reading until the proxy gave up on it, cut the response itself.
+fn response_cut(ex: &Exchange, a: &Attempt, failed: u64) -> bool {
+    let cut = ex.response_cut_by_proxy().is_some_and(|t| t >= failed);
+    if a.broke().is_some() {
+        return cut || ex.response_lost.is_some_and(|t| t >= failed);
+    }
+    cut && ex.reader_stalled().is_none()
 }
 
 /// Quiet time before the proxy closes an unanswered connection that marks a

@@ -1028,6 +1028,57 @@ fn an_upstream_fin_after_the_head_truncates_only_a_response_left_unfinished() {
     assert_eq!(run(false, true), (Verdict::Ok, Outcome::Response));
 }
 
+#[test]
+fn a_client_leaving_a_reply_its_upstream_closed_after_is_the_clients_cut() {
+    // An upstream without keep-alive (nginx's default HTTP/1.0) sends the
+    // whole reply and closes; nginx holds more than the slow client took.
+    // Then the client leaves (a FIN, then a reset with the body unread), or
+    // stops reading until nginx gives up on it. The upstream's close was the
+    // reply's end; the client cut the response.
+    for leaves in [true, false] {
+        let mut s = Script::new();
+        s.client(C1, 5000)
+            .recv(C1, get("/big"))
+            .connect(U1, 9000, Some(C1))
+            .established(U1, 40000)
+            .send(U1, get("/big"), Some(U1))
+            .recv(U1, status(200))
+            .send(C1, status(200), Some(U1))
+            .at(10)
+            .ev(EventKind::Blocked {
+                sock: C1,
+                msg_bytes: 3_000_000,
+            })
+            .state(U1, TcpState::Established, TcpState::CloseWait, 40000, false)
+            .ev(EventKind::Eof {
+                sock: U1,
+                prev_touch: None,
+            })
+            .close(U1, TcpState::CloseWait)
+            .at(1000);
+        if leaves {
+            s.state(C1, TcpState::Established, TcpState::CloseWait, 8080, false)
+                .close(C1, TcpState::CloseWait)
+                .reset_in(C1, 2_000_000);
+        } else {
+            s.close(C1, TcpState::Established);
+        }
+        s.destroy(C1, false);
+        let r = s.finish().remove(0);
+        let verdict = if leaves {
+            Verdict::ClientReset
+        } else {
+            Verdict::ClientAbort
+        };
+        assert_eq!(
+            (r.verdict, r.upstreams[0].outcome),
+            (verdict, Outcome::Response),
+            "leaves: {leaves}: {r:?}"
+        );
+        assert_eq!(r.origin, Origin::Client);
+    }
+}
+
 impl Script {
     fn reset_in(&mut self, sock: SockId, unacked: u32) -> &mut Self {
         self.ev(EventKind::Reset {
