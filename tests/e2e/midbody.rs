@@ -27,12 +27,15 @@ use super::support::{
 /// `/` proxies with nginx's defaults (proxy_buffering on); `/unbuffered/` streams
 /// (proxy_buffering off); `/timeout/` and `/timeout-unbuffered/` give up on a
 /// silent upstream after 1 s, buffered and not; `/slowread/` and
-/// `/slowread-unbuffered/` give up on a client that stops reading after 1 s.
+/// `/slowread-unbuffered/` give up on a client that stops reading after 1 s;
+/// `/close/` asks without keep-alive (nginx's own default), so the upstream
+/// closes its connection after every reply.
 const LOCATIONS: &str = "    location /unbuffered/ { proxy_pass http://up/; proxy_buffering off; }
     location /slowread/ { proxy_pass http://up/; send_timeout 1s; }
     location /slowread-unbuffered/ { proxy_pass http://up/; send_timeout 1s; proxy_buffering off; }
     location /timeout/ { proxy_pass http://up/; proxy_read_timeout 500ms; }
     location /timeout-unbuffered/ { proxy_pass http://up/; proxy_read_timeout 500ms; proxy_buffering off; }
+    location /close/ { proxy_pass http://up/; proxy_http_version 1.0; proxy_set_header Connection close; }
 ";
 
 /// nginx in front of the test upstream, classify attached.
@@ -278,11 +281,23 @@ fn a_client_that_stops_reading_until_the_send_timeout_unbuffered() {
 
 #[test]
 fn client_reset_mid_body_of_a_complete_buffered_reply() {
-    // nginx reads the whole 16 MB reply into its buffers and temp file while the
-    // client, having taken 64 KiB, reads no more; then the client resets. The
-    // upstream answered in full: the client cut the exchange.
+    client_reset_mid_body_of_a_complete_reply("");
+}
+
+#[test]
+fn client_reset_mid_body_of_a_reply_its_upstream_closed_after() {
+    // The upstream closes once it has sent the reply: its FIN is the reply's
+    // end, not a cut, and the response is still the client's to leave.
+    client_reset_mid_body_of_a_complete_reply("/close");
+}
+
+/// nginx reads the whole 16 MB reply into its buffers and temp file while the
+/// client, having taken 64 KiB, reads no more; then the client resets. The
+/// upstream answered in full: the client cut the exchange.
+fn client_reset_mid_body_of_a_complete_reply(prefix: &str) {
     let lab = Lab::start();
-    let path = "/big/16000000";
+    let path = &format!("{prefix}/big/16000000");
+    let sent_as = "/big/16000000";
     let mut s = connect(lab.port(), Some(128 * 1024));
     let client_port = s.local_addr().unwrap().port();
     let (head, mut body) = get_head(&mut s, path);
@@ -300,10 +315,10 @@ fn client_reset_mid_body_of_a_complete_buffered_reply() {
             .upstream
             .sent()
             .iter()
-            .any(|e| e.target == path)
+            .any(|e| e.target == sent_as)
             .then_some(()))
         .is_some(),
-        "the upstream did not finish sending {path}"
+        "the upstream did not finish sending {sent_as}"
     );
     thread::sleep(Duration::from_millis(200));
     set_linger_zero(&s);
