@@ -1782,7 +1782,13 @@ impl Engine {
                 }
                 if let Some((e, idx)) = self.attempt_mut(sock) {
                     e.touch(ts);
-                    e.attempts[idx].rst_in.get_or_insert(ts);
+                    // A reset that answers the proxy's own close (a peer whose
+                    // socket was already gone, its own reset lost on the way)
+                    // came after the proxy gave up: it decided nothing.
+                    let a = &mut e.attempts[idx];
+                    if a.local_close.is_none_or(|c| ts < c) {
+                        a.rst_in.get_or_insert(ts);
+                    }
                 }
             }
             None => self.counters.unknown_socket_events += 1,

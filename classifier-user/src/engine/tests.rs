@@ -1079,6 +1079,30 @@ fn a_client_leaving_a_reply_its_upstream_closed_after_is_the_clients_cut() {
     }
 }
 
+#[test]
+fn a_reset_answering_the_proxys_own_close_leaves_its_timeout() {
+    // nginx gives up on a silent upstream (proxy_read_timeout) and closes; the
+    // peer, whose socket was gone (its own reset lost), resets in answer to
+    // that FIN. nginx writes 504: a timeout, whatever answered its close.
+    let mut s = Script::new();
+    s.client(C1, 5000)
+        .recv(C1, get("/slow"))
+        .connect(U1, 9000, Some(C1))
+        .established(U1, 40000)
+        .send(U1, get("/slow"), Some(U1))
+        .at(2000)
+        .close(U1, TcpState::Established)
+        .reset_in(U1, 1)
+        .destroy(U1, false)
+        .send(C1, status(504), Some(U1));
+    let r = s.finish().remove(0);
+    assert_eq!(
+        (r.verdict, r.upstreams[0].outcome),
+        (Verdict::UpstreamTimeout, Outcome::Timeout),
+        "{r:?}"
+    );
+}
+
 impl Script {
     fn reset_in(&mut self, sock: SockId, unacked: u32) -> &mut Self {
         self.ev(EventKind::Reset {
