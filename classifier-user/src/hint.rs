@@ -205,6 +205,11 @@ pub fn hint(verdict: Verdict, f: &HintFacts) -> Option<String> {
             let (why, check) = match f.errno {
                 Some(113) => ("no route to host", NOTHING_LISTENS),
                 Some(101) => ("network unreachable", NOTHING_LISTENS),
+                // An ICMP error whose code the kernel kept for the proxy.
+                Some(0) => (
+                    "an ICMP error came back at once",
+                    "nothing listens there (port unreachable), or no route leads to the host, or a firewall rejects the connection; the proxy's error log names which (nginx: \"connect() failed (111: Connection refused)\" or \"(113: No route to host)\"). Check that the service is running on that host and port, the host's reachability from the proxy, and REJECT rules between them.",
+                ),
                 Some(2) => ("no such socket file", NOTHING_LISTENS),
                 // The two unix socket causes: the server is alive but does not
                 // keep up, or the proxy's user may not open the socket file.
@@ -335,6 +340,7 @@ mod tests {
             hint(Verdict::UpstreamRefused, &f).unwrap()
         };
         assert!(refused(111).contains("(connection refused): nothing listens"));
+        assert!(refused(0).contains("ICMP") && refused(0).contains("113: No route to host"));
         assert!(refused(2).contains("(no such socket file): nothing listens"));
         assert!(
             refused(11).contains("accept queue is full") && refused(11).contains("pm.max_children")

@@ -176,9 +176,17 @@ fn attempt_outcome(a: &Attempt, ex: &Exchange, last: bool) -> Outcome {
         // A unix socket's connect fails at once, whatever the reason: nothing
         // listens (ECONNREFUSED), no such path (ENOENT), no permission on the
         // socket file (EACCES), the server's accept queue is full (EAGAIN).
+        // An error reported with no code (0) is an ICMP error (port or host
+        // unreachable) that met the connect while the proxy held the socket:
+        // the kernel keeps the code aside (`sk_err_soft`) for the proxy's
+        // own check, reports the error, and ends the connect at once.
         let unix = a.peer.unix.is_some();
         let refused = a.error.is_some_and(|(e, _)| {
-            e == libc::ECONNREFUSED || e == libc::EHOSTUNREACH || e == libc::ENETUNREACH || unix
+            e == libc::ECONNREFUSED
+                || e == libc::EHOSTUNREACH
+                || e == libc::ENETUNREACH
+                || e == 0
+                || unix
         }) || a.rst_in.is_some();
         if refused {
             return Outcome::Refused;

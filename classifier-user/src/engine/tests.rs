@@ -361,6 +361,32 @@ fn a_refused_last_attempt_is_upstream_refused() {
 }
 
 #[test]
+fn a_connect_ended_by_an_icmp_error_is_refused_not_a_connect_timeout() {
+    // Port or host unreachable by ICMP, met while the proxy held the socket:
+    // the error is reported without its code, and the kernel ends the connect
+    // at once (SYN_SENT -> CLOSE, not the proxy's close). nginx writes 502.
+    let mut s = Script::new();
+    s.client(C1, 5000)
+        .recv(C1, get("/a"))
+        .connect(U1, 9001, Some(C1))
+        .ev(EventKind::SockError {
+            sock: U1,
+            errno: 0,
+            state: TcpState::SynSent,
+        })
+        .state(U1, TcpState::SynSent, TcpState::Close, 0, false)
+        .destroy(U1, true)
+        .send(C1, status(502), Some(U1));
+    let r = s.finish().remove(0);
+    assert_eq!(
+        (r.verdict, r.upstreams[0].outcome),
+        (Verdict::UpstreamRefused, Outcome::Refused),
+        "{r:?}"
+    );
+    assert!(r.hint.unwrap().contains("ICMP"));
+}
+
+#[test]
 fn identical_concurrent_requests_follow_their_own_thread() {
     // Two exchanges in one loop iteration: read C1, connect U1, read C2, connect U2.
     let mut s = Script::new();
