@@ -18,8 +18,34 @@ pub fn outcomes(ex: &Exchange, out: &mut Vec<Outcome>) {
         ex.attempts
             .iter()
             .enumerate()
-            .map(|(i, a)| attempt_outcome(a, ex, i + 1 == n)),
+            .map(|(i, a)| attempt_outcome(a, ex, ex.attempts.get(i + 1))),
     );
+}
+
+/// Whether two attempts asked for different requests (both lines seen). A
+/// retry (`proxy_next_upstream`) sends the same request again; a request of
+/// the proxy's own making (an `auth_request` check, an `error_page` fallback)
+/// asks for another.
+fn other_request(a: &Attempt, b: &Attempt) -> bool {
+    match (&a.upstream_request, &b.upstream_request) {
+        (Some(x), Some(y)) => x.target != y.target || x.query != y.query || x.method != y.method,
+        _ => false,
+    }
+}
+
+/// The proxy took this reply, then made another request: an `auth_request`
+/// check that allowed the request before it was proxied. A retry follows a
+/// reply the proxy refused, and nginx closes that connection before it tries
+/// the next server; an accepted reply's connection goes back to the pool
+/// (it is still open when the next attempt starts), or the next request asks
+/// for something else. (A connection the upstream broke is closed without a
+/// state change the proxy makes: it says nothing of the reply.)
+fn took_reply_then_asked_again(a: &Attempt, next: &Attempt) -> bool {
+    let kept = a.rst_out.is_none()
+        && a.upstream_failed().is_none()
+        && a.local_close
+            .is_none_or(|c| next.started().is_some_and(|s| c > s));
+    kept || other_request(a, next)
 }
 
 /// The attempt that decided the exchange: the last one tried, unless that one
@@ -49,17 +75,14 @@ fn answered_error_page(ex: &Exchange) -> bool {
     let Some(written) = ex.response.as_ref().and_then(|r| r.status) else {
         return false;
     };
-    let other_target = match (&before.upstream_request, &fallback.upstream_request) {
-        (Some(a), Some(b)) => a.target != b.target,
-        _ => false,
-    };
     written >= 500
         && fallback.status.is_some_and(|s| s != written)
-        && (before.status == Some(written) || other_target)
+        && (before.status == Some(written) || other_request(before, fallback))
 }
 
 /// How an upstream attempt ended.
-fn attempt_outcome(a: &Attempt, ex: &Exchange, last: bool) -> Outcome {
+fn attempt_outcome(a: &Attempt, ex: &Exchange, next: Option<&Attempt>) -> Outcome {
+    let last = next.is_none();
     let client_left = ex.client_left();
     let before_client = |ts: u64| client_left.is_none_or(|c| ts <= c);
     // The proxy died waiting on this attempt: dropped, not failed by the
@@ -106,9 +129,12 @@ fn attempt_outcome(a: &Attempt, ex: &Exchange, last: bool) -> Outcome {
         // take this reply. A status it retries on (`proxy_next_upstream
         // http_502`, `http_404`...) was the upstream's own answer; otherwise the
         // head never came whole: broken, timed out, or rejected.
-        if !last && status < 400 {
+        if let Some(next) = next.filter(|_| status < 400) {
             if let Some(failed) = a.failure_read() {
                 return broken(a, failed);
+            }
+            if took_reply_then_asked_again(a, next) {
+                return Outcome::Response;
             }
             let waited = a
                 .local_close

@@ -1421,6 +1421,60 @@ fn a_retried_attempt_that_sent_a_status_line_then_broke_is_not_a_response() {
 }
 
 #[test]
+fn an_auth_check_that_allowed_the_request_is_a_response_a_rejected_head_is_not() {
+    // `auth_request`: the check's 200, then the request itself on another
+    // connection. Over a pooled connection (kept: still open when the next
+    // attempt starts), over a fresh one the check's server closes (another
+    // request line than the next one's); then, as control, a retry after a
+    // head the proxy rejected: the same request again, its connection closed
+    // first.
+    let run = |case: &str| {
+        let mut s = Script::new();
+        s.client(C1, 5000).recv(C1, get("/app/x"));
+        match case {
+            "pooled" => {
+                s.pooled(U1, 40001, 9001).send(U1, Head::None, Some(C1));
+            }
+            _ => {
+                let line = if case == "fresh" { "/check" } else { "/app/x" };
+                s.connect(U1, 9001, Some(C1))
+                    .established(U1, 40001)
+                    .send(U1, get(line), Some(C1));
+            }
+        }
+        s.at(1).recv(U1, status(200));
+        if case == "fresh" {
+            s.state(U1, TcpState::Established, TcpState::CloseWait, 40001, false)
+                .close(U1, TcpState::CloseWait);
+        }
+        if case == "retried" {
+            s.close(U1, TcpState::Established);
+        }
+        s.at(2)
+            .connect(U2, 9000, Some(U1))
+            .established(U2, 40002)
+            .send(U2, get("/app/x"), Some(U1))
+            .at(3)
+            .recv(U2, status(200))
+            .send(C1, status(200), Some(U2));
+        let r = s.finish().remove(0);
+        let outcomes: Vec<Outcome> = r.upstreams.iter().map(|u| u.outcome).collect();
+        (r.verdict, outcomes)
+    };
+    for case in ["pooled", "fresh"] {
+        assert_eq!(
+            run(case),
+            (Verdict::Ok, vec![Outcome::Response, Outcome::Response]),
+            "{case}"
+        );
+    }
+    assert_eq!(
+        run("retried"),
+        (Verdict::Ok, vec![Outcome::Invalid, Outcome::Response])
+    );
+}
+
+#[test]
 fn a_client_that_stops_mid_body_while_it_streams_upstream_is_the_clients_timeout() {
     // proxy_request_buffering off: the request went upstream as it came; the
     // body stopped, and after client_body_timeout the proxy closed both.
