@@ -53,6 +53,10 @@ fn near_common_timeout(us: u64) -> Option<u64> {
     })
 }
 
+/// A 502 the proxy wrote without an attempt this long after the request came
+/// waited on something: a resolver, not a group of failed servers.
+const RESOLVER_WAIT_US: u64 = 50_000;
+
 pub fn ms(us: u64) -> String {
     if us >= 10_000_000 {
         format!("{:.0} s", us as f64 / 1e6)
@@ -274,7 +278,14 @@ pub fn hint(verdict: Verdict, f: &HintFacts) -> Option<String> {
             f.status.unwrap_or(501),
             if f.status == Some(505) { "an HTTP version it does not speak (HTTP/2.0 or 3.0 on an HTTP/1 request line)" } else { "such as one with a Transfer-Encoding it does not know" }
         ),
-        Verdict::ProxyError if f.status == Some(502) && f.attempts == 0 => "The proxy wrote 502 itself without trying an upstream. nginx does this when every server of the upstream group is marked failed after recent errors (\"no live upstreams\" in its error log; max_fails and fail_timeout): the failures just before this one are the cause. Otherwise check its configuration (return, error_page).".to_owned(),
+        // A resolver's wait (a name in `proxy_pass` with a variable, resolved
+        // at request time) is what keeps such a 502 from being immediate:
+        // "no live upstreams" takes microseconds.
+        Verdict::ProxyError if f.status == Some(502) && f.attempts == 0 && f.duration_us >= RESOLVER_WAIT_US => format!(
+            "The proxy wrote 502 itself after {} without trying an upstream: most likely it could not resolve the upstream's name (proxy_pass with a variable and a resolver; nginx: \"could not be resolved\" in its error log, after up to resolver_timeout). Check the resolver's address and reachability, and that the name exists. Otherwise every server of the group was marked failed (\"no live upstreams\").",
+            ms(f.duration_us)
+        ),
+        Verdict::ProxyError if f.status == Some(502) && f.attempts == 0 => "The proxy wrote 502 itself without trying an upstream. nginx does this when every server of the upstream group is marked failed after recent errors (\"no live upstreams\" in its error log; max_fails and fail_timeout): the failures just before this one are the cause. A name in proxy_pass that its resolver could not resolve does it too (\"could not be resolved\"). Otherwise check its configuration (return, error_page).".to_owned(),
         Verdict::ProxyError => {
             let status = written(f.status);
             format!(
@@ -327,6 +338,25 @@ mod tests {
         assert!(hint(Verdict::ClientAbort, &f)
             .unwrap()
             .contains("slow upstream"));
+    }
+
+    #[test]
+    fn a_502_without_an_attempt_names_the_resolver_when_it_waited() {
+        let f = |duration_us| HintFacts {
+            status: Some(502),
+            duration_us,
+            ..Default::default()
+        };
+        let quick = hint(Verdict::ProxyError, &f(60)).unwrap();
+        assert!(
+            quick.starts_with("The proxy wrote 502 itself without")
+                && quick.contains("no live upstreams")
+        );
+        let waited = hint(Verdict::ProxyError, &f(1_000_000)).unwrap();
+        assert!(
+            waited.contains("after 1.00 s") && waited.contains("could not resolve"),
+            "{waited}"
+        );
     }
 
     #[test]

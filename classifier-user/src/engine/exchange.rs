@@ -350,7 +350,10 @@ impl Attempt {
     /// When the upstream broke the connection by more than a close: its reset
     /// arrived, or a call on the connection failed.
     pub fn broke(&self) -> Option<u64> {
-        [self.rst_in, self.failed_call()].into_iter().flatten().min()
+        [self.rst_in, self.failed_call()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The first sign that the upstream itself broke the connection.
