@@ -263,6 +263,12 @@ pub struct State {
     /// FIN_WAIT1 or LAST_ACK): a touch for attribution.
     pub local_close: u8,
     pub _pad: u32,
+    /// For the owning thread's own close: the socket that thread touched last
+    /// before it, in the same loop iteration (0: none since its last wait for
+    /// events). A close in the handler that had just read or written this
+    /// exchange's sockets finishes it; one with nothing before it answers an
+    /// event of its own (the client's FIN).
+    pub prev_touch: u64,
 }
 
 /// A reset received or sent on a known socket.
@@ -446,7 +452,7 @@ const _: () = {
     assert!(core::mem::size_of::<SockOpen>() == 32 + 48 + 16 + UNIX_PATH_CAP);
     assert!(core::mem::size_of::<Message>() == 32 + 24 + 8 + LINE_CAP);
     assert!(core::mem::size_of::<Io>() == 32 + 16 + 8);
-    assert!(core::mem::size_of::<State>() == 32 + 48 + 16 + 8);
+    assert!(core::mem::size_of::<State>() == 32 + 48 + 16 + 8 + 8);
     assert!(core::mem::size_of::<Reset>() == 40);
     assert!(core::mem::size_of::<SockError>() == 40);
     assert!(core::mem::size_of::<Destroy>() == 56);

@@ -407,6 +407,7 @@ impl Decoder {
                     peer: endpoint(&e.peer)?,
                     local_close: e.local_close != 0,
                     msg: cursor(e.msg_dir, e.msg_bytes, e.msg_last_ns),
+                    prev_touch: touch(e.prev_touch),
                 }
             }
             Kind::Reset => {

@@ -259,6 +259,11 @@ pub enum EventKind {
         peer: Endpoint,
         local_close: bool,
         msg: MsgCursor,
+        /// For the owning thread's own close, the socket that thread touched
+        /// last before it in the same loop iteration (none in older
+        /// recordings, and for a close that came first in its iteration).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        prev_touch: Option<SockId>,
     },
     Reset {
         sock: SockId,

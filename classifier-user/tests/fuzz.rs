@@ -256,6 +256,7 @@ fn event() -> impl Strategy<Value = EventKind> {
                     peer,
                     local_close,
                     msg: MsgCursor::default(),
+                    prev_touch: local_close.then_some(sock),
                 }
             }),
         (

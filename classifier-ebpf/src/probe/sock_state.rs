@@ -62,7 +62,12 @@ fn on_set_state(ctx: &RawTracePointContext) -> Option<()> {
     let sock = SOCKS.get_ptr_mut(sk)?;
     // A watched thread's own close: the first FIN_WAIT1 (close or shutdown) or
     // LAST_ACK (close after the peer's FIN). Only a syscall makes these changes.
-    let local_close = (new == TCP_FIN_WAIT1 || new == TCP_LAST_ACK) && touch_close(sock, pid_tgid);
+    let close = if new == TCP_FIN_WAIT1 || new == TCP_LAST_ACK {
+        touch_close(sock, pid_tgid)
+    } else {
+        None
+    };
+    let local_close = close.is_some();
     // Only changes the engine reads: the connect's result, the peer's FIN, the
     // owner's close, and an abortive end (RST) of an open connection. The rest of
     // a close handshake (FIN_WAIT2, LAST_ACK → CLOSE...) says nothing new.
@@ -96,6 +101,7 @@ fn on_set_state(ctx: &RawTracePointContext) -> Option<()> {
             (*e).msg_dir = msg_dir;
             (*e).local_close = local_close as u8;
             (*e)._pad = 0;
+            (*e).prev_touch = close.unwrap_or(0);
         }
     });
     Some(())
@@ -178,22 +184,22 @@ fn on_listen(sk: u64, opened: bool, pid_tgid: u64) -> Option<()> {
 }
 
 /// Marks the socket closed by its thread, once, and records the close as that
-/// thread's touch. Returns whether this call was that close.
+/// thread's touch. Returns, when this call was that close, the thread's touch
+/// before it (0: none).
 #[inline(always)]
-fn touch_close(sock: *mut SockState, pid_tgid: u64) -> bool {
-    let Some(thread) = thread_state(pid_tgid as u32) else {
-        return false;
-    };
+fn touch_close(sock: *mut SockState, pid_tgid: u64) -> Option<u64> {
+    let thread = thread_state(pid_tgid as u32)?;
     // SAFETY: both pointers point to map values valid for this program run.
     unsafe {
         if (*sock).closed != 0 {
-            return false;
+            return None;
         }
         (*sock).closed = 1;
+        let prev = (*thread).last_touch;
         (*thread).last_touch = (*sock).id;
         (*thread).last_touch_receiving = 0;
+        Some(prev)
     }
-    true
 }
 
 /// Whether `sk` is a TCP socket over IPv4 or IPv6 (`sk_family`, `sk_protocol`).
@@ -263,7 +269,7 @@ fn on_destroy(sk: u64) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     // A socket not yet closed by its thread is destroyed inside that thread's
     // close() (it was already in CLOSE: refused, reset, or closed with linger 0).
-    let local_close = touch_close(sock, pid_tgid);
+    let local_close = touch_close(sock, pid_tgid).is_some();
     end_entry(sk, sock, pid_tgid, local_close);
     Some(())
 }

@@ -267,6 +267,9 @@ pub struct Attempt {
     pub rst_out: Option<u64>,
     /// The connect failed (SYN_SENT → CLOSE).
     pub connect_failed: Option<u64>,
+    /// The socket the proxy's thread touched just before its close of this
+    /// connection, in the same loop iteration.
+    pub close_after_touch: Option<SockId>,
 }
 
 impl Attempt {
@@ -291,6 +294,7 @@ impl Attempt {
             local_close: None,
             rst_out: None,
             connect_failed: None,
+            close_after_touch: None,
         }
     }
 

@@ -385,15 +385,14 @@ impl Engine {
                 peer,
                 local_close,
                 msg,
+                prev_touch,
             } => self.state(
                 ts,
                 ev.tid,
                 *sock,
-                *old,
-                *new,
-                *local,
-                *peer,
-                *local_close,
+                (*old, *new),
+                (*local, *peer),
+                local_close.then_some(*prev_touch),
                 *msg,
             ),
             EventKind::Reset {
@@ -1612,18 +1611,19 @@ impl Engine {
     }
 
     #[allow(clippy::too_many_arguments)]
+    /// `closed`: the owning thread's own close, with the socket it touched
+    /// before it in the same loop iteration.
     fn state(
         &mut self,
         ts: u64,
         tid: u32,
         sock: SockId,
-        old: TcpState,
-        new: TcpState,
-        local: crate::event::Endpoint,
-        peer: crate::event::Endpoint,
-        local_close: bool,
+        (old, new): (TcpState, TcpState),
+        (local, peer): (crate::event::Endpoint, crate::event::Endpoint),
+        closed: Option<Option<SockId>>,
         msg: MsgCursor,
     ) {
+        let local_close = closed.is_some();
         let Some(s) = self.socks.get_mut(sock) else {
             self.counters.unknown_socket_events += 1;
             return;
@@ -1681,8 +1681,11 @@ impl Engine {
                     }
                     _ => {}
                 }
-                if local_close {
-                    a.local_close.get_or_insert(ts);
+                if let Some(before) = closed {
+                    if a.local_close.is_none() {
+                        a.local_close = Some(ts);
+                        a.close_after_touch = before;
+                    }
                 }
             }
         }

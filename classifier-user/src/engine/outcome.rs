@@ -12,7 +12,6 @@ const RETRIED_STATUSES: [u16; 6] = [500, 503, 504, 403, 404, 429];
 /// How each attempt of an exchange ended, into `out` (cleared first: the engine
 /// reuses one buffer for every record).
 pub fn outcomes(ex: &Exchange, out: &mut Vec<Outcome>) {
-    let n = ex.attempts.len();
     out.clear();
     out.extend(
         ex.attempts
@@ -160,7 +159,7 @@ fn attempt_outcome(a: &Attempt, ex: &Exchange, next: Option<&Attempt>) -> Outcom
         // A tunnel (101) has no body to cut: either side closing ends it, and
         // the proxy then closes both connections.
         if let Some(dropped) = dropped_mid_body(a, ex, last).filter(|_| status != 101) {
-            if mid_body_leave(ex).is_some_and(|c| c <= dropped) {
+            if mid_body_leave(ex).is_some_and(|c| c <= dropped) && !dropped_as_it_finished(a, ex) {
                 return Outcome::Aborted;
             }
             // The client stopped reading and the proxy gave up on it: the
@@ -317,6 +316,21 @@ fn dropped_mid_body(a: &Attempt, ex: &Exchange, last: bool) -> Option<u64> {
     ex.upstream_dropped?;
     let upstream_ended = a.upstream_failed().is_some_and(|f| f <= closed) || a.eof_read.is_some();
     (last && !upstream_ended).then_some(closed)
+}
+
+/// The proxy closed the upstream in the handler that had just done this
+/// exchange's I/O (its thread touched the client's connection or this
+/// upstream's last before the close), and the client's FIN came after the
+/// response's last write: the proxy finishing the exchange, the client's FIN
+/// arriving meanwhile (a client that closes as soon as it has the response,
+/// an upstream without keep-alive closed once its reply was read). A close
+/// that answers the client's FIN comes from a handler woken by that FIN, with
+/// nothing of this exchange read or written before it.
+fn dropped_as_it_finished(a: &Attempt, ex: &Exchange) -> bool {
+    let in_its_handler = a
+        .close_after_touch
+        .is_some_and(|t| t == ex.client || t == a.sock);
+    in_its_handler && ex.client_rst.is_none() && ex.client_fin.is_some_and(|f| f > ex.last_send)
 }
 
 /// When the client left (FIN or RST) after the response had started, if it did.

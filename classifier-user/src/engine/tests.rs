@@ -169,6 +169,7 @@ impl Script {
             peer: ep(0),
             local_close,
             msg: MsgCursor::default(),
+            prev_touch: None,
         })
     }
 
@@ -1129,6 +1130,44 @@ fn a_reset_answering_the_proxys_own_close_leaves_its_timeout() {
     );
 }
 
+#[test]
+fn a_client_fin_that_meets_the_proxy_finishing_is_no_abort() {
+    // A client that closes once it has the response (it sent `Connection:
+    // close`), an upstream without keep-alive: nginx writes the last bytes,
+    // then closes the upstream and the client in the same handler; the
+    // client's FIN arrives in between. The close came right after this
+    // exchange's own write. Against it, the client leaving mid-body: its FIN
+    // wakes nginx, which drops the upstream with nothing done before it.
+    let run = |touched: Option<SockId>| {
+        let mut s = Script::new();
+        s.client(C1, 5000)
+            .recv(C1, get("/a"))
+            .connect(U1, 9000, Some(C1))
+            .established(U1, 40000)
+            .send(U1, get("/a"), Some(U1))
+            .recv(U1, status(200))
+            .send(C1, status(200), Some(U1))
+            .state(C1, TcpState::Established, TcpState::CloseWait, 8080, false)
+            .ev(EventKind::State {
+                sock: U1,
+                old: TcpState::Established,
+                new: TcpState::FinWait1,
+                local: ep(40000),
+                peer: ep(9000),
+                local_close: true,
+                msg: MsgCursor::default(),
+                prev_touch: touched,
+            })
+            .close(C1, TcpState::CloseWait)
+            .destroy(C1, false);
+        let r = s.finish().remove(0);
+        (r.verdict, r.upstreams[0].outcome)
+    };
+    assert_eq!(run(Some(C1)), (Verdict::Ok, Outcome::Response));
+    assert_eq!(run(None), (Verdict::ClientAbort, Outcome::Aborted));
+    assert_eq!(run(Some(C2)), (Verdict::ClientAbort, Outcome::Aborted));
+}
+
 impl Script {
     fn reset_in(&mut self, sock: SockId, unacked: u32) -> &mut Self {
         self.ev(EventKind::Reset {
@@ -1495,6 +1534,7 @@ fn a_client_that_stops_mid_body_while_it_streams_upstream_is_the_clients_timeout
                 bytes: 1_000,
                 last: 1_000 * MS,
             },
+            prev_touch: None,
         })
         .destroy(C1, false);
     let r = s.finish().remove(0);
