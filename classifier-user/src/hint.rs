@@ -297,7 +297,7 @@ pub fn hint(verdict: Verdict, f: &HintFacts) -> Option<String> {
 
 /// What nginx logs for a client gone before any response.
 const LOGGED_AS_499: &str =
-    "nginx logs 499 (400 if the client left while still sending its request body)";
+    "nginx logs 499 (400 if the client left while still sending its request line, headers or body; the status of a cached answer if it was waiting on a cache lock)";
 
 /// What to check when nothing answered a connect.
 const NOTHING_LISTENS: &str = "nothing listens there. Check that the service is running, its port and target port, and recent restarts.";

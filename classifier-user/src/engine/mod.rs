@@ -1004,8 +1004,15 @@ impl Engine {
             // even sent: that response did not come from here.
             // An HTTP/2 stream's attempt stays with its stream: its client
             // responses are not read, so none can claim it.
+            // Taken for the proxy's own request of an exchange that had
+            // answered (a subrequest): a request sent from a timer, whose
+            // thread's last touch was that exchange (a `proxy_cache_lock`
+            // waiter whose lock timed out), is claimed by the response it
+            // decided, for the client still waiting, even with no reply (the
+            // proxy's 504 after its read timeout).
             let foreign = !x.http2
                 && (x.orphan
+                    || (x.subrequest && waiting.is_some())
                     || a.first_byte.is_some_and(|fb| match &x.response {
                         None => true,
                         Some(r) => fb > r.ts || a.request_sent.is_some_and(|sent| sent > r.ts),

@@ -1168,6 +1168,43 @@ fn a_client_fin_that_meets_the_proxy_finishing_is_no_abort() {
     assert_eq!(run(Some(C2)), (Verdict::ClientAbort, Outcome::Aborted));
 }
 
+#[test]
+fn a_cache_lock_waiters_timed_out_request_is_claimed_by_its_504() {
+    // `proxy_cache_lock`: C1 holds the lock and times out (504 at 1 s); C2
+    // waited on the lock, whose timeout fires then: nginx sends C2's request
+    // from that timer, right after writing C1's 504, so the thread's last
+    // touch is C1, which had answered (its request looks like the proxy's
+    // own). It times out too; the 504 nginx writes to C2 names its socket.
+    let mut s = Script::new();
+    s.client(C1, 5000)
+        .client(C2, 5001)
+        .recv(C1, get("/lock/a"))
+        .recv(C2, get("/lock/a"))
+        .connect(U1, 9000, Some(C1))
+        .established(U1, 40001)
+        .send(U1, get("/lock/a"), Some(U1))
+        .at(1000)
+        .close(U1, TcpState::Established)
+        .send(C1, status(504), Some(U1))
+        .connect(U2, 9000, Some(C1))
+        .established(U2, 40002)
+        .send(U2, get("/lock/a"), Some(U2))
+        .at(2000)
+        .close(U2, TcpState::Established)
+        .send(C2, status(504), Some(U2));
+    let rs = s.finish();
+    for (port, local) in [(5000, 40001), (5001, 40002)] {
+        let r = rs.iter().find(|r| r.client.port == port).unwrap();
+        let attempts: Vec<(u16, Outcome)> = r.upstreams.iter().map(|u| (u.local_port, u.outcome)).collect();
+        assert_eq!(
+            (r.verdict, attempts),
+            (Verdict::UpstreamTimeout, vec![(local, Outcome::Timeout)]),
+            "{r:?}"
+        );
+    }
+    assert_eq!(s.engine.counters().subrequests, 0);
+}
+
 impl Script {
     fn reset_in(&mut self, sock: SockId, unacked: u32) -> &mut Self {
         self.ev(EventKind::Reset {
