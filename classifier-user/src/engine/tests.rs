@@ -1021,10 +1021,7 @@ fn an_upstream_fin_after_the_head_truncates_only_a_response_left_unfinished() {
     let run = |finished_after_eof: bool, client_first: bool| {
         let mut s = Script::new();
         s.client(C1, 5000)
-            .recv(C1, get("/a"))
-            .connect(U1, 9000, Some(C1))
-            .established(U1, 40000)
-            .send(U1, get("/a"), Some(U1))
+            .forwarded(C1, U1, 40000, "/a")
             .recv(U1, status(200));
         if !finished_after_eof {
             s.send(C1, status(200), Some(U1));
@@ -1065,10 +1062,7 @@ fn a_client_leaving_a_reply_its_upstream_closed_after_is_the_clients_cut() {
     for leaves in [true, false] {
         let mut s = Script::new();
         s.client(C1, 5000)
-            .recv(C1, get("/big"))
-            .connect(U1, 9000, Some(C1))
-            .established(U1, 40000)
-            .send(U1, get("/big"), Some(U1))
+            .forwarded(C1, U1, 40000, "/big")
             .recv(U1, status(200))
             .send(C1, status(200), Some(U1))
             .at(10)
@@ -1141,10 +1135,7 @@ fn a_client_fin_that_meets_the_proxy_finishing_is_no_abort() {
     let run = |touched: Option<SockId>| {
         let mut s = Script::new();
         s.client(C1, 5000)
-            .recv(C1, get("/a"))
-            .connect(U1, 9000, Some(C1))
-            .established(U1, 40000)
-            .send(U1, get("/a"), Some(U1))
+            .forwarded(C1, U1, 40000, "/a")
             .recv(U1, status(200))
             .send(C1, status(200), Some(U1))
             .state(C1, TcpState::Established, TcpState::CloseWait, 8080, false)
@@ -1195,7 +1186,11 @@ fn a_cache_lock_waiters_timed_out_request_is_claimed_by_its_504() {
     let rs = s.finish();
     for (port, local) in [(5000, 40001), (5001, 40002)] {
         let r = rs.iter().find(|r| r.client.port == port).unwrap();
-        let attempts: Vec<(u16, Outcome)> = r.upstreams.iter().map(|u| (u.local_port, u.outcome)).collect();
+        let attempts: Vec<(u16, Outcome)> = r
+            .upstreams
+            .iter()
+            .map(|u| (u.local_port, u.outcome))
+            .collect();
         assert_eq!(
             (r.verdict, attempts),
             (Verdict::UpstreamTimeout, vec![(local, Outcome::Timeout)]),
@@ -2355,10 +2350,7 @@ fn a_retried_status_with_no_server_left_is_the_upstreams_error() {
     let run = |theirs: u16| {
         let mut s = Script::new();
         s.client(C1, 5000)
-            .recv(C1, get("/a"))
-            .connect(U1, 9000, Some(C1))
-            .established(U1, 40000)
-            .send(U1, get("/a"), Some(U1))
+            .forwarded(C1, U1, 40000, "/a")
             .recv(U1, status(theirs))
             .close(U1, TcpState::Established)
             .send(C1, status(502), None);
