@@ -112,6 +112,35 @@ fn written(status: Option<u16>) -> String {
     status.map_or("no response".to_owned(), |s| s.to_string())
 }
 
+/// The hint of an `ok` exchange the proxy answered itself after its upstream
+/// failed: a stale copy from its cache (`proxy_cache_use_stale`) or an
+/// `error_page` answering 2xx or 3xx. The client was served; the upstream's
+/// owner still has something to act on. `None` when the deciding attempt did
+/// not fail.
+pub fn covered_failure(f: &HintFacts) -> Option<String> {
+    let up = f.upstream.as_deref()?;
+    let what = match (f.outcome?, f.upstream_status) {
+        (Outcome::Refused, _) => "refused the connection".to_owned(),
+        (Outcome::Reset, _) => "reset the connection".to_owned(),
+        (Outcome::Closed, _) => "closed the connection before a whole response header".to_owned(),
+        (Outcome::Invalid, _) => "sent a response header the proxy rejected".to_owned(),
+        (Outcome::Timeout, _) => "did not answer in time".to_owned(),
+        (Outcome::ConnectTimeout, _) => "did not accept the connection in time".to_owned(),
+        (Outcome::Truncated, _) => "cut its response short".to_owned(),
+        (Outcome::Response, Some(s)) if s >= 500 => format!("answered {s}"),
+        _ => return None,
+    };
+    let retried = if f.attempts > 1 {
+        format!(" (after {} attempts)", f.attempts)
+    } else {
+        String::new()
+    };
+    Some(format!(
+        "The client got {} from the proxy itself because {up} {what}{retried}: the proxy answered from its cache (a stale copy: proxy_cache_use_stale; nginx logs $upstream_cache_status STALE) or with an error_page. Clients are served for now, but that upstream is failing: check it.",
+        written(f.status)
+    ))
+}
+
 /// The hint for an exchange, or `None` when there is nothing to act on.
 pub fn hint(verdict: Verdict, f: &HintFacts) -> Option<String> {
     let up = f.upstream.as_deref().unwrap_or("the upstream");
@@ -338,6 +367,30 @@ mod tests {
         assert!(hint(Verdict::ClientAbort, &f)
             .unwrap()
             .contains("slow upstream"));
+    }
+
+    #[test]
+    fn an_ok_served_over_a_failed_upstream_says_so() {
+        let f = |outcome, upstream_status| HintFacts {
+            status: Some(200),
+            upstream: Some("10.0.3.7:8080".into()),
+            attempts: 1,
+            outcome: Some(outcome),
+            upstream_status,
+            ..Default::default()
+        };
+        let stale = covered_failure(&f(Outcome::Refused, None)).unwrap();
+        assert!(
+            stale.contains("10.0.3.7:8080 refused") && stale.contains("STALE"),
+            "{stale}"
+        );
+        assert!(covered_failure(&f(Outcome::Response, Some(503)))
+            .unwrap()
+            .contains("answered 503"));
+        // A revalidation (304) or the upstream's own 404 behind an error_page
+        // is no failure.
+        assert_eq!(covered_failure(&f(Outcome::Response, Some(304))), None);
+        assert_eq!(covered_failure(&f(Outcome::Response, Some(404))), None);
     }
 
     #[test]

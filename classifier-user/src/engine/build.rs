@@ -236,7 +236,20 @@ pub fn build(
     {
         Some(shutdown_hint(ex.pid, us(ex.start, cut.max(ex.start))))
     } else if verdict == Verdict::Ok {
-        None
+        // Only an answer the proxy made itself can cover a failure (rare: the
+        // common `ok` builds no facts).
+        (from == Some(ResponseFrom::Proxy) && !ex.attempts.is_empty())
+            .then(|| {
+                crate::hint::covered_failure(&hint_facts(
+                    ex,
+                    outcomes,
+                    status,
+                    duration_us,
+                    verdict,
+                    from,
+                ))
+            })
+            .flatten()
     } else {
         hint(
             verdict,
