@@ -124,10 +124,11 @@ fn attempt_outcome(a: &Attempt, ex: &Exchange, next: Option<&Attempt>) -> Outcom
             }
             return Outcome::Invalid;
         }
-        // Not the last: the proxy went on to another attempt, so it did not
-        // take this reply. A status it retries on (`proxy_next_upstream
-        // http_502`, `http_404`...) was the upstream's own answer; otherwise the
-        // head never came whole: broken, timed out, or rejected.
+        // Not the last: the proxy went on to another attempt. A status it
+        // retries on (`proxy_next_upstream http_502`, `http_404`...) was the
+        // upstream's own answer. Any other reply it either took before asking
+        // again (an `auth_request` check that allowed the request), or did not
+        // take: the head never came whole (broken, timed out) or was rejected.
         if let Some(next) = next.filter(|_| status < 400) {
             if let Some(failed) = a.failure_read() {
                 return broken(a, failed);
