@@ -1617,9 +1617,9 @@ impl Engine {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     /// `closed`: the owning thread's own close, with the socket it touched
     /// before it in the same loop iteration.
+    #[allow(clippy::too_many_arguments)]
     fn state(
         &mut self,
         ts: u64,
