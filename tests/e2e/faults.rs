@@ -31,6 +31,8 @@ struct Lab {
     nginx: Nginx,
     running: classify::Running,
     _blackhole: DropPort,
+    /// The port nothing listens on (`/refused/`).
+    closed: u16,
 }
 
 /// What a lab run produced.
@@ -62,6 +64,7 @@ impl Lab {
             nginx,
             running,
             _blackhole: drop,
+            closed,
         }
     }
 
@@ -271,6 +274,28 @@ fn upstream_refused_when_nothing_listens() {
         Some("proxy"),
         &["refused"],
     );
+}
+
+#[test]
+fn upstream_refused_by_an_icmp_error() {
+    // A router or firewall answers the SYN with ICMP host unreachable: the
+    // error meets the connect while nginx holds the socket, and comes without
+    // its code; nginx writes 502 at once ("113: No route to host"). Not a
+    // connect timeout: nothing was waited for.
+    let lab = Lab::start();
+    let _unreachable = DropPort::unreachable(lab.closed);
+    assert_eq!(client::get(lab.port(), "/refused/x").unwrap().status, 502);
+    let run = lab.finish(1);
+    run.assert_error_log("No route to host");
+    let r = run.only();
+    assert_record(
+        r,
+        "upstream_refused",
+        Some(502),
+        Some("proxy"),
+        &["refused"],
+    );
+    assert!(r["hint"].as_str().unwrap().contains("ICMP"), "{r:#}");
 }
 
 #[test]

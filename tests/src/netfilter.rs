@@ -1,7 +1,8 @@
 //! A temporary nftables rule that drops every packet to a loopback port, so a
-//! connect there never completes. The rule lives in its own table, which is
-//! removed when the guard drops (and before it is created, in case an earlier run
-//! was killed).
+//! connect there never completes, or rejects it with an ICMP error, as a router
+//! or firewall that knows no way there does. The rule lives in its own table,
+//! which is removed when the guard drops (and before it is created, in case an
+//! earlier run was killed).
 use std::process::{Command, Stdio};
 
 pub struct DropPort {
@@ -20,6 +21,15 @@ fn nft(args: &str) -> bool {
 
 impl DropPort {
     pub fn new(port: u16) -> Self {
+        Self::with_verdict(port, "drop")
+    }
+
+    /// Every SYN to `port` answered with ICMP host unreachable.
+    pub fn unreachable(port: u16) -> Self {
+        Self::with_verdict(port, "reject with icmp type host-unreachable")
+    }
+
+    fn with_verdict(port: u16, verdict: &str) -> Self {
         let table = format!("classify_test_{port}");
         let _ = nft(&format!("delete table inet {table}"));
         let ok = nft(&format!("add table inet {table}"))
@@ -36,9 +46,9 @@ impl DropPort {
                 .status()
                 .is_ok_and(|s| s.success())
             && nft(&format!(
-                "add rule inet {table} out ip daddr 127.0.0.1 tcp dport {port} drop"
+                "add rule inet {table} out ip daddr 127.0.0.1 tcp dport {port} {verdict}"
             ));
-        assert!(ok, "could not add the nftables rule dropping port {port} (is nft installed? run `cargo xtask setup`)");
+        assert!(ok, "could not add the nftables rule ({verdict}) for port {port} (is nft installed? run `cargo xtask setup`)");
         Self { table }
     }
 }
