@@ -344,10 +344,7 @@ impl Attempt {
     /// request body: the FIN, then the RST its kernel sends for the bytes that
     /// keep coming, then nginx's `EPIPE`).
     pub fn upstream_failed_seen(&self) -> Option<u64> {
-        let seen = [self.rst_in, self.failed_call(), self.eof_read]
-            .into_iter()
-            .flatten()
-            .min()?;
+        let seen = [self.broke(), self.eof_read].into_iter().flatten().min()?;
         Some(self.peer_fin.map_or(seen, |fin| fin.min(seen)))
     }
 
@@ -362,10 +359,7 @@ impl Attempt {
 
     /// The first sign that the upstream itself broke the connection.
     pub fn upstream_failed(&self) -> Option<u64> {
-        [self.rst_in, self.failed_call(), self.peer_fin]
-            .into_iter()
-            .flatten()
-            .min()
+        [self.broke(), self.peer_fin].into_iter().flatten().min()
     }
 
     /// When a call on the connection failed because the upstream broke it
