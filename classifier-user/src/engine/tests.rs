@@ -203,6 +203,12 @@ impl Script {
             .collect()
     }
 
+    /// The first record's verdict and its first attempt's outcome.
+    fn verdict_and_outcome(&mut self) -> (Verdict, Outcome) {
+        let r = self.finish().remove(0);
+        (r.verdict, r.upstreams[0].outcome)
+    }
+
     /// A whole exchange on client `c` through kept-alive upstream `u`, its
     /// request held by the probe (sent in the handler that read it).
     fn kept_alive(&mut self, c: SockId, u: SockId, target: &str, code: u16) -> &mut Self {
@@ -1041,8 +1047,7 @@ fn an_upstream_fin_after_the_head_truncates_only_a_response_left_unfinished() {
         } else {
             s.state(C1, TcpState::Established, TcpState::FinWait1, 8080, true);
         }
-        let r = s.finish().remove(0);
-        (r.verdict, r.upstreams[0].outcome)
+        s.verdict_and_outcome()
     };
     assert_eq!(
         run(false, false),
@@ -1151,8 +1156,7 @@ fn a_client_fin_that_meets_the_proxy_finishing_is_no_abort() {
             })
             .close(C1, TcpState::CloseWait)
             .destroy(C1, false);
-        let r = s.finish().remove(0);
-        (r.verdict, r.upstreams[0].outcome)
+        s.verdict_and_outcome()
     };
     assert_eq!(run(Some(C1)), (Verdict::Ok, Outcome::Response));
     assert_eq!(run(None), (Verdict::ClientAbort, Outcome::Aborted));
@@ -2119,8 +2123,7 @@ fn an_upstream_fin_the_proxy_never_read_cuts_nothing() {
         }
         s.close(U1, TcpState::CloseWait)
             .close(C1, TcpState::Established);
-        let r = s.finish().remove(0);
-        (r.verdict, r.upstreams[0].outcome)
+        s.verdict_and_outcome()
     };
     assert_eq!(run(false), (Verdict::Ok, Outcome::Response));
     // A FIN the proxy read before the client's close cut the body.
@@ -2400,8 +2403,7 @@ fn a_tls_upstreams_reset_of_the_close_notify_after_its_fin_is_no_failure() {
             // `Connection: close`: nginx closes the client right after.
             .close(C1, TcpState::Established)
             .destroy(C1, false);
-        let r = s.finish().remove(0);
-        (r.verdict, r.upstreams[0].outcome)
+        s.verdict_and_outcome()
     };
     assert_eq!(run(31), (Verdict::Ok, Outcome::Response));
     // Whatever the proxy still sent: the upstream had answered and closed.
@@ -2433,9 +2435,8 @@ fn an_upload_answered_early_and_closed_is_the_apps_answer() {
         .send(C1, status(413), Some(U1))
         .close(C1, TcpState::Established)
         .destroy(C1, false);
-    let r = s.finish().remove(0);
     assert_eq!(
-        (r.verdict, r.upstreams[0].outcome),
+        s.verdict_and_outcome(),
         (Verdict::ClientError, Outcome::Response)
     );
 }
@@ -2728,9 +2729,8 @@ fn a_handshake_that_outlasts_a_short_connect_timeout_is_a_timeout() {
         .at(50)
         .close(U1, TcpState::Established)
         .send(C1, status(504), Some(U1));
-    let r = s.finish().remove(0);
     assert_eq!(
-        (r.verdict, r.upstreams[0].outcome),
+        s.verdict_and_outcome(),
         (Verdict::UpstreamTimeout, Outcome::Timeout)
     );
 }
