@@ -1,4 +1,5 @@
-//! When the allocator gives freed memory back to the kernel.
+//! The agent's own memory: when the allocator gives freed memory back to the
+//! kernel, and how much is resident.
 //!
 //! Start-up parses the kernel's BTF twice (the socket offsets, then aya's
 //! relocations) and frees some 30 MiB of parsed types. mimalloc purges freed
@@ -47,6 +48,15 @@ pub fn give_back() {
     // SAFETY: `mi_collect` only walks the allocator's own structures; `false`
     // leaves abandoned pages of other threads alone (there are none in the run).
     unsafe { mi_collect(false) };
+}
+
+/// This process's resident memory (`/proc/self/statm`, in pages), in KiB.
+pub fn resident_kib() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()? / 1024)
 }
 
 #[cfg(test)]

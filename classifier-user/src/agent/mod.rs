@@ -552,18 +552,9 @@ impl Agent {
             verdicts: self.sink.verdicts(),
             engine: self.engine.counters().clone(),
             tables: self.engine.table_sizes(),
-            resident_kib: resident_kib().unwrap_or(0),
+            resident_kib: crate::memory::resident_kib().unwrap_or(0),
         }
     }
-}
-
-/// This process's resident memory (`/proc/self/statm`, in pages).
-fn resident_kib() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf only reads a system constant.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    Some(pages * u64::try_from(page).ok()? / 1024)
 }
 
 /// A kernel loss counter already reported, and when it was last read.
