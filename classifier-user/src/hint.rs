@@ -112,6 +112,15 @@ fn written(status: Option<u16>) -> String {
     status.map_or("no response".to_owned(), |s| s.to_string())
 }
 
+/// " (after N attempts)" when the proxy tried more than one.
+fn retried(attempts: usize) -> String {
+    if attempts > 1 {
+        format!(" (after {attempts} attempts)")
+    } else {
+        String::new()
+    }
+}
+
 /// The hint of an `ok` exchange the proxy answered itself after its upstream
 /// failed: a stale copy from its cache (`proxy_cache_use_stale`) or an
 /// `error_page` answering 2xx or 3xx. The client was served; the upstream's
@@ -130,11 +139,7 @@ pub fn covered_failure(f: &HintFacts) -> Option<String> {
         (Outcome::Response, Some(s)) if s >= 500 => format!("answered {s}"),
         _ => return None,
     };
-    let retried = if f.attempts > 1 {
-        format!(" (after {} attempts)", f.attempts)
-    } else {
-        String::new()
-    };
+    let retried = retried(f.attempts);
     Some(format!(
         "The client got {} from the proxy itself because {up} {what}{retried}: the proxy answered from its cache (a stale copy: proxy_cache_use_stale; nginx logs $upstream_cache_status STALE) or with an error_page. Clients are served for now, but that upstream is failing: check it.",
         written(f.status)
@@ -154,11 +159,7 @@ pub fn hint(verdict: Verdict, f: &HintFacts) -> Option<String> {
             }
         })
         .unwrap_or_default();
-    let retried = if f.attempts > 1 {
-        format!(" (after {} attempts)", f.attempts)
-    } else {
-        String::new()
-    };
+    let retried = retried(f.attempts);
     Some(match verdict {
         Verdict::Ok => return None,
         Verdict::ClientError => match f.status {
