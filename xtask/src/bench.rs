@@ -91,6 +91,8 @@ struct AgentCounts {
     bytes: u64,
     lost: u64,
     exchanges: u64,
+    /// Exchange records marked `complete: false`.
+    incomplete: u64,
 }
 
 impl Agent {
@@ -153,6 +155,7 @@ impl Agent {
         };
         Ok(AgentCounts {
             exchanges: num(" exchanges"),
+            incomplete: num(" incomplete"),
             events: num(" events"),
             records: num(" ring records"),
             bytes: num(" bytes"),
@@ -425,6 +428,7 @@ pub(crate) fn one_run(
         "event_bytes_per_request": counts.bytes as f64 / n,
         "lost_events": counts.lost,
         "exchanges": counts.exchanges,
+        "incomplete_exchanges": counts.incomplete,
     }))
 }
 
@@ -820,8 +824,9 @@ fn report(r: &Value, opts: &Options) -> String {
         let b = &w["burst"];
         let _ = writeln!(
             s,
-            "\nBurst at ten times the fixed rate: {:.0} req/s served, {:.2} events in {:.2} ring records and {:.0} ring bytes per request, {} lost events.\n",
-            f(&b["rps"]), f(&b["events_per_request"]), f(&b["ring_records_per_request"]), f(&b["event_bytes_per_request"]), b["lost_events"]
+            "\nBurst at ten times the fixed rate: {:.0} req/s served, {:.2} events in {:.2} ring records and {:.0} ring bytes per request, {} lost events; {} of {} records `complete: false`. (Once nginx falls behind, h2load writes a connection's next requests without waiting: they arrive pipelined, several in one read, and only the first one's line is captured; see verdicts.md.)\n",
+            f(&b["rps"]), f(&b["events_per_request"]), f(&b["ring_records_per_request"]), f(&b["event_bytes_per_request"]), b["lost_events"],
+            b["incomplete_exchanges"], b["exchanges"]
         );
         let _ = writeln!(s, "### Where the time goes (fixed rate, kept alive; BPF statistics on for this run only)\n");
         let _ = writeln!(s, "| program | runs/request | ns/run | ns/request |");
