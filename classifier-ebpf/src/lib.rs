@@ -417,7 +417,14 @@ pub struct SockState {
     /// 1 after a send of the current message found the buffer full (`EAGAIN`),
     /// until a send moves bytes again.
     pub blocked: u8,
-    pub _pad: [u8; 1],
+    /// 1 while a client connection's current received message did not start
+    /// with a request line: the rest of a body nginx reads only to discard it,
+    /// after it answered early (`return`, `deny`, a limit). The next request
+    /// then arrives in the same direction, in a receive of its own, so such
+    /// receives are checked for a request line (a request body that starts
+    /// with its request line is never checked: its bytes are the client's).
+    /// Set by the socket tracepoints only (see `sock_io::socket_call`).
+    pub sniff_requests: u8,
     /// Bytes of the message before the held send (the previous reply on this
     /// connection; 0 on a fresh connection), saturated.
     pub held_prev_bytes: u32,

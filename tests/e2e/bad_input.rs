@@ -289,6 +289,70 @@ fn a_pipelined_request_the_proxy_answers_itself_gets_its_record() {
     );
 }
 
+/// A request that comes after a body nginx read only to throw away. nginx may
+/// answer before it has read a request's body (`return`, `deny`, a limit); it
+/// then reads the rest to discard it, and the client's next request on the
+/// connection arrives in the same direction, in a receive of its own. That
+/// request keeps its line and its record is whole; the early answer is its own
+/// exchange.
+#[test]
+fn a_request_after_a_body_nginx_discarded_keeps_its_line() {
+    let (_up, nginx, running) = lab("    location /early { return 403; }\n");
+    let mut c = Conn::connect(nginx.port).unwrap();
+    let port = c.local_port();
+    let mut s = c.stream().try_clone().unwrap();
+    let body = vec![b'x'; 200_000];
+    s.write_all(
+        format!(
+            "POST /early HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    // The answer comes before the body is sent.
+    assert_eq!(c.read_response().unwrap().status, 403);
+    for piece in body.chunks(16_384) {
+        s.write_all(piece).unwrap();
+        thread::sleep(Duration::from_millis(2));
+    }
+    thread::sleep(Duration::from_millis(100));
+    let after = c.request("GET", "/status/201").unwrap();
+    assert_eq!(after.status, 201);
+    let again = c.request("GET", "/status/202").unwrap();
+    assert_eq!(again.status, 202);
+    drop(c);
+    let (out, access) = stop_after_log(&nginx, running, 3);
+    assert_schema(&out.records);
+    assert_matches_access_log(&out.exchanges(), &access);
+    let mine: Vec<&Value> = out
+        .exchanges()
+        .into_iter()
+        .filter(|r| r["client"]["port"] == port)
+        .collect();
+    let got: Vec<(u64, &str, bool)> = mine
+        .iter()
+        .map(|r| {
+            (
+                r["response"]["status"].as_u64().unwrap_or(0),
+                r["request"]["target"].as_str().unwrap_or("-"),
+                r["complete"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (403, "/early", true),
+            (201, "/status/201", true),
+            (202, "/status/202", true)
+        ],
+        "{mine:#?}"
+    );
+    assert_eq!(mine[0]["verdict"], "client_error", "{:#}", mine[0]);
+    assert_eq!(mine[1]["verdict"], "ok", "{:#}", mine[1]);
+}
+
 /// nginx's `client_header_timeout`: a client that sends a request line and never
 /// the end of its headers gets no response, and nginx logs 408. That is the
 /// client's doing, not the proxy's.

@@ -57,7 +57,7 @@ fn on_io(ctx: &RawTracePointContext, direction: u8) -> Option<()> {
     let sk: u64 = ctx.arg(0);
     let ret = ctx.arg::<u64>(1) as i32;
     let flags = ctx.arg::<u64>(2) as i32;
-    socket_call::<false>(thread, pid_tgid, sk, ret, flags, direction, 0)
+    socket_call::<false, true>(thread, pid_tgid, sk, ret, flags, direction, 0)
 }
 
 /// One I/O call of a watched thread on socket `sk`: `ret` bytes moved (or an
@@ -66,12 +66,18 @@ fn on_io(ctx: &RawTracePointContext, direction: u8) -> Option<()> {
 /// plaintext of a TLS connection, given to or returned by the TLS library
 /// (`tls`), whose socket calls then only count as touches.
 ///
+/// `REQUESTS`: whether receives on a client connection are checked for a
+/// request line that starts in the same direction (see
+/// `SockState::sniff_requests`). Only the socket tracepoints do: the 6.1
+/// verifier walks `sys_exit_io` (every path of this function after its
+/// descriptor walk), and this check took it past its million instructions.
+///
 /// `TLS`: called from the TLS library's probes. Those leave the full-buffer
 /// tracking (`blocked`) to the socket's own calls: the 6.1 verifier walks
 /// every path of this function inlined into each TLS program, and one more
 /// branch or store there took `ssl_read_done` past its million instructions.
 #[inline(always)]
-pub(super) fn socket_call<const TLS: bool>(
+pub(super) fn socket_call<const TLS: bool, const REQUESTS: bool>(
     thread: *mut ThreadState,
     pid_tgid: u64,
     sk: u64,
@@ -139,10 +145,22 @@ pub(super) fn socket_call<const TLS: bool>(
         // SAFETY: as above.
         let (changed, side_, line_open) =
             unsafe { ((*sock).dir != direction, (*sock).side, (*sock).line_open) };
+        // A new message in the same direction: a response after another
+        // (pipelined requests, a final status after `100 Continue`), or a
+        // request after the rest of a body nginx read only to discard it,
+        // once it had answered (see `SockState::sniff_requests`).
         let sniffed = !changed
-            && direction == dir::SEND
             && side_ == side::CLIENT
-            && starts_a_response(ret as u64, plain);
+            && if direction == dir::SEND {
+                starts_a_response(ret as u64, plain)
+            } else {
+                // SAFETY: as above.
+                REQUESTS
+                    && !TLS
+                    && line_open == 0
+                    && unsafe { (*sock).sniff_requests } != 0
+                    && starts_a_request(ret as u64)
+            };
         let continued = !changed && !sniffed && line_open != 0;
         if changed || sniffed || continued {
             // A request sent upstream in the handler that read its client's
@@ -223,6 +241,7 @@ pub(super) fn socket_call<const TLS: bool>(
                 }
                 None => {
                     let mut open = false;
+                    let mut first = 0u64;
                     emit_at::<Message>(
                         EventKind::Message,
                         now,
@@ -230,10 +249,18 @@ pub(super) fn socket_call<const TLS: bool>(
                         id,
                         #[inline(always)]
                         |e| {
-                            // SAFETY: `e` is a reserved Message.
-                            open = unsafe { fill_message(e, &start) };
+                            // SAFETY: `e` is a reserved Message; its line is
+                            // LINE_CAP bytes, 8-aligned, written by `fill_message`.
+                            unsafe {
+                                open = fill_message(e, &start);
+                                first = *(*e).line.as_ptr().cast::<u64>();
+                            }
                         },
                     );
+                    if REQUESTS && !TLS && direction == dir::RECV && side_ == side::CLIENT {
+                        // SAFETY: as above.
+                        unsafe { (*sock).sniff_requests = !is_request_start(first) as u8 };
+                    }
                     open
                 }
             };
@@ -492,6 +519,67 @@ fn starts_a_response(moved: u64, plain: u64) -> bool {
         return false;
     };
     word & MASK == HTTP1
+}
+
+/// Whether the data of the current receive starts with a request line (see
+/// [`is_request_start`]). Reads 8 bytes of the caller's buffer, compared in the
+/// kernel; nothing is copied out unless it matches.
+#[inline(always)]
+fn starts_a_request(moved: u64) -> bool {
+    if moved < 8 {
+        return false;
+    }
+    let Some((buf, len)) = syscall_buffer() else {
+        return false;
+    };
+    if len < 8 {
+        return false;
+    }
+    // SAFETY: read of 8 bytes of user memory through the probe helper.
+    let Ok(word) = (unsafe { bpf_probe_read_user(buf as *const u64) }) else {
+        return false;
+    };
+    is_request_start(word)
+}
+
+/// Whether 8 bytes start a request line of a method nginx proxies, with an
+/// origin-form target (`GET /`, `POST /`...; `OPTIONS ` for `*` too). Compared
+/// as masked words, without a loop: the 6.1 verifier walks every path of the
+/// socket programs, and a byte loop here took `sock_recv_length` past its
+/// million instructions.
+#[inline(always)]
+fn is_request_start(word: u64) -> bool {
+    const fn prefix(p: &[u8]) -> (u64, u64) {
+        let mut v = 0u64;
+        let mut i = 0;
+        while i < p.len() {
+            v |= (p[i] as u64) << (i * 8);
+            i += 1;
+        }
+        let mask = if p.len() == 8 {
+            u64::MAX
+        } else {
+            (1u64 << (p.len() * 8)) - 1
+        };
+        (v, mask)
+    }
+    const METHODS: [(u64, u64); 7] = [
+        prefix(b"GET /"),
+        prefix(b"POST /"),
+        prefix(b"PUT /"),
+        prefix(b"HEAD /"),
+        prefix(b"PATCH /"),
+        prefix(b"DELETE /"),
+        prefix(b"OPTIONS "),
+    ];
+    let mut hit = 0u64;
+    let mut i = 0;
+    while i < METHODS.len() {
+        let (v, mask) = METHODS[i];
+        hit |= ((word & mask) == v) as u64;
+        i += 1;
+    }
+    hit != 0
 }
 
 /// Finds the first `\n` within the first `valid` bytes and zeroes everything after

@@ -77,7 +77,7 @@ fn on_sys_exit(ctx: &RawTracePointContext) -> Option<()> {
     };
     let sk = socket_of(fd)?;
     // The socket tracepoints see the `int` the socket layer returns.
-    socket_call::<false>(thread, pid_tgid, sk, ret as i32, flags as i32, direction, 0)
+    socket_call::<false, false>(thread, pid_tgid, sk, ret as i32, flags as i32, direction, 0)
 }
 
 /// The `struct sock` behind the current task's file descriptor `fd`, if it is a

@@ -151,7 +151,7 @@ fn read_done_with(ret: i32) -> Option<()> {
         // SAFETY: a map value valid for this program run, copied out at once.
         unsafe { *TLS_SOCKS.get(ssl_key(ssl, pid_tgid))? }
     };
-    socket_call::<true>(thread, pid_tgid, sk, ret, 0, dir::RECV, buf)
+    socket_call::<true, false>(thread, pid_tgid, sk, ret, 0, dir::RECV, buf)
 }
 
 #[inline(always)]
@@ -166,7 +166,7 @@ fn write_enter(ctx: &ProbeContext) -> Option<()> {
     }
     // SAFETY: a map value valid for this program run, copied out at once.
     let sk = unsafe { *TLS_SOCKS.get(ssl_key(ssl, pid_tgid))? };
-    socket_call::<true>(thread, pid_tgid, sk, num, 0, dir::SEND, buf)
+    socket_call::<true, false>(thread, pid_tgid, sk, num, 0, dir::SEND, buf)
 }
 
 /// The thread read socket `sk` inside a TLS call: the socket carries TLS, and it
