@@ -253,6 +253,10 @@ pub struct Attempt {
     pub status_unread: bool,
     /// The first bytes back were not an HTTP status line.
     pub invalid: bool,
+    /// The reply's status line said `HTTP/1.1`: its end is announced (a
+    /// length, or chunks), so a close does not end it whole. An HTTP/1.0 reply,
+    /// or a gateway's (FastCGI), may end by closing.
+    pub reply_http11: bool,
     pub last_recv: Option<u64>,
     /// The upstream's FIN: read (EOF) or arrived (CLOSE_WAIT).
     pub peer_fin: Option<u64>,
@@ -285,6 +289,7 @@ impl Attempt {
             first_byte: None,
             status: None,
             status_unread: false,
+            reply_http11: false,
             invalid: false,
             last_recv: None,
             peer_fin: None,

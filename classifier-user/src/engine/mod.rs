@@ -1458,7 +1458,10 @@ impl Engine {
         a.last_recv = Some(ts);
         match head {
             Head::Status(st) if (100..200).contains(&st.code) && st.code != 101 => {}
-            Head::Status(st) => a.status = Some(st.code),
+            Head::Status(st) => {
+                a.status = Some(st.code);
+                a.reply_http11 = st.version == "HTTP/1.1";
+            }
             Head::ResponseUnread => a.status_unread = true,
             Head::Request(_) | Head::Other { .. } => a.invalid = true,
             Head::None => {}

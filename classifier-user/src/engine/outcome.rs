@@ -149,11 +149,10 @@ fn attempt_outcome(a: &Attempt, ex: &Exchange, next: Option<&Attempt>) -> Outcom
         // Forwarded. It is cut when the upstream broke the connection after the
         // head and the proxy could not finish the response: it closed the client
         // connection right after, or a send to the client failed.
+        // The failure may have arrived before the proxy read the head: it
+        // waited in the socket behind the head's bytes, so it cut the reply.
         if let Some(failed) = a.upstream_failed_seen() {
-            if failed >= a.first_byte.unwrap_or(0)
-                && response_cut(ex, a, failed)
-                && !ended_by_close(a, ex)
-            {
+            if response_cut(ex, a, failed) && !ended_by_close(a, ex) {
                 return Outcome::Truncated;
             }
         }
@@ -299,7 +298,10 @@ fn broken(a: &Attempt, failed: u64) -> Outcome {
 /// The upstream ended its response by closing the connection, as HTTP/1.0
 /// without a length does and a FastCGI server without `fastcgi_keep_conn`: the
 /// proxy read the FIN (no reset) and wrote to the client after it, finishing
-/// the response. A proxy that finds a response cut writes nothing more.
+/// the response. (nginx also writes what it holds after a FIN that cut a
+/// reply, then closes the client connection: a close-delimited reply and a
+/// cut one look alike here, and the cut shows only when nothing was left to
+/// write, see verdicts.md.)
 fn ended_by_close(a: &Attempt, ex: &Exchange) -> bool {
     let reset = a.rst_in.is_some() || a.error.is_some_and(|(e, _)| e == libc::ECONNRESET);
     !reset && a.eof_read.is_some_and(|eof| ex.last_send > eof)
@@ -373,6 +375,22 @@ fn response_cut(ex: &Exchange, a: &Attempt, failed: u64) -> bool {
         return cut || ex.response_lost.is_some_and(|t| t >= failed);
     }
     cut && ex.reader_stalled().is_none()
+        && !(closes_after_every_response(ex) && may_end_by_close(a))
+}
+
+/// Whether the attempt's reply may end by the upstream closing: any but an
+/// `HTTP/1.1` one (see `Attempt::reply_http11`). An HTTP/1.1 reply that ends
+/// by closing exists, but is rare.
+fn may_end_by_close(a: &Attempt) -> bool {
+    !a.reply_http11
+}
+
+/// nginx closes an HTTP/1.0 client's connection after every response whose
+/// length it cannot announce (a reply the upstream ends by closing has none,
+/// and HTTP/1.0 has no chunked coding): the close then says nothing about
+/// whether the reply was whole.
+fn closes_after_every_response(ex: &Exchange) -> bool {
+    ex.request.as_ref().is_some_and(|r| r.version == "HTTP/1.0")
 }
 
 /// Quiet time before the proxy closes an unanswered connection that marks a

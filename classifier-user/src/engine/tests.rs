@@ -1057,6 +1057,98 @@ fn an_upstream_fin_after_the_head_truncates_only_a_response_left_unfinished() {
     assert_eq!(run(false, true), (Verdict::Ok, Outcome::Response));
 }
 
+/// A FIN or reset that the upstream sent right behind its head arrives before
+/// the proxy reads the head: it waits in the socket behind the head's bytes.
+/// It still cut the reply: the proxy forwards the head, reads the failure, and
+/// closes the client connection (nginx: "upstream prematurely closed
+/// connection while reading upstream", "recv() failed (104 ...) while reading
+/// upstream").
+#[test]
+fn a_failure_that_arrived_before_the_head_was_read_still_cuts_the_reply() {
+    let run = |reset: bool| {
+        let mut s = Script::new();
+        s.client(C1, 5000).forwarded(C1, U1, 40000, "/a");
+        if reset {
+            s.reset_in(U1, 0)
+                .state(U1, TcpState::Established, TcpState::Close, 40000, false)
+                .ev(EventKind::SockError {
+                    sock: U1,
+                    errno: libc::ECONNRESET,
+                    state: TcpState::Close,
+                });
+        } else {
+            s.state(U1, TcpState::Established, TcpState::CloseWait, 40000, false);
+        }
+        s.recv(U1, status(200)).send(C1, status(200), Some(U1));
+        if reset {
+            s.ev(EventKind::IoError {
+                sock: U1,
+                dir: Dir::Recv,
+                errno: libc::ECONNRESET,
+                prev_touch: Some(C1),
+            });
+        } else {
+            s.ev(EventKind::Eof {
+                sock: U1,
+                prev_touch: Some(C1),
+            })
+            .state(U1, TcpState::CloseWait, TcpState::LastAck, 40000, true);
+        }
+        s.state(C1, TcpState::Established, TcpState::FinWait1, 8080, true);
+        s.verdict_and_outcome()
+    };
+    for reset in [false, true] {
+        assert_eq!(
+            run(reset),
+            (Verdict::UpstreamTruncated, Outcome::Truncated),
+            "reset: {reset}"
+        );
+    }
+}
+
+/// nginx closes an HTTP/1.0 client's connection after a reply the upstream
+/// ended by closing (HTTP/1.0 has no chunks to announce its end), so that close
+/// says nothing of a cut when the reply was an HTTP/1.0 one. An HTTP/1.1 reply
+/// announces its end: the same close after its upstream's FIN is a cut.
+#[test]
+fn an_http_1_0_client_closed_after_a_reply_ended_by_its_upstreams_close_got_it_whole() {
+    let run = |reply_version: &'static str| {
+        let mut s = Script::new();
+        let get10 = |t: &str| {
+            crate::head::parse(
+                format!("GET {t} HTTP/1.0\r\n").as_bytes(),
+                crate::head::QueryPolicy::Elide,
+            )
+        };
+        s.client(C1, 5000)
+            .recv(C1, get10("/a"))
+            .connect(U1, 9000, Some(C1))
+            .established(U1, 40000)
+            .send(U1, get10("/a"), Some(C1))
+            .recv(
+                U1,
+                Head::Status(StatusLine {
+                    version: reply_version.into(),
+                    code: 200,
+                }),
+            )
+            .send(C1, status(200), Some(U1))
+            .state(U1, TcpState::Established, TcpState::CloseWait, 40000, false)
+            .ev(EventKind::Eof {
+                sock: U1,
+                prev_touch: Some(C1),
+            })
+            .state(U1, TcpState::CloseWait, TcpState::LastAck, 40000, true)
+            .state(C1, TcpState::Established, TcpState::FinWait1, 8080, true);
+        s.verdict_and_outcome()
+    };
+    assert_eq!(run("HTTP/1.0"), (Verdict::Ok, Outcome::Response));
+    assert_eq!(
+        run("HTTP/1.1"),
+        (Verdict::UpstreamTruncated, Outcome::Truncated)
+    );
+}
+
 #[test]
 fn a_client_leaving_a_reply_its_upstream_closed_after_is_the_clients_cut() {
     // An upstream without keep-alive (nginx's default HTTP/1.0) sends the
