@@ -327,7 +327,7 @@ pub fn hint(verdict: Verdict, f: &HintFacts) -> Option<String> {
 
 /// What nginx logs for a client gone before any response.
 const LOGGED_AS_499: &str =
-    "nginx logs 499 (400 if the client left while still sending its request line, headers or body; the status of a cached answer if it was waiting on a cache lock)";
+    "nginx logs 499 (400 if the client left while still sending its request line, headers or body; the status of a cached answer if it was waiting on a cache lock; with proxy_ignore_client_abort on, the status the upstream went on to answer)";
 
 /// What to check when nothing answered a connect.
 const NOTHING_LISTENS: &str = "nothing listens there. Check that the service is running, its port and target port, and recent restarts.";
