@@ -265,6 +265,9 @@ pub struct Attempt {
     pub rst_in: Option<u64>,
     /// Socket or I/O error (errno, when).
     pub error: Option<(i32, u64)>,
+    /// When a call of the proxy's own on the connection failed (the error as
+    /// the proxy read it, where `error` may be the kernel's report before).
+    pub error_read: Option<u64>,
     /// The proxy closed the connection itself.
     pub local_close: Option<u64>,
     /// The proxy's side sent a reset (a close with bytes left unread).
@@ -290,6 +293,7 @@ impl Attempt {
             status: None,
             status_unread: false,
             reply_http11: false,
+            error_read: None,
             invalid: false,
             last_recv: None,
             peer_fin: None,

@@ -1584,6 +1584,7 @@ impl Engine {
                 if let Some((e, idx)) = self.attempt_mut(sock) {
                     e.touch(ts);
                     e.attempts[idx].error.get_or_insert((errno, ts));
+                    e.attempts[idx].error_read.get_or_insert(ts);
                 }
             }
             None => self.counters.unknown_socket_events += 1,

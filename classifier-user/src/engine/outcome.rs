@@ -149,10 +149,9 @@ fn attempt_outcome(a: &Attempt, ex: &Exchange, next: Option<&Attempt>) -> Outcom
         // Forwarded. It is cut when the upstream broke the connection after the
         // head and the proxy could not finish the response: it closed the client
         // connection right after, or a send to the client failed.
-        // The failure may have arrived before the proxy read the head: it
-        // waited in the socket behind the head's bytes, so it cut the reply.
         if let Some(failed) = a.upstream_failed_seen() {
-            if response_cut(ex, a, failed) && !ended_by_close(a, ex) {
+            if failed_after_head(a, failed) && response_cut(ex, a, failed) && !ended_by_close(a, ex)
+            {
                 return Outcome::Truncated;
             }
         }
@@ -383,6 +382,23 @@ fn response_cut(ex: &Exchange, a: &Attempt, failed: u64) -> bool {
 /// by closing exists, but is rare.
 fn may_end_by_close(a: &Attempt) -> bool {
     !a.reply_http11
+}
+
+/// Whether the upstream's failure at `failed` cut the reply after its head, as
+/// far as the proxy is concerned. A FIN or reset sent right behind the head
+/// often reaches the socket before the proxy reads the head, and waits there
+/// behind its bytes: it counts once the proxy read it (the end of file, a
+/// failed call). A reset counts only then: the proxy reads a reply until its
+/// declared end, so a reset it never met came behind a whole reply (an
+/// upstream that resets as it closes, once its last byte is written).
+fn failed_after_head(a: &Attempt, failed: u64) -> bool {
+    let head = a.first_byte.unwrap_or(0);
+    let read_after_head =
+        a.eof_read.is_some_and(|t| t >= head) || a.error_read.is_some_and(|t| t >= head);
+    if a.broke().is_some() {
+        return read_after_head;
+    }
+    failed >= head || read_after_head
 }
 
 /// nginx closes an HTTP/1.0 client's connection after every response whose

@@ -1106,6 +1106,46 @@ fn a_failure_that_arrived_before_the_head_was_read_still_cuts_the_reply() {
     }
 }
 
+/// An upstream that resets its connection as it closes, right after the last
+/// byte of a whole reply: the proxy takes the whole reply in its reads and
+/// never meets the reset, forwards it, and closes a client that asked it to
+/// (`Connection: close`). Nothing was cut, whether the reset arrived before
+/// the proxy read the head or after.
+#[test]
+fn a_reset_behind_a_whole_reply_that_the_proxy_never_read_cuts_nothing() {
+    let run = |reset_first: bool| {
+        let mut s = Script::new();
+        s.client(C1, 5000).forwarded(C1, U1, 40000, "/a");
+        let reset = |s: &mut Script| {
+            s.reset_in(U1, 0)
+                .state(U1, TcpState::Established, TcpState::Close, 40000, false)
+                .ev(EventKind::SockError {
+                    sock: U1,
+                    errno: libc::ECONNRESET,
+                    state: TcpState::Close,
+                });
+        };
+        if reset_first {
+            reset(&mut s);
+        }
+        s.recv(U1, status(200));
+        if !reset_first {
+            reset(&mut s);
+        }
+        s.send(C1, status(200), Some(U1))
+            .state(C1, TcpState::Established, TcpState::FinWait1, 8080, true)
+            .destroy(U1, true);
+        s.verdict_and_outcome()
+    };
+    for reset_first in [true, false] {
+        assert_eq!(
+            run(reset_first),
+            (Verdict::Ok, Outcome::Response),
+            "reset first: {reset_first}"
+        );
+    }
+}
+
 /// nginx closes an HTTP/1.0 client's connection after a reply the upstream
 /// ended by closing (HTTP/1.0 has no chunks to announce its end), so that close
 /// says nothing of a cut when the reply was an HTTP/1.0 one. An HTTP/1.1 reply
