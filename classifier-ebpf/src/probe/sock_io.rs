@@ -135,11 +135,8 @@ pub(super) fn socket_call<const TLS: bool, const REQUESTS: bool>(
         // SAFETY: as above.
         unsafe { (*sock).blocked = 0 };
     }
-    if ret == -EAGAIN || ciphertext || (flags & MSG_PEEK != 0 && ret >= 0) {
-        // A touch and nothing else: nginx checks connections this way. A peek
-        // that fails goes on to be reported: the proxy read the connection's
-        // failure there (nginx's keep-alive pool checks an idle connection
-        // with a peek, and closes it when the upstream reset it).
+    if ret == -EAGAIN || flags & MSG_PEEK != 0 || ciphertext {
+        // A touch and nothing else: nginx checks connections this way.
         return Some(());
     }
     // SAFETY: helper without arguments.
