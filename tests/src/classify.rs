@@ -25,6 +25,9 @@ pub struct Running {
     stdout: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<Vec<String>>>,
     stdout_done: mpsc::Receiver<()>,
+    /// Closed when the stderr reader has passed on classify's last line (its
+    /// final summary comes just before it exits).
+    stderr_done: mpsc::Receiver<()>,
 }
 
 /// What a stopped run produced.
@@ -70,6 +73,7 @@ pub fn start(args: &[&str]) -> Running {
     let stderr = Arc::new(Mutex::new(Vec::new()));
     let (ready_tx, ready_rx) = mpsc::channel();
     let (done_tx, done_rx) = mpsc::channel();
+    let (err_done_tx, err_done_rx) = mpsc::channel::<()>();
     let out = child.stdout.take().expect("stdout");
     let s2 = stdout.clone();
     thread::spawn(move || {
@@ -88,12 +92,14 @@ pub fn start(args: &[&str]) -> Running {
                 let _ = ready_tx.send(());
             }
         }
+        drop(err_done_tx);
     });
     let mut running = Running {
         child,
         stdout,
         stderr,
         stdout_done: done_rx,
+        stderr_done: err_done_rx,
     };
     if ready_rx.recv_timeout(Duration::from_secs(15)).is_err() {
         let _ = running.child.kill();
@@ -171,6 +177,8 @@ impl Running {
             self.child.wait().expect("wait")
         });
         let _ = self.stdout_done.recv_timeout(Duration::from_secs(5));
+        // Disconnected (Err) once the reader has read to the end of stderr.
+        let _ = self.stderr_done.recv_timeout(Duration::from_secs(5));
         let lines = self.stdout.lock().expect("lock").clone();
         let records = lines
             .iter()
