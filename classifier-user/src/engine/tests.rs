@@ -1069,13 +1069,7 @@ fn a_failure_that_arrived_before_the_head_was_read_still_cuts_the_reply() {
         let mut s = Script::new();
         s.client(C1, 5000).forwarded(C1, U1, 40000, "/a");
         if reset {
-            s.reset_in(U1, 0)
-                .state(U1, TcpState::Established, TcpState::Close, 40000, false)
-                .ev(EventKind::SockError {
-                    sock: U1,
-                    errno: libc::ECONNRESET,
-                    state: TcpState::Close,
-                });
+            s.upstream_reset(U1, 40000);
         } else {
             s.state(U1, TcpState::Established, TcpState::CloseWait, 40000, false);
         }
@@ -1116,21 +1110,12 @@ fn a_reset_behind_a_whole_reply_that_the_proxy_never_read_cuts_nothing() {
     let run = |reset_first: bool| {
         let mut s = Script::new();
         s.client(C1, 5000).forwarded(C1, U1, 40000, "/a");
-        let reset = |s: &mut Script| {
-            s.reset_in(U1, 0)
-                .state(U1, TcpState::Established, TcpState::Close, 40000, false)
-                .ev(EventKind::SockError {
-                    sock: U1,
-                    errno: libc::ECONNRESET,
-                    state: TcpState::Close,
-                });
-        };
         if reset_first {
-            reset(&mut s);
+            s.upstream_reset(U1, 40000);
         }
         s.recv(U1, status(200));
         if !reset_first {
-            reset(&mut s);
+            s.upstream_reset(U1, 40000);
         }
         s.send(C1, status(200), Some(U1))
             .state(C1, TcpState::Established, TcpState::FinWait1, 8080, true)
@@ -1337,6 +1322,18 @@ fn a_cache_lock_waiters_timed_out_request_is_claimed_by_its_504() {
 }
 
 impl Script {
+    /// The upstream resets connection `u` (local port `local`): the reset,
+    /// the state change it makes, and the kernel's error report.
+    fn upstream_reset(&mut self, u: SockId, local: u16) -> &mut Self {
+        self.reset_in(u, 0)
+            .state(u, TcpState::Established, TcpState::Close, local, false)
+            .ev(EventKind::SockError {
+                sock: u,
+                errno: libc::ECONNRESET,
+                state: TcpState::Close,
+            })
+    }
+
     fn reset_in(&mut self, sock: SockId, unacked: u32) -> &mut Self {
         self.ev(EventKind::Reset {
             sock,
