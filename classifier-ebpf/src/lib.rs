@@ -59,7 +59,8 @@ pub mod how {
 pub mod io {
     /// A receive returned 0: the peer's FIN has been read.
     pub const EOF: u8 = 1;
-    /// A send or receive failed (`ret` is `-errno`), other than `EAGAIN`.
+    /// A send or receive failed (`ret` is `-errno`), other than `EAGAIN` and
+    /// other than a peek (`PEEK_ERROR`).
     pub const ERROR: u8 = 2;
     /// More bytes moved in the current message (throttled, see `PROGRESS_NS`;
     /// at once for the first send after `BLOCKED`).
@@ -68,6 +69,11 @@ pub mod io {
     /// (`EAGAIN`): the peer reads slower than the proxy writes, and the message
     /// goes on later. Once until a send moves bytes again.
     pub const BLOCKED: u8 = 4;
+    /// A receive with `MSG_PEEK` failed (`ret` is `-errno`): the proxy checked
+    /// the connection without reading it and found it reset. nginx does so
+    /// for an idle connection in its keep-alive pool (then closes it) and for
+    /// a client that may have left.
+    pub const PEEK_ERROR: u8 = 5;
 }
 
 /// Direction of a reset.

@@ -385,6 +385,11 @@ impl Decoder {
                         errno: e.ret.saturating_neg(),
                         prev_touch: touch(e.prev_touch),
                     },
+                    wire::io::PEEK_ERROR => EventKind::PeekError {
+                        sock: sock(id),
+                        errno: e.ret.saturating_neg(),
+                        prev_touch: touch(e.prev_touch),
+                    },
                     wire::io::PROGRESS => EventKind::Progress {
                         sock: sock(id),
                         dir: d,

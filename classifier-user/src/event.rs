@@ -250,6 +250,15 @@ pub enum EventKind {
         errno: i32,
         prev_touch: Option<SockId>,
     },
+    /// A receive with `MSG_PEEK` failed with `errno`: the proxy checked the
+    /// connection without reading it and found it failed (nginx's keep-alive
+    /// pool checks an idle upstream connection so, then closes it; nginx checks
+    /// a client that may have left so too).
+    PeekError {
+        sock: SockId,
+        errno: i32,
+        prev_touch: Option<SockId>,
+    },
     /// A TCP state change. `local_close`: the owning thread's own close.
     State {
         sock: SockId,
@@ -314,6 +323,7 @@ impl EventKind {
             | Self::Blocked { sock, .. }
             | Self::Eof { sock, .. }
             | Self::IoError { sock, .. }
+            | Self::PeekError { sock, .. }
             | Self::State { sock, .. }
             | Self::Reset { sock, .. }
             | Self::SockError { sock, .. }

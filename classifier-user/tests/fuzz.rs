@@ -239,6 +239,13 @@ fn event() -> impl Strategy<Value = EventKind> {
                 errno,
                 prev_touch: None
             }),
+        (sock(), prop_oneof![Just(104), Just(110)]).prop_map(|(sock, errno)| {
+            EventKind::PeekError {
+                sock,
+                errno,
+                prev_touch: None,
+            }
+        }),
         (
             sock(),
             state(),

@@ -135,8 +135,12 @@ pub(super) fn socket_call<const TLS: bool, const REQUESTS: bool>(
         // SAFETY: as above.
         unsafe { (*sock).blocked = 0 };
     }
-    if ret == -EAGAIN || flags & MSG_PEEK != 0 || ciphertext {
-        // A touch and nothing else: nginx checks connections this way.
+    let peek = flags & MSG_PEEK != 0;
+    if ret == -EAGAIN || (peek && ret >= 0) || ciphertext {
+        // A touch and nothing else: nginx checks connections this way. A peek
+        // that fails goes on, reported as a peek: the proxy learned there that
+        // the peer reset the connection, without reading it (nginx's keep-alive
+        // pool checks an idle connection so, and closes it for no request).
         return Some(());
     }
     // SAFETY: helper without arguments.
@@ -308,7 +312,13 @@ pub(super) fn socket_call<const TLS: bool, const REQUESTS: bool>(
             (*sock).emitted_ns = now;
             (*sock).msg_bytes
         };
-        let what = if ret == 0 { io::EOF } else { io::ERROR };
+        let what = if ret == 0 {
+            io::EOF
+        } else if peek {
+            io::PEEK_ERROR
+        } else {
+            io::ERROR
+        };
         held::release(sock);
         emit_io(
             now, pid_tgid, id, prev_touch, msg_bytes, ret, direction, what,

@@ -78,6 +78,10 @@ const MAX_THREADS_REMEMBERED: usize = 4096;
 struct OwnActions {
     last: Option<SockId>,
     before: Option<SockId>,
+    /// When the thread acted last: a request the probes held back comes out
+    /// after the thread's later actions, with its own older time, and is
+    /// no later action.
+    at: u64,
 }
 
 /// The socket of an event that runs in the acting thread itself (its I/O, a
@@ -89,6 +93,7 @@ fn own_action(kind: &EventKind) -> Option<SockId> {
         | EventKind::Progress { sock, .. }
         | EventKind::Eof { sock, .. }
         | EventKind::IoError { sock, .. }
+        | EventKind::PeekError { sock, .. }
         | EventKind::State {
             sock,
             local_close: true,
@@ -307,11 +312,12 @@ impl Engine {
                 self.last_own.clear();
             }
             let entry = self.last_own.entry(ev.tid).or_default();
-            if entry.last != Some(sock) {
-                *entry = OwnActions {
-                    last: Some(sock),
-                    before: entry.last,
-                };
+            if ts >= entry.at {
+                if entry.last != Some(sock) {
+                    entry.before = entry.last;
+                    entry.last = Some(sock);
+                }
+                entry.at = ts;
             }
         }
         if let EventKind::Message {
@@ -377,6 +383,7 @@ impl Engine {
             EventKind::IoError {
                 sock, dir, errno, ..
             } => self.io_error(ts, *sock, *dir, *errno),
+            EventKind::PeekError { sock, errno, .. } => self.peek_error(ts, *sock, *errno),
             EventKind::State {
                 sock,
                 old,
@@ -1587,6 +1594,27 @@ impl Engine {
                     e.attempts[idx].error_read.get_or_insert(ts);
                 }
             }
+            None => self.counters.unknown_socket_events += 1,
+        }
+    }
+
+    /// The proxy peeked at a connection and found it failed. On a client
+    /// connection it learned that the client left. On an upstream connection
+    /// it learned of the failure without reading the reply: the connection's
+    /// reset is no longer unread (nginx's keep-alive pool peeks at an idle
+    /// connection and closes it, for no request). The failure is no read
+    /// after the head either: the attempt's reply ended before the pool took
+    /// the connection back, and a proxy that reads on meets it again, as an
+    /// end of file.
+    fn peek_error(&mut self, ts: u64, sock: SockId, errno: i32) {
+        match self.side(sock) {
+            Some(Side::Client) => {
+                if errno == libc::ECONNRESET {
+                    self.client_left(sock, ts, true);
+                }
+            }
+            Some(Side::Upstream) if self.raised_by_reset_after_fin(sock, errno) => {}
+            Some(Side::Upstream) => self.read_failure(sock),
             None => self.counters.unknown_socket_events += 1,
         }
     }

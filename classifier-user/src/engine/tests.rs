@@ -13,6 +13,7 @@ use crate::{
 const MS: u64 = 1_000_000;
 const C1: SockId = SockId(1);
 const C2: SockId = SockId(2);
+const C3: SockId = SockId(3);
 const U1: SockId = SockId(11);
 const U2: SockId = SockId(12);
 const U3: SockId = SockId(13);
@@ -122,6 +123,29 @@ impl Script {
             prev_msg_last: 0,
             tls: false,
         })
+    }
+
+    /// A request send the probes held back (`held`), emitted only now, with
+    /// the older time `at` of the call itself.
+    fn held_send(&mut self, sock: SockId, at: u64, prev_touch: Option<SockId>) -> &mut Self {
+        let prev_msg_bytes = self.last_bytes.insert(sock, 120).unwrap_or(0);
+        let ev = Event {
+            ts: at,
+            pid: 100,
+            tid: 100,
+            kind: EventKind::Message {
+                sock,
+                dir: Dir::Send,
+                bytes: 120,
+                head: Head::None,
+                prev_touch,
+                prev_msg_bytes,
+                prev_msg_last: 0,
+                tls: false,
+            },
+        };
+        self.engine.ingest(ev, &mut self.out);
+        self
     }
 
     fn connect(
@@ -1131,6 +1155,42 @@ fn a_reset_behind_a_whole_reply_that_the_proxy_never_read_cuts_nothing() {
     }
 }
 
+/// The same reset behind a whole reply on a kept-alive connection: nginx put
+/// the connection back in its pool, whose peek at it fails. The pool learned
+/// of the reset there, after the reply: no cut of the exchange it served, even
+/// when nginx closes its client afterwards.
+#[test]
+fn a_reset_behind_a_whole_reply_that_the_pool_peeked_at_cuts_nothing() {
+    let run = |peek_before_client_close: bool| {
+        let mut s = Script::new();
+        s.client(C1, 5000).forwarded(C1, U1, 40000, "/a");
+        s.upstream_reset(U1, 40000)
+            .recv(U1, status(200))
+            .send(C1, status(200), Some(U1));
+        let peek = EventKind::PeekError {
+            sock: U1,
+            errno: libc::ECONNRESET,
+            prev_touch: Some(C1),
+        };
+        if peek_before_client_close {
+            s.ev(peek.clone());
+        }
+        s.state(C1, TcpState::Established, TcpState::FinWait1, 8080, true);
+        if !peek_before_client_close {
+            s.ev(peek);
+        }
+        s.destroy(U1, true);
+        s.verdict_and_outcome()
+    };
+    for peek_first in [true, false] {
+        assert_eq!(
+            run(peek_first),
+            (Verdict::Ok, Outcome::Response),
+            "peek before the client's close: {peek_first}"
+        );
+    }
+}
+
 /// nginx closes an HTTP/1.0 client's connection after a reply the upstream
 /// ended by closing (HTTP/1.0 has no chunks to announce its end), so that close
 /// says nothing of a cut when the reply was an HTTP/1.0 one. An HTTP/1.1 reply
@@ -1805,17 +1865,16 @@ fn a_pooled_connection_reset_while_idle_then_taken_is_a_reset_attempt() {
 
 #[test]
 fn the_pool_closing_a_reset_idle_connection_itself_is_no_attempt() {
-    // nginx's keep-alive pool reads the reset of an idle connection (its read
-    // fails) and closes it, here right after reading a client's request that
-    // waits for its body: no attempt of that exchange.
+    // nginx's keep-alive pool peeks at an idle connection (`MSG_PEEK`), finds
+    // it reset and closes it, here right after reading a client's request
+    // that waits for its body: no attempt of that exchange.
     let mut s = Script::new();
     s.client(C1, 5000).pooled(U1, 40000, 9000);
     s.kept_alive(C1, U1, "/one", 200).at(300);
     idle_reset(&mut s, U1);
     s.at(10).recv(C1, get("/two"));
-    s.ev(EventKind::IoError {
+    s.ev(EventKind::PeekError {
         sock: U1,
-        dir: Dir::Recv,
         errno: libc::ECONNRESET,
         prev_touch: Some(C1),
     })
@@ -1833,6 +1892,65 @@ fn the_pool_closing_a_reset_idle_connection_itself_is_no_attempt() {
         .map(|u| (u.local_port, u.outcome))
         .collect();
     assert_eq!(ups, vec![(40002, Outcome::Response)]);
+}
+
+/// A thread reads a client's request and sends it on a kept-alive connection
+/// (a send the probes hold back until its reply), reads another exchange's
+/// whole reply, forwards it, and closes that reply's connection, which the
+/// upstream had reset behind it. The held send comes out later, when the
+/// kept-alive connection's FIN arrives (its upstream answers and closes), with
+/// its own, older time: it is not the thread's action before the close, and
+/// the close is no attempt of the waiting exchange.
+#[test]
+fn a_held_send_released_late_is_no_later_action_of_its_thread() {
+    let mut s = Script::new();
+    s.client(C3, 5003)
+        .forwarded(C3, U2, 40002, "/zero")
+        .recv(U2, status(503))
+        .send(C3, status(503), Some(U2))
+        .state(C3, TcpState::Established, TcpState::FinWait1, 8080, true)
+        .at(2);
+    s.client(C1, 5000).forwarded(C1, U1, 40000, "/one").at(1);
+    s.client(C2, 5001).recv(C2, get("/two"));
+    let sent_at = s.t + 10_000;
+    s.at(1)
+        .recv(U1, status(200))
+        .upstream_reset(U1, 40000)
+        .send(C1, status(200), Some(U1))
+        .held_send(U2, sent_at, Some(C2))
+        .state(U2, TcpState::Established, TcpState::CloseWait, 40002, false)
+        .destroy(U1, true)
+        .state(C1, TcpState::Established, TcpState::FinWait1, 8080, true)
+        .recv(U2, status(404))
+        .send(C2, status(404), Some(U2));
+    let rs = s.finish();
+    let got: Vec<_> = rs
+        .iter()
+        .map(|r| {
+            let ups: Vec<_> = r
+                .upstreams
+                .iter()
+                .map(|u| (u.local_port, u.outcome))
+                .collect();
+            (r.request.as_ref().unwrap().target.clone(), r.verdict, ups)
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                "/zero".into(),
+                Verdict::UpstreamError,
+                vec![(40002, Outcome::Response)]
+            ),
+            ("/one".into(), Verdict::Ok, vec![(40000, Outcome::Response)]),
+            (
+                "/two".into(),
+                Verdict::ClientError,
+                vec![(40002, Outcome::Response)]
+            ),
+        ]
+    );
 }
 
 /// Records of a finished script: target, response status, verdict, upstream
