@@ -653,6 +653,69 @@ fn a_pooled_connection_reset_while_idle_is_a_reset_attempt() {
     assert_eq!(refused[1]["verdict"], "upstream_reset");
 }
 
+/// The pool's own check of an idle connection, right after the thread read a
+/// request that waits for the rest of its body. The client's next request
+/// (a POST, half its body sent) reaches nginx before the upstream resets the
+/// idle pooled connection (the workers are stopped meanwhile), so one loop
+/// iteration reads that request, then peeks at the pooled connection
+/// (`MSG_PEEK`), finds it reset and closes it. That close is the pool's: the
+/// POST, sent once its body is whole on a fresh connection, has one attempt,
+/// as `$upstream_addr` says.
+#[test]
+fn the_pool_closing_a_connection_it_found_reset_is_no_attempt() {
+    pool_closing_a_reset_connection(&[]);
+}
+
+/// The same with socket I/O seen at syscall exits (kernels before 6.5): the
+/// peek's flag comes from `recvfrom`'s arguments there.
+#[test]
+fn the_pool_closing_a_connection_it_found_reset_at_syscall_exits_is_no_attempt() {
+    pool_closing_a_reset_connection(&["--io-probes", "syscall"]);
+}
+
+fn pool_closing_a_reset_connection(extra: &[&str]) {
+    let lab = Lab::start_with(extra);
+    let mut c = Conn::connect(lab.port()).unwrap();
+    assert_eq!(c.request("GET", "/idle-reset/150").unwrap().status, 200);
+    let workers = lab.nginx.worker_pids();
+    for w in &workers {
+        // SAFETY: signals to the lab's own nginx workers.
+        unsafe { libc::kill(*w as i32, libc::SIGSTOP) };
+    }
+    let body = [b'x'; 2000];
+    let head = "POST /status/201 HTTP/1.1\r\nHost: test\r\nContent-Length: 2000\r\n\r\n";
+    let mut stream = c.stream();
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&body[..1000]).unwrap();
+    // The upstream resets the idle connection after 150 ms.
+    thread::sleep(Duration::from_millis(400));
+    for w in &workers {
+        // SAFETY: as above.
+        unsafe { libc::kill(*w as i32, libc::SIGCONT) };
+    }
+    thread::sleep(Duration::from_millis(200));
+    stream.write_all(&body[1000..]).unwrap();
+    assert_eq!(c.read_response().unwrap().status, 201);
+    let run = lab.finish(2);
+    let post = run
+        .exchanges
+        .iter()
+        .find(|r| r["request"]["method"] == "POST")
+        .expect("the POST's record");
+    assert_record(post, "ok", Some(201), Some("upstream"), &["response"]);
+    // A fresh connection: not the one the pool closed.
+    let first = run
+        .exchanges
+        .iter()
+        .find(|r| r["request"]["method"] == "GET")
+        .expect("the GET's record");
+    assert_ne!(
+        post["upstreams"][0]["local_port"], first["upstreams"][0]["local_port"],
+        "{post:#}"
+    );
+    assert_eq!(run.stats["verdicts"]["ok"], 2, "{}", run.stats);
+}
+
 #[test]
 fn a_mixed_run_of_200_concurrent_requests_agrees_with_the_logs() {
     mixed_run(&[]);
