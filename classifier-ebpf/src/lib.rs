@@ -74,6 +74,10 @@ pub mod io {
     /// for an idle connection in its keep-alive pool (then closes it) and for
     /// a client that may have left.
     pub const PEEK_ERROR: u8 = 5;
+    /// The proxy began ending the socket's TLS session (`SSL_shutdown`): it is
+    /// closing the connection. nginx sends its `close_notify` and waits for the
+    /// peer's answer before it closes the socket itself.
+    pub const TLS_SHUTDOWN: u8 = 6;
 }
 
 /// Direction of a reset.

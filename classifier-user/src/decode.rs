@@ -390,6 +390,7 @@ impl Decoder {
                         errno: e.ret.saturating_neg(),
                         prev_touch: touch(e.prev_touch),
                     },
+                    wire::io::TLS_SHUTDOWN => EventKind::TlsShutdown { sock: sock(id) },
                     wire::io::PROGRESS => EventKind::Progress {
                         sock: sock(id),
                         dir: d,

@@ -259,6 +259,10 @@ pub enum EventKind {
         errno: i32,
         prev_touch: Option<SockId>,
     },
+    /// The proxy began ending the connection's TLS session (`SSL_shutdown`):
+    /// it is closing the connection, and nginx waits for the peer's answer
+    /// before it closes the socket.
+    TlsShutdown { sock: SockId },
     /// A TCP state change. `local_close`: the owning thread's own close.
     State {
         sock: SockId,
@@ -324,6 +328,7 @@ impl EventKind {
             | Self::Eof { sock, .. }
             | Self::IoError { sock, .. }
             | Self::PeekError { sock, .. }
+            | Self::TlsShutdown { sock }
             | Self::State { sock, .. }
             | Self::Reset { sock, .. }
             | Self::SockError { sock, .. }

@@ -239,6 +239,7 @@ fn event() -> impl Strategy<Value = EventKind> {
                 errno,
                 prev_touch: None
             }),
+        sock().prop_map(|sock| EventKind::TlsShutdown { sock }),
         (sock(), prop_oneof![Just(104), Just(110)]).prop_map(|(sock, errno)| {
             EventKind::PeekError {
                 sock,

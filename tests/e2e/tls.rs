@@ -402,6 +402,59 @@ fn a_tls_client_that_closes_once_it_has_the_response_lost_nothing() {
     assert_all_ok(exchanges.iter().copied());
 }
 
+/// An upstream that resets its connection mid-body, behind TLS clients that
+/// close as soon as nginx does. nginx ends a TLS connection with its
+/// `close_notify` and waits for the client's answer before it closes the
+/// socket, so such a client's FIN comes first (Python's `ssl` closes at the
+/// alert). The response was cut all the same: nginx had met the reset, and
+/// the client got 10 of the 1,000 bytes announced.
+#[test]
+fn a_reply_cut_mid_body_behind_a_tls_client_that_closes_first_is_truncated() {
+    let lab = TlsFront::start(false);
+    let nginx = &lab.nginx;
+    let running = classify::start(&["--pid", &nginx.master_pid().to_string()]);
+    let n = 20;
+    let script = format!(
+        "import socket, ssl\n\
+         ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE\n\
+         short = 0\n\
+         for i in range({n}):\n\
+         \x20   s = ctx.wrap_socket(socket.create_connection(('127.0.0.1', {port})))\n\
+         \x20   s.sendall(b'GET /fault/truncate HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n\
+         \x20   buf = b''\n\
+         \x20   while True:\n\
+         \x20       try:\n\
+         \x20           chunk = s.recv(4096)\n\
+         \x20       except (ssl.SSLError, OSError):\n\
+         \x20           break\n\
+         \x20       if not chunk: break\n\
+         \x20       buf += chunk\n\
+         \x20   head, _, body = buf.partition(b'\\r\\n\\r\\n')\n\
+         \x20   short += head.startswith(b'HTTP/1.1 200') and len(body) < 1000\n\
+         \x20   s.close()\n\
+         print(short)\n",
+        port = nginx.port
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), n.to_string());
+    let (out, access) = stop_after_log(nginx, running, n);
+    let exchanges = out.exchanges();
+    assert_matches_access_log(&exchanges, &access);
+    assert_eq!(exchanges.len(), n);
+    for r in &exchanges {
+        assert_eq!(r["verdict"], "upstream_truncated", "{r}");
+        assert_eq!(r["upstreams"][0]["outcome"], "truncated", "{r}");
+    }
+}
+
 /// `curl` over plain HTTP/1.1: each URL in turn on one kept-alive connection.
 fn curl_plain(port: u16, paths: &[&str]) -> Vec<u16> {
     let mut cmd = Command::new("curl");

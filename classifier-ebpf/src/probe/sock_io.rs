@@ -327,6 +327,28 @@ pub(super) fn socket_call<const TLS: bool, const REQUESTS: bool>(
     Some(())
 }
 
+/// The proxy began ending TLS socket `sk`'s session (`tls::ssl_shutdown_enter`).
+#[inline(always)]
+pub(super) fn tls_shutdown(pid_tgid: u64, sk: u64) -> Option<()> {
+    let sock = SOCKS.get_ptr_mut(sk)?;
+    // SAFETY: `sock` points to a map value valid for this program run.
+    let (id, msg_bytes) = unsafe { ((*sock).id, (*sock).msg_bytes) };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    held::release(sock);
+    emit_io(
+        now,
+        pid_tgid,
+        id,
+        0,
+        msg_bytes,
+        0,
+        dir::SEND,
+        io::TLS_SHUTDOWN,
+    );
+    Some(())
+}
+
 /// A send that found socket `sk`'s buffer full (`EAGAIN`) in the middle of the
 /// message it is sending: reported once, until a send moves bytes again. A
 /// send that blocks before any byte of a message went out starts nothing.

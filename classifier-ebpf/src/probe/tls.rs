@@ -26,7 +26,10 @@ use aya_ebpf::{
 };
 use classifier_ebpf::{dir, SockState, TlsCall};
 
-use super::{maps::thread_state, sock_io::socket_call};
+use super::{
+    maps::thread_state,
+    sock_io::{socket_call, tls_shutdown},
+};
 
 /// The last TLS call of each watched thread, by tid (least recently used
 /// entries go first: threads that exited leave theirs behind).
@@ -83,6 +86,16 @@ pub fn ssl_read_done(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn ssl_write_enter(ctx: ProbeContext) -> u32 {
     let _ = write_enter(&ctx);
+    0
+}
+
+/// Entry of `SSL_shutdown(ssl)`: the proxy ends the TLS session, as it closes
+/// the connection. nginx then waits for the peer's answer (its `close_notify`,
+/// or its FIN) before it closes the socket, so a client that closes at the
+/// alert is seen leaving first; this marks where the proxy's close began.
+#[uprobe]
+pub fn ssl_shutdown_enter(ctx: ProbeContext) -> u32 {
+    let _ = shutdown_enter(&ctx);
     0
 }
 
@@ -167,6 +180,16 @@ fn write_enter(ctx: &ProbeContext) -> Option<()> {
     // SAFETY: a map value valid for this program run, copied out at once.
     let sk = unsafe { *TLS_SOCKS.get(ssl_key(ssl, pid_tgid))? };
     socket_call::<true, false>(thread, pid_tgid, sk, num, 0, dir::SEND, buf)
+}
+
+#[inline(always)]
+fn shutdown_enter(ctx: &ProbeContext) -> Option<()> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    thread_state(pid_tgid as u32)?;
+    let ssl: u64 = ctx.arg(0)?;
+    // SAFETY: a map value valid for this program run, copied out at once.
+    let sk = unsafe { *TLS_SOCKS.get(ssl_key(ssl, pid_tgid))? };
+    tls_shutdown(pid_tgid, sk)
 }
 
 /// The thread read socket `sk` inside a TLS call: the socket carries TLS, and it

@@ -143,6 +143,7 @@ const TLS_PROBES_AT_ENTRIES: &[(&str, &str, u64)] = &[
     ("ssl_read_exit", "SSL_do_handshake", 0),
     ("ssl_read_exit", "SSL_read", 0),
     ("ssl_write_enter", "SSL_write", 0),
+    ("ssl_shutdown_enter", "SSL_shutdown", 0),
 ];
 
 /// The same at the fast sites of a library that has them. `SSL_do_handshake`
@@ -150,12 +151,13 @@ const TLS_PROBES_AT_ENTRIES: &[(&str, &str, u64)] = &[
 /// without it the thread would stay marked as inside a TLS call after the
 /// handshake, and any other socket it touched before its next `epoll_wait` (an
 /// upstream's, another client's) would be taken for TLS.
-fn tls_probes_at(sites: &FastSites) -> [(&'static str, &'static str, u64); 5] {
+fn tls_probes_at(sites: &FastSites) -> [(&'static str, &'static str, u64); 6] {
     [
         ("ssl_handshake_enter", "SSL_do_handshake", 0),
         ("ssl_read_enter", "SSL_read", sites.read_call),
         ("ssl_read_done", "SSL_read", sites.read_done),
         ("ssl_write_enter", "SSL_write", sites.write_call),
+        ("ssl_shutdown_enter", "SSL_shutdown", 0),
         ("ssl_read_exit", "SSL_do_handshake", 0),
     ]
 }

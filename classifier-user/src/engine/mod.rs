@@ -94,6 +94,7 @@ fn own_action(kind: &EventKind) -> Option<SockId> {
         | EventKind::Eof { sock, .. }
         | EventKind::IoError { sock, .. }
         | EventKind::PeekError { sock, .. }
+        | EventKind::TlsShutdown { sock }
         | EventKind::State {
             sock,
             local_close: true,
@@ -384,6 +385,7 @@ impl Engine {
                 sock, dir, errno, ..
             } => self.io_error(ts, *sock, *dir, *errno),
             EventKind::PeekError { sock, errno, .. } => self.peek_error(ts, *sock, *errno),
+            EventKind::TlsShutdown { sock } => self.tls_shutdown(ts, ev.tid, *sock),
             EventKind::State {
                 sock,
                 old,
@@ -1615,6 +1617,27 @@ impl Engine {
             }
             Some(Side::Upstream) if self.raised_by_reset_after_fin(sock, errno) => {}
             Some(Side::Upstream) => self.read_failure(sock),
+            None => self.counters.unknown_socket_events += 1,
+        }
+    }
+
+    /// The proxy began ending a TLS connection (`SSL_shutdown`): on a client
+    /// connection with a response under way, that is the proxy's close, which
+    /// ends the response. nginx sends its `close_notify` and waits for the
+    /// client's answer before it closes the socket, so a client that closes at
+    /// the alert (its FIN) is no client that left first. (Before any response,
+    /// the socket's own close tells how long the client had been quiet.)
+    fn tls_shutdown(&mut self, ts: u64, tid: u32, sock: SockId) {
+        match self.side(sock) {
+            Some(Side::Client) => {
+                if self
+                    .current_mut(sock)
+                    .is_some_and(|ex| ex.response.is_some())
+                {
+                    self.proxy_closed_client(sock, ts, tid, &MsgCursor::default());
+                }
+            }
+            Some(Side::Upstream) => {}
             None => self.counters.unknown_socket_events += 1,
         }
     }

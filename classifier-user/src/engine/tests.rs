@@ -2877,6 +2877,39 @@ fn a_streamed_upload_going_on_after_an_early_answer_is_no_new_attempt() {
     );
 }
 
+/// nginx met the upstream's reset mid-body and ends its TLS client's
+/// connection: `SSL_shutdown` sends its `close_notify`, and nginx waits for the
+/// client's answer before it closes the socket. A client that closes at the
+/// alert sends its FIN before nginx's close; the response was cut all the
+/// same.
+#[test]
+fn a_tls_clients_close_at_the_proxys_close_notify_after_a_cut_is_a_truncation() {
+    let mut s = Script::new();
+    s.client(C1, 5000);
+    s.tls_recv(C1, get("/a"), 80, true)
+        .connect(U1, 9000, Some(C1))
+        .established(U1, 40000)
+        .send(U1, get("/a"), Some(U1))
+        .recv(U1, status(200))
+        .send(C1, status(200), Some(U1))
+        .at(20)
+        .upstream_reset(U1, 40000)
+        .ev(EventKind::IoError {
+            sock: U1,
+            dir: Dir::Recv,
+            errno: libc::ECONNRESET,
+            prev_touch: Some(U1),
+        })
+        .destroy(U1, true)
+        .ev(EventKind::TlsShutdown { sock: C1 })
+        .state(C1, TcpState::Established, TcpState::CloseWait, 8080, false)
+        .state(C1, TcpState::CloseWait, TcpState::LastAck, 8080, true);
+    assert_eq!(
+        s.verdict_and_outcome(),
+        (Verdict::UpstreamTruncated, Outcome::Truncated)
+    );
+}
+
 #[test]
 fn a_tls_clients_reset_of_the_close_notify_loses_nothing() {
     // A TLS client reads the whole response and closes; the proxy's
