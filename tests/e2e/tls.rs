@@ -48,11 +48,17 @@ struct TlsFront {
 
 impl TlsFront {
     fn start(plain_too: bool) -> Self {
+        Self::start_with(plain_too, "")
+    }
+
+    /// The same, with `locations` (or other directives) in the server.
+    fn start_with(plain_too: bool, locations: &str) -> Self {
         require_root();
         let upstream = Upstream::start();
         let dir = tempfile::tempdir().expect("temp dir");
         let (cert, key) = certificate(dir.path());
-        let mut server = format!("    ssl_certificate {cert};\n    ssl_certificate_key {key};\n");
+        let mut server =
+            format!("    ssl_certificate {cert};\n    ssl_certificate_key {key};\n{locations}");
         let tls_port = if plain_too {
             let port = classify_tests::free_port();
             server.push_str(&format!("    listen 127.0.0.1:{port} ssl;\n"));
@@ -453,6 +459,82 @@ fn a_reply_cut_mid_body_behind_a_tls_client_that_closes_first_is_truncated() {
         assert_eq!(r["verdict"], "upstream_truncated", "{r}");
         assert_eq!(r["upstreams"][0]["outcome"], "truncated", "{r}");
     }
+}
+
+/// A request after a body nginx read only to discard it, over TLS: nginx
+/// answers `POST /early` at once (`return 403`), reads the 200 KB body to
+/// throw it away, and the client's next requests on the connection come in
+/// the same direction. They keep their lines, as on a plain connection
+/// (`bad_input::a_request_after_a_body_nginx_discarded_keeps_its_line`).
+#[test]
+fn a_request_after_a_body_nginx_discarded_keeps_its_line_over_tls() {
+    let lab = TlsFront::start_with(false, "    location /early { return 403; }\n");
+    let nginx = &lab.nginx;
+    let running = classify::start(&["--pid", &nginx.master_pid().to_string()]);
+    let script = format!(
+        "import socket, ssl, time\n\
+         ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE\n\
+         s = ctx.wrap_socket(socket.create_connection(('127.0.0.1', {port})))\n\
+         buf = b''\n\
+         def response():\n\
+         \x20   global buf\n\
+         \x20   while b'\\r\\n\\r\\n' not in buf:\n\
+         \x20       buf += s.recv(65536)\n\
+         \x20   head, _, buf = buf.partition(b'\\r\\n\\r\\n')\n\
+         \x20   length = 0\n\
+         \x20   for line in head.split(b'\\r\\n')[1:]:\n\
+         \x20       k, _, v = line.partition(b':')\n\
+         \x20       if k.strip().lower() == b'content-length': length = int(v)\n\
+         \x20   while len(buf) < length:\n\
+         \x20       buf += s.recv(65536)\n\
+         \x20   buf = buf[length:]\n\
+         \x20   return int(head.split()[1])\n\
+         body = b'x' * 200000\n\
+         s.sendall(b'POST /early HTTP/1.1\\r\\nHost: t\\r\\nContent-Length: %d\\r\\n\\r\\n' % len(body))\n\
+         codes = [response()]\n\
+         for i in range(0, len(body), 16384):\n\
+         \x20   s.sendall(body[i:i + 16384]); time.sleep(0.002)\n\
+         time.sleep(0.1)\n\
+         for path in (b'/status/201', b'/status/202'):\n\
+         \x20   s.sendall(b'GET ' + path + b' HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n')\n\
+         \x20   codes.append(response())\n\
+         s.close()\n\
+         print(*codes)\n",
+        port = nginx.port
+    );
+    let out = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "403 201 202");
+    let (out, access) = stop_after_log(nginx, running, 3);
+    assert_schema(&out.records);
+    let exchanges = out.exchanges();
+    assert_matches_access_log(&exchanges, &access);
+    let got: Vec<(u64, &str, bool)> = exchanges
+        .iter()
+        .map(|r| {
+            (
+                r["response"]["status"].as_u64().unwrap_or(0),
+                r["request"]["target"].as_str().unwrap_or("-"),
+                r["complete"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (403, "/early", true),
+            (201, "/status/201", true),
+            (202, "/status/202", true)
+        ],
+        "{exchanges:#?}"
+    );
 }
 
 /// `curl` over plain HTTP/1.1: each URL in turn on one kept-alive connection.

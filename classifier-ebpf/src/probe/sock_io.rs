@@ -68,9 +68,11 @@ fn on_io(ctx: &RawTracePointContext, direction: u8) -> Option<()> {
 ///
 /// `REQUESTS`: whether receives on a client connection are checked for a
 /// request line that starts in the same direction (see
-/// `SockState::sniff_requests`). Only the socket tracepoints do: the 6.1
-/// verifier walks `sys_exit_io` (every path of this function after its
-/// descriptor walk), and this check took it past its million instructions.
+/// `SockState::sniff_requests`). The socket tracepoints do, and the TLS read
+/// programs loaded beside them (`tls`, the `_requests` variants): kernels
+/// that have those tracepoints (6.5+) verify them. The 6.1 verifier walks
+/// `sys_exit_io` (every path of this function after its descriptor walk), and
+/// this check took it past its million instructions.
 ///
 /// `TLS`: called from the TLS library's probes. Those leave the full-buffer
 /// tracking (`blocked`) to the socket's own calls: the 6.1 verifier walks
@@ -160,10 +162,9 @@ pub(super) fn socket_call<const TLS: bool, const REQUESTS: bool>(
             } else {
                 // SAFETY: as above.
                 REQUESTS
-                    && !TLS
                     && line_open == 0
                     && unsafe { (*sock).sniff_requests } != 0
-                    && starts_a_request(ret as u64)
+                    && starts_a_request(ret as u64, plain)
             };
         let continued = !changed && !sniffed && line_open != 0;
         if changed || sniffed || continued {
@@ -261,7 +262,7 @@ pub(super) fn socket_call<const TLS: bool, const REQUESTS: bool>(
                             }
                         },
                     );
-                    if REQUESTS && !TLS && direction == dir::RECV && side_ == side::CLIENT {
+                    if REQUESTS && direction == dir::RECV && side_ == side::CLIENT {
                         // SAFETY: as above.
                         unsafe { (*sock).sniff_requests = !is_request_start(first) as u8 };
                     }
@@ -557,11 +558,11 @@ fn starts_a_response(moved: u64, plain: u64) -> bool {
 /// [`is_request_start`]). Reads 8 bytes of the caller's buffer, compared in the
 /// kernel; nothing is copied out unless it matches.
 #[inline(always)]
-fn starts_a_request(moved: u64) -> bool {
+fn starts_a_request(moved: u64, plain: u64) -> bool {
     if moved < 8 {
         return false;
     }
-    let Some((buf, len)) = syscall_buffer() else {
+    let Some((buf, len)) = data_buffer(plain) else {
         return false;
     };
     if len < 8 {

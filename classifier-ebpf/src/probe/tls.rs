@@ -71,14 +71,32 @@ pub fn ssl_handshake_enter(ctx: ProbeContext) -> u32 {
 /// Return of `SSL_read` and `SSL_do_handshake`.
 #[uretprobe]
 pub fn ssl_read_exit(ctx: RetProbeContext) -> u32 {
-    let _ = read_exit(&ctx);
+    let _ = read_exit::<false>(&ctx);
     0
 }
 
 /// `SSL_read`'s result, inside it (the fast sites: see the agent's `tls_sites`).
 #[uprobe]
 pub fn ssl_read_done(ctx: ProbeContext) -> u32 {
-    let _ = read_done(&ctx);
+    let _ = read_done::<false>(&ctx);
+    0
+}
+
+/// `ssl_read_exit`, and a client's plaintext checked for a request that starts
+/// after a body nginx read only to discard it (`sock_io::socket_call`'s
+/// `REQUESTS`). The agent loads these two with the socket tracepoints (Linux
+/// 6.5+); the other two go with the syscall exits, for kernels whose verifier
+/// would refuse the check (6.1's, at a million instructions).
+#[uretprobe]
+pub fn ssl_read_exit_requests(ctx: RetProbeContext) -> u32 {
+    let _ = read_exit::<true>(&ctx);
+    0
+}
+
+/// `ssl_read_done` with the request check (see `ssl_read_exit_requests`).
+#[uprobe]
+pub fn ssl_read_done_requests(ctx: ProbeContext) -> u32 {
+    let _ = read_done::<true>(&ctx);
     0
 }
 
@@ -114,17 +132,17 @@ fn enter(ctx: &ProbeContext, reads: bool) -> Option<()> {
 }
 
 #[inline(always)]
-fn read_exit(ctx: &RetProbeContext) -> Option<()> {
+fn read_exit<const REQUESTS: bool>(ctx: &RetProbeContext) -> Option<()> {
     // int SSL_read(): the plaintext bytes returned, or <= 0 (0 for a handshake,
     // whose call has no buffer).
-    read_done_with(ctx.ret::<u64>() as i32)
+    read_done_with::<REQUESTS>(ctx.ret::<u64>() as i32)
 }
 
 /// Inside `SSL_read`, at the jump on its internal read's result (see the
 /// agent's `tls_sites`): `eax` is 1 on success, and the plaintext length is
 /// the `size_t` on the stack top.
 #[inline(always)]
-fn read_done(ctx: &ProbeContext) -> Option<()> {
+fn read_done<const REQUESTS: bool>(ctx: &ProbeContext) -> Option<()> {
     // SAFETY: `regs` is this probe's context, the saved user registers.
     let (rax, rsp) = unsafe { ((*ctx.regs).rax, (*ctx.regs).rsp) };
     let len = if rax as i32 > 0 {
@@ -133,13 +151,13 @@ fn read_done(ctx: &ProbeContext) -> Option<()> {
     } else {
         0
     };
-    read_done_with(len.min(i32::MAX as u64) as i32)
+    read_done_with::<REQUESTS>(len.min(i32::MAX as u64) as i32)
 }
 
 /// The end of a watched read call that returned `ret` plaintext bytes (or
 /// `ret <= 0`): the bytes become a receive on the call's socket.
 #[inline(always)]
-fn read_done_with(ret: i32) -> Option<()> {
+fn read_done_with<const REQUESTS: bool>(ret: i32) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tid = pid_tgid as u32;
     let thread = thread_state(tid)?;
@@ -164,7 +182,7 @@ fn read_done_with(ret: i32) -> Option<()> {
         // SAFETY: a map value valid for this program run, copied out at once.
         unsafe { *TLS_SOCKS.get(ssl_key(ssl, pid_tgid))? }
     };
-    socket_call::<true, false>(thread, pid_tgid, sk, ret, 0, dir::RECV, buf)
+    socket_call::<true, REQUESTS>(thread, pid_tgid, sk, ret, 0, dir::RECV, buf)
 }
 
 #[inline(always)]

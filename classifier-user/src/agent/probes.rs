@@ -116,11 +116,23 @@ impl IoHooks {
     /// Whether `prog` belongs to the other set: it is not loaded (no verifier
     /// time at start-up, nothing to poll for skipped runs).
     fn unused(self, prog: &str) -> bool {
-        let other = match self {
-            Self::Socket => SYSCALL_IO,
-            Self::Syscall => SOCKET_IO,
+        let (other, other_tls) = match self {
+            Self::Socket => (SYSCALL_IO, Self::Syscall.tls_reads()),
+            Self::Syscall => (SOCKET_IO, Self::Socket.tls_reads()),
         };
-        other.iter().any(|(p, _, _)| *p == prog)
+        other.iter().any(|(p, _, _)| *p == prog) || other_tls.contains(&prog)
+    }
+
+    /// The TLS read programs that go with these hooks: (inside `SSL_read`, at
+    /// its return). With the socket tracepoints, the variants that check a
+    /// client's plaintext for a request after a discarded body; kernels
+    /// without those tracepoints (before 6.5) get the ones without that check,
+    /// which 6.1's verifier refused at a million instructions.
+    fn tls_reads(self) -> [&'static str; 2] {
+        match self {
+            Self::Socket => ["ssl_read_done_requests", "ssl_read_exit_requests"],
+            Self::Syscall => ["ssl_read_done", "ssl_read_exit"],
+        }
     }
 
     /// How the start-up line names them.
@@ -137,28 +149,32 @@ impl IoHooks {
 /// entry's state. This set probes the functions' entries and returns: correct
 /// for any build of the library, and slow where the first instructions are not
 /// emulated (see `tls_sites`).
-const TLS_PROBES_AT_ENTRIES: &[(&str, &str, u64)] = &[
-    ("ssl_handshake_enter", "SSL_do_handshake", 0),
-    ("ssl_read_enter", "SSL_read", 0),
-    ("ssl_read_exit", "SSL_do_handshake", 0),
-    ("ssl_read_exit", "SSL_read", 0),
-    ("ssl_write_enter", "SSL_write", 0),
-    ("ssl_shutdown_enter", "SSL_shutdown", 0),
-];
+fn tls_probes_at_entries(io: IoHooks) -> [(&'static str, &'static str, u64); 6] {
+    let [_, read_exit] = io.tls_reads();
+    [
+        ("ssl_handshake_enter", "SSL_do_handshake", 0),
+        ("ssl_read_enter", "SSL_read", 0),
+        (read_exit, "SSL_do_handshake", 0),
+        (read_exit, "SSL_read", 0),
+        ("ssl_write_enter", "SSL_write", 0),
+        ("ssl_shutdown_enter", "SSL_shutdown", 0),
+    ]
+}
 
 /// The same at the fast sites of a library that has them. `SSL_do_handshake`
 /// keeps its return probe: its first instruction (a `push`) is emulated, and
 /// without it the thread would stay marked as inside a TLS call after the
 /// handshake, and any other socket it touched before its next `epoll_wait` (an
 /// upstream's, another client's) would be taken for TLS.
-fn tls_probes_at(sites: &FastSites) -> [(&'static str, &'static str, u64); 6] {
+fn tls_probes_at(sites: &FastSites, io: IoHooks) -> [(&'static str, &'static str, u64); 6] {
+    let [read_done, read_exit] = io.tls_reads();
     [
         ("ssl_handshake_enter", "SSL_do_handshake", 0),
         ("ssl_read_enter", "SSL_read", sites.read_call),
-        ("ssl_read_done", "SSL_read", sites.read_done),
+        (read_done, "SSL_read", sites.read_done),
         ("ssl_write_enter", "SSL_write", sites.write_call),
         ("ssl_shutdown_enter", "SSL_shutdown", 0),
-        ("ssl_read_exit", "SSL_do_handshake", 0),
+        (read_exit, "SSL_do_handshake", 0),
     ]
 }
 
@@ -199,6 +215,8 @@ pub struct Probes {
     /// TLS libraries probed already, by (device, inode): a library mapped by
     /// many processes, or under many paths, is probed once.
     tls_libraries: BTreeSet<(u64, u64)>,
+    /// The hooks that see socket I/O (the TLS read programs go with them).
+    io: IoHooks,
 }
 
 impl Probes {
@@ -305,6 +323,7 @@ impl Probes {
             raw_links: Vec::new(),
             uprobe_links: Vec::new(),
             tls_libraries: BTreeSet::new(),
+            io,
         })
     }
 
@@ -361,16 +380,12 @@ impl Probes {
             return Ok(None);
         }
         let fast = tls_sites::fast_sites(file);
-        let fast_set;
-        let (set, how): (&[(&str, &str, u64)], _) = match &fast {
-            Some(sites) => {
-                fast_set = tls_probes_at(sites);
-                (&fast_set, TlsProbes::Fast)
-            }
-            None => (TLS_PROBES_AT_ENTRIES, TlsProbes::AtEntries),
+        let (set, how) = match &fast {
+            Some(sites) => (tls_probes_at(sites, self.io), TlsProbes::Fast),
+            None => (tls_probes_at_entries(self.io), TlsProbes::AtEntries),
         };
         let mut links = Vec::new();
-        for (prog, function, offset) in set {
+        for (prog, function, offset) in &set {
             let program: &mut UProbe = program_mut(&mut self.ebpf, prog)?;
             let at = UProbeAttachLocation::SymbolOffset(function, *offset);
             match program.attach(at, file, UProbeScope::AllProcesses) {
