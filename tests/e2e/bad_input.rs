@@ -16,7 +16,9 @@ use classify_tests::{
     upstream::Upstream,
 };
 
-use super::support::{assert_matches_access_log, assert_schema, require_root, stop_after_log};
+use super::support::{
+    assert_matches_access_log, assert_schema, require_root, status_target_complete, stop_after_log,
+};
 use serde_json::Value;
 
 fn lab(extra_http: &str) -> (Upstream, Nginx, classify::Running) {
@@ -330,18 +332,8 @@ fn a_request_after_a_body_nginx_discarded_keeps_its_line() {
         .into_iter()
         .filter(|r| r["client"]["port"] == port)
         .collect();
-    let got: Vec<(u64, &str, bool)> = mine
-        .iter()
-        .map(|r| {
-            (
-                r["response"]["status"].as_u64().unwrap_or(0),
-                r["request"]["target"].as_str().unwrap_or("-"),
-                r["complete"].as_bool().unwrap_or(false),
-            )
-        })
-        .collect();
     assert_eq!(
-        got,
+        status_target_complete(&mine),
         [
             (403, "/early", true),
             (201, "/status/201", true),

@@ -201,3 +201,18 @@ pub fn assert_all_ok<'a>(exchanges: impl IntoIterator<Item = &'a Value>) {
         &not_ok[..not_ok.len().min(5)]
     );
 }
+
+/// Each record's response status (0 for none), request target ("-" for none)
+/// and `complete` flag: what a connection's records say, in order.
+pub fn status_target_complete<'a>(records: &[&'a Value]) -> Vec<(u64, &'a str, bool)> {
+    records
+        .iter()
+        .map(|r| {
+            (
+                r["response"]["status"].as_u64().unwrap_or(0),
+                r["request"]["target"].as_str().unwrap_or("-"),
+                r["complete"].as_bool().unwrap_or(false),
+            )
+        })
+        .collect()
+}

@@ -14,7 +14,8 @@ use classify_tests::{
 };
 
 use super::support::{
-    assert_all_ok, assert_matches_access_log, assert_schema, require_root, stop_after_log,
+    assert_all_ok, assert_matches_access_log, assert_schema, require_root, status_target_complete,
+    stop_after_log,
 };
 
 /// A self-signed certificate and its key, made with the `openssl` tool.
@@ -392,16 +393,7 @@ fn a_tls_client_that_closes_once_it_has_the_response_lost_nothing() {
          print(whole)\n",
         port = lab.tls_port
     );
-    let out = Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .expect("run python3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), n.to_string());
+    assert_eq!(python(&script), n.to_string());
     let (out, access) = stop_after_log(nginx, running, n);
     let exchanges = out.exchanges();
     assert_matches_access_log(&exchanges, &access);
@@ -441,16 +433,7 @@ fn a_reply_cut_mid_body_behind_a_tls_client_that_closes_first_is_truncated() {
          print(short)\n",
         port = nginx.port
     );
-    let out = Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .expect("run python3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), n.to_string());
+    assert_eq!(python(&script), n.to_string());
     let (out, access) = stop_after_log(nginx, running, n);
     let exchanges = out.exchanges();
     assert_matches_access_log(&exchanges, &access);
@@ -502,32 +485,13 @@ fn a_request_after_a_body_nginx_discarded_keeps_its_line_over_tls() {
          print(*codes)\n",
         port = nginx.port
     );
-    let out = Command::new("python3")
-        .args(["-c", &script])
-        .output()
-        .expect("run python3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "403 201 202");
+    assert_eq!(python(&script), "403 201 202");
     let (out, access) = stop_after_log(nginx, running, 3);
     assert_schema(&out.records);
     let exchanges = out.exchanges();
     assert_matches_access_log(&exchanges, &access);
-    let got: Vec<(u64, &str, bool)> = exchanges
-        .iter()
-        .map(|r| {
-            (
-                r["response"]["status"].as_u64().unwrap_or(0),
-                r["request"]["target"].as_str().unwrap_or("-"),
-                r["complete"].as_bool().unwrap_or(false),
-            )
-        })
-        .collect();
     assert_eq!(
-        got,
+        status_target_complete(&exchanges),
         [
             (403, "/early", true),
             (201, "/status/201", true),
@@ -535,6 +499,21 @@ fn a_request_after_a_body_nginx_discarded_keeps_its_line_over_tls() {
         ],
         "{exchanges:#?}"
     );
+}
+
+/// Runs a Python client script (its `ssl` module is a TLS client that closes
+/// at once, unlike curl) and returns what it printed, trimmed.
+fn python(script: &str) -> String {
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 /// `curl` over plain HTTP/1.1: each URL in turn on one kept-alive connection.

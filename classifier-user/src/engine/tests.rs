@@ -1830,19 +1830,8 @@ fn a_pooled_connection_reset_while_idle_then_taken_is_a_reset_attempt() {
         .destroy(U2, true)
         .send(C1, status(502), Some(U2));
     let rs = s.finish();
-    let got: Vec<_> = rs
-        .iter()
-        .map(|r| {
-            let ups: Vec<_> = r
-                .upstreams
-                .iter()
-                .map(|u| (u.local_port, u.outcome))
-                .collect();
-            (r.request.as_ref().unwrap().target.clone(), r.verdict, ups)
-        })
-        .collect();
     assert_eq!(
-        got,
+        attempts_by_port(&rs),
         vec![
             ("/one".into(), Verdict::Ok, vec![(40000, Outcome::Response)]),
             (
@@ -1924,19 +1913,8 @@ fn a_held_send_released_late_is_no_later_action_of_its_thread() {
         .recv(U2, status(404))
         .send(C2, status(404), Some(U2));
     let rs = s.finish();
-    let got: Vec<_> = rs
-        .iter()
-        .map(|r| {
-            let ups: Vec<_> = r
-                .upstreams
-                .iter()
-                .map(|u| (u.local_port, u.outcome))
-                .collect();
-            (r.request.as_ref().unwrap().target.clone(), r.verdict, ups)
-        })
-        .collect();
     assert_eq!(
-        got,
+        attempts_by_port(&rs),
         vec![
             (
                 "/zero".into(),
@@ -1951,6 +1929,26 @@ fn a_held_send_released_late_is_no_later_action_of_its_thread() {
             ),
         ]
     );
+}
+
+/// Records of a finished script: target, verdict, and each attempt's local
+/// port and outcome.
+#[allow(clippy::type_complexity)]
+fn attempts_by_port(rs: &[ExchangeRecord]) -> Vec<(String, Verdict, Vec<(u16, Outcome)>)> {
+    rs.iter()
+        .map(|r| {
+            let ups = r
+                .upstreams
+                .iter()
+                .map(|u| (u.local_port, u.outcome))
+                .collect();
+            (
+                r.request.as_ref().unwrap().target.to_string(),
+                r.verdict,
+                ups,
+            )
+        })
+        .collect()
 }
 
 /// Records of a finished script: target, response status, verdict, upstream
