@@ -168,6 +168,11 @@ pub fn get(port: u16, path: &str) -> std::io::Result<Response> {
 pub fn one_shot(source: std::net::Ipv4Addr, port: u16, path: &str) -> std::io::Result<u16> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    // The source port is picked at connect time, against the four-tuples in
+    // use: a port bind() picks alone may be one whose connection to the same
+    // port still waits in TIME_WAIT on nginx's side, and the SYN then went
+    // unanswered until connect() timed out (os error 110 in a CI run).
+    set_bind_address_no_port(&socket)?;
     socket.bind(&std::net::SocketAddr::from((source, 0)).into())?;
     socket.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into())?;
     let stream: TcpStream = socket.into();
@@ -178,6 +183,27 @@ pub fn one_shot(source: std::net::Ipv4Addr, port: u16, path: &str) -> std::io::R
     };
     c.send("GET", path, &[("Connection", "close")], b"")?;
     Ok(c.read_response()?.status)
+}
+
+/// `IP_BIND_ADDRESS_NO_PORT`: a bind to port 0 leaves the port to connect().
+fn set_bind_address_no_port(socket: &socket2::Socket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt on a socket we own, with a correctly sized int.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            std::ptr::addr_of!(on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// `clients` connections that each write `depth` requests (`/p/{client}/{i}`) in
