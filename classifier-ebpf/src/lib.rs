@@ -11,6 +11,8 @@
 /// header or body byte beyond the first line ever leaves the kernel.
 pub const LINE_CAP: usize = 160;
 
+pub mod head_scan;
+
 /// Longest path of a unix socket upstream a probe copies (the peer's bound
 /// path, `sun_path`), NUL-padded; a longer path is cut.
 pub const UNIX_PATH_CAP: usize = 64;
@@ -36,6 +38,10 @@ pub mod msg {
     /// The bytes are a TLS connection's plaintext, from the TLS library's
     /// probes: what the socket carries is more (records, alerts).
     pub const TLS: u8 = 4;
+    /// A response to a client whose head, within the capture, says
+    /// `Connection: keep-alive` (nginx's promise to keep the connection).
+    /// Only this bit of the head's later lines leaves the kernel.
+    pub const KEEP_ALIVE: u8 = 8;
 }
 
 /// Which side of the proxy a socket is on.

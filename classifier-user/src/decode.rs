@@ -278,6 +278,7 @@ impl Decoder {
                 prev_msg_bytes: u64::from(sent.prev_msg_bytes),
                 prev_msg_last: 0,
                 tls: false,
+                keep_alive: false,
             },
         });
     }
@@ -484,6 +485,7 @@ impl Decoder {
             prev_msg_bytes: e.prev_msg_bytes,
             prev_msg_last: e.prev_msg_last_ns,
             tls: e.flags & wire::msg::TLS != 0,
+            keep_alive: e.flags & wire::msg::KEEP_ALIVE != 0,
         };
         Ok(Event {
             ts: h.ts_ns,
@@ -780,5 +782,83 @@ mod tests {
             line: [b'x'; wire::LINE_CAP],
         };
         assert!(Decoder::default().decode(&bytes_of(&m)).is_ok());
+    }
+
+    /// The probes' scan for nginx's keep-alive promise, on heads nginx writes:
+    /// the first `valid` bytes of `head`, as captured (at most LINE_CAP).
+    fn promised(head: &str, valid: usize) -> bool {
+        let mut words = [0u64; wire::LINE_CAP / 8];
+        let bytes = head.as_bytes();
+        let n = bytes.len().min(wire::LINE_CAP);
+        for (i, chunk) in bytes[..n].chunks(8).enumerate() {
+            let mut w = [0u8; 8];
+            w[..chunk.len()].copy_from_slice(chunk);
+            words[i] = u64::from_le_bytes(w);
+        }
+        wire::head_scan::head_promises_keep_alive(&words, valid.min(n) as u64)
+    }
+
+    fn nginx_head(server: &str, content_type: &str, connection: &str) -> String {
+        format!(
+            "HTTP/1.1 200 OK\r\nServer: {server}\r\nDate: Tue, 08 Dec 2026 01:40:33 GMT\r\n\
+             Content-Type: {content_type}\r\nContent-Length: 12345\r\n\
+             Connection: {connection}\r\n\r\n<!doctype html>"
+        )
+    }
+
+    #[test]
+    fn nginx_keep_alive_is_found_at_every_alignment_within_the_capture() {
+        // The Server line's length moves the Connection line across all eight
+        // byte offsets of a word, and past the end of the capture.
+        let mut found = 0;
+        for extra in 0..40 {
+            let server = format!("nginx/1.22.1{}", "x".repeat(extra));
+            let head = nginx_head(&server, "text/html", "keep-alive");
+            // The line starts right after a line break in words 1 to 17.
+            let at = head.find("Connection").unwrap();
+            assert_eq!(
+                promised(&head, head.len()),
+                at <= 144,
+                "Connection at byte {at}"
+            );
+            found += usize::from(promised(&head, head.len()));
+            assert!(!promised(
+                &nginx_head(&server, "text/html", "close"),
+                head.len()
+            ));
+        }
+        assert!(found >= 8, "found at {found} offsets");
+    }
+
+    #[test]
+    fn a_keep_alive_past_the_captured_bytes_is_not_found() {
+        let head = nginx_head("nginx/1.22.1", "text/plain", "keep-alive");
+        let at = head.find("Connection").unwrap();
+        assert!(promised(&head, head.len()));
+        assert!(promised(&head, at + 13));
+        assert!(!promised(&head, at + 12));
+    }
+
+    #[test]
+    fn the_keep_alive_flag_reaches_the_event() {
+        let mut d = Decoder::default();
+        let mut bytes = message(b"HTTP/1.1 200 OK\r\n", 200, wire::msg::KEEP_ALIVE, 1);
+        let mut out = Vec::new();
+        d.push(&bytes, &mut out).unwrap();
+        bytes = message(b"HTTP/1.1 200 OK\r\n", 200, 0, 2);
+        d.push(&bytes, &mut out).unwrap();
+        let promised: Vec<bool> = out
+            .iter()
+            .map(|e| {
+                matches!(
+                    e.kind,
+                    EventKind::Message {
+                        keep_alive: true,
+                        ..
+                    }
+                )
+            })
+            .collect();
+        assert_eq!(promised, [true, false]);
     }
 }

@@ -227,6 +227,11 @@ pub enum EventKind {
         /// The bytes are a TLS connection's plaintext.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         tls: bool,
+        /// A response to a client whose head promised to keep the connection
+        /// (`Connection: keep-alive`, found by the probes within their
+        /// capture).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        keep_alive: bool,
     },
     /// More bytes in the current message (throttled).
     Progress {

@@ -203,18 +203,26 @@ fn event() -> impl Strategy<Value = EventKind> {
                     prev_touch,
                 }
             }),
-        (sock(), dir(), head(), proptest::option::of(sock())).prop_map(
-            |(sock, dir, head, prev_touch)| EventKind::Message {
-                sock,
-                dir,
-                bytes: 10,
-                head,
-                prev_touch,
-                prev_msg_bytes: 5,
-                prev_msg_last: 3,
-                tls: false,
-            }
-        ),
+        (
+            sock(),
+            dir(),
+            head(),
+            proptest::option::of(sock()),
+            any::<bool>()
+        )
+            .prop_map(
+                |(sock, dir, head, prev_touch, keep_alive)| EventKind::Message {
+                    sock,
+                    dir,
+                    bytes: 10,
+                    head,
+                    prev_touch,
+                    prev_msg_bytes: 5,
+                    prev_msg_last: 3,
+                    tls: false,
+                    keep_alive,
+                }
+            ),
         (sock(), dir()).prop_map(|(sock, dir)| EventKind::Progress {
             sock,
             dir,

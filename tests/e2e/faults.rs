@@ -326,6 +326,44 @@ fn upstream_truncated_after_the_header() {
     );
 }
 
+/// An upstream that closes (FIN) short of its reply's declared length, behind
+/// nginx's default buffering: nginx writes the response only after it read
+/// the FIN, as it finishes a reply that ends by closing, then closes the
+/// client's connection although its head had said `Connection: keep-alive`.
+/// That broken promise is the cut. A reply that does end by closing keeps the
+/// promise (a chunked response, the connection kept): no cut.
+#[test]
+fn a_buffered_reply_cut_by_its_upstreams_fin_is_truncated() {
+    let lab = Lab::start();
+    let n = 10;
+    for _ in 0..n {
+        for (path, cut) in [("/fault/fincut", true), ("/fault/delim", false)] {
+            let mut c = Conn::connect(lab.port()).unwrap();
+            c.send("GET", path, &[], b"").unwrap();
+            let got = read_until_quiet(&c);
+            let text = String::from_utf8_lossy(&got);
+            assert!(text.starts_with("HTTP/1.1 200"), "{path}: {text}");
+            assert!(text.contains("Connection: keep-alive"), "{path}: {text}");
+            // Cut: the length announced, fewer bytes, then nginx's close.
+            // Whole: chunks to their end, and the connection stays.
+            assert_eq!(text.contains("Content-Length: 1000"), cut, "{text}");
+            assert_eq!(text.ends_with("0\r\n\r\n"), !cut, "{text}");
+        }
+    }
+    let run = lab.finish(2 * n);
+    run.assert_error_log("upstream prematurely closed connection while reading upstream");
+    for r in &run.exchanges {
+        let cut = r["request"]["target"] == "/fault/fincut";
+        let (verdict, outcome) = if cut {
+            ("upstream_truncated", "truncated")
+        } else {
+            ("ok", "response")
+        };
+        assert_eq!(r["verdict"], verdict, "{r}");
+        assert_eq!(Run::outcomes(r), [outcome], "{r}");
+    }
+}
+
 /// An upstream that closes right after a length-delimited reply (nginx's
 /// default HTTP/1.0 with `Connection: close`): nginx stops reading at the
 /// reply's end, so that FIN often arrives unread before nginx closes the

@@ -316,6 +316,14 @@ fn serve(mut conn: TcpStream, log: &Mutex<Vec<LogEntry>>, sent: &Mutex<Vec<LogEn
                 entry.action = "truncate";
                 Some(200)
             }
+            ["fault", "fincut", ..] => {
+                entry.action = "fincut";
+                Some(200)
+            }
+            ["fault", "delim", ..] => {
+                entry.action = "delim";
+                Some(200)
+            }
             ["upgrade", ..] => {
                 entry.action = "upgrade";
                 Some(101)
@@ -343,7 +351,14 @@ fn serve(mut conn: TcpStream, log: &Mutex<Vec<LogEntry>>, sent: &Mutex<Vec<LogEn
         entry.status = status.filter(|_| {
             matches!(
                 entry.action,
-                "respond" | "truncate" | "upgrade" | "big" | "stream" | "stall"
+                "respond"
+                    | "truncate"
+                    | "fincut"
+                    | "delim"
+                    | "upgrade"
+                    | "big"
+                    | "stream"
+                    | "stall"
             )
         });
         // Logged when the request arrives, before any delay.
@@ -407,6 +422,24 @@ fn serve(mut conn: TcpStream, log: &Mutex<Vec<LogEntry>>, sent: &Mutex<Vec<LogEn
                 let _ = conn.flush();
                 thread::sleep(Duration::from_millis(50));
                 set_linger_zero(&conn);
+                false
+            }
+            "fincut" => {
+                // A FIN short of the declared length: an upstream that
+                // crashed or was killed mid-body.
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\n0123456789");
+                let _ = conn.flush();
+                thread::sleep(Duration::from_millis(50));
+                let _ = conn.shutdown(Shutdown::Write);
+                false
+            }
+            "delim" => {
+                // A whole reply that ends by closing: no length, no chunks.
+                let _ = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n0123456789");
+                let _ = conn.flush();
+                thread::sleep(Duration::from_millis(50));
+                let _ = conn.shutdown(Shutdown::Write);
                 false
             }
             "upgrade" => {

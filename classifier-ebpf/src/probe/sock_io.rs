@@ -14,8 +14,8 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use classifier_ebpf::{
-    dir, how, io, msg, side, stat, Addr, EventKind, HeldSend, Io, Message, Reply, SockState,
-    ThreadState, LINE_CAP,
+    dir, head_scan, how, io, msg, side, stat, Addr, EventKind, HeldSend, Io, Message, Reply,
+    SockState, ThreadState, LINE_CAP,
 };
 
 use super::{
@@ -68,7 +68,8 @@ fn on_io(ctx: &RawTracePointContext, direction: u8) -> Option<()> {
 ///
 /// `REQUESTS`: whether receives on a client connection are checked for a
 /// request line that starts in the same direction (see
-/// `SockState::sniff_requests`). The socket tracepoints do, and the TLS read
+/// `SockState::sniff_requests`), and a response's head for nginx's
+/// keep-alive promise (`head_scan`). The socket tracepoints do, and the TLS read
 /// programs loaded beside them (`tls`, the `_requests` variants): kernels
 /// that have those tracepoints (6.5+) verify them. The 6.1 verifier walks
 /// `sys_exit_io` (every path of this function after its descriptor walk), and
@@ -218,6 +219,10 @@ pub(super) fn socket_call<const TLS: bool, const REQUESTS: bool>(
                 ret,
                 direction,
                 flags,
+                response_head: REQUESTS
+                    && !continued
+                    && direction == dir::SEND
+                    && side_ == side::CLIENT,
             };
             let open = match held::take(sock) {
                 // The reply to a held request: both in one event.
@@ -392,6 +397,9 @@ struct MessageStart {
     ret: i32,
     direction: u8,
     flags: u8,
+    /// The head of a response to a client: checked for nginx's keep-alive
+    /// promise (see `head_scan`).
+    response_head: bool,
 }
 
 /// Writes a reserved message event and captures its first line. Returns whether
@@ -408,8 +416,8 @@ unsafe fn fill_message(e: *mut Message, m: &MessageStart) -> bool {
         (*e).prev_msg_last_ns = m.prev_last;
         (*e).ret = m.ret;
         (*e).dir = m.direction;
-        (*e).flags = m.flags;
-        let (len, found_lf) = capture_line(e, m.ret as u64, m.plain);
+        let (len, found_lf, keep_alive) = capture_line(e, m.ret as u64, m.plain, m.response_head);
+        (*e).flags = m.flags | if keep_alive { msg::KEEP_ALIVE } else { 0 };
         (*e).line_len = len as u16;
         !found_lf && len < LINE_CAP as u64 && len == m.ret as u64
     }
@@ -509,11 +517,18 @@ fn emit_first_use(
 /// from the buffer the syscall was given (found through the user registers saved at
 /// syscall entry). Returns the number of valid bytes. Bytes after the first `\n`
 /// are zeroed before the event is submitted, so only the request or status line
-/// ever reaches the agent.
+/// ever reaches the agent. `response_head`: the bytes start a response to a
+/// client, whose head is checked first for nginx's keep-alive promise (the
+/// third value returned; see `head_scan`).
 #[inline(always)]
-unsafe fn capture_line(e: *mut Message, moved: u64, plain: u64) -> (u64, bool) {
+unsafe fn capture_line(
+    e: *mut Message,
+    moved: u64,
+    plain: u64,
+    response_head: bool,
+) -> (u64, bool, bool) {
     let Some((buf, len)) = data_buffer(plain) else {
-        return (0, true);
+        return (0, true, false);
     };
     let mut n = if len < moved { len } else { moved };
     if n > LINE_CAP as u64 {
@@ -527,8 +542,13 @@ unsafe fn capture_line(e: *mut Message, moved: u64, plain: u64) -> (u64, bool) {
         count(stat::LINE_UNREAD);
         n = 0;
     }
-    // SAFETY: `dst` is LINE_CAP bytes, 8-aligned (the field sits at an 8-aligned offset).
-    unsafe { keep_first_line(dst.cast::<u64>(), n) }
+    // SAFETY: `dst` is LINE_CAP bytes, 8-aligned (the field sits at an 8-aligned
+    // offset); its first `n` bytes were just read.
+    let keep_alive =
+        response_head && unsafe { head_scan::promises_keep_alive(dst.cast::<u64>(), n) };
+    // SAFETY: as above.
+    let (kept, found_lf) = unsafe { keep_first_line(dst.cast::<u64>(), n) };
+    (kept, found_lf, keep_alive)
 }
 
 /// Whether the data of the current send starts with `HTTP/1.` (a status line).

@@ -15,6 +15,9 @@ pub struct ResponseStart {
     /// `None` when the first bytes were not a readable status line.
     pub status: Option<u16>,
     pub ts: u64,
+    /// Its head promised the client to keep the connection (nginx's
+    /// `Connection: keep-alive`, when the probes' capture reached it).
+    pub keep_alive: bool,
 }
 
 /// Why an exchange ended.
@@ -197,6 +200,16 @@ impl Exchange {
         self.closed_by_proxy
             .map(|c| c.at)
             .filter(|&at| at >= started)
+    }
+
+    /// When the proxy closed the client connection although the response had
+    /// promised to keep it, the client not having left: the proxy gave up on
+    /// the response (nginx cuts a client off so when the upstream's reply
+    /// broke mid-body, whatever it had announced). A response the proxy
+    /// planned to end with the connection says `Connection: close`.
+    pub fn broke_keep_alive(&self) -> Option<u64> {
+        self.response.as_ref().filter(|r| r.keep_alive)?;
+        self.response_cut_by_proxy()
     }
 
     /// The client stopped reading the response and the proxy gave up on it:

@@ -330,6 +330,7 @@ impl Engine {
             prev_msg_bytes,
             prev_msg_last,
             tls,
+            keep_alive,
         } = &mut ev.kind
         {
             if *tls {
@@ -349,6 +350,7 @@ impl Engine {
                 *prev_touch,
                 *prev_msg_bytes,
                 *prev_msg_last,
+                *keep_alive,
                 out,
             );
             return;
@@ -781,6 +783,7 @@ impl Engine {
         prev_touch: Option<SockId>,
         prev_msg_bytes: u64,
         prev_msg_last: u64,
+        keep_alive: bool,
         out: &mut Vec<Record>,
     ) {
         // A socket id the engine never saw started while evidence was lost: whatever
@@ -847,7 +850,7 @@ impl Engine {
                     [None, None]
                 };
                 self.reattribute(ts, sock, &head, candidates, out);
-                self.client_response(ts, sock, &head, bytes, out);
+                self.client_response(ts, sock, &head, bytes, keep_alive, out);
                 if matches!(&head, Head::Status(st) if st.code == 101) {
                     self.start_tunnel(sock);
                 }
@@ -1150,6 +1153,7 @@ impl Engine {
         sock: SockId,
         head: &Head,
         bytes: u32,
+        keep_alive: bool,
         out: &mut Vec<Record>,
     ) {
         let Some(s) = self.socks.get(sock) else {
@@ -1190,7 +1194,11 @@ impl Engine {
         if let Some(a) = ex.attempts.last_mut().filter(|a| a.status_unread) {
             a.status = a.status.or(status.filter(|s| !matches!(s, 502 | 504)));
         }
-        ex.response = Some(ResponseStart { status, ts });
+        ex.response = Some(ResponseStart {
+            status,
+            ts,
+            keep_alive,
+        });
         ex.last_send = ts;
         ex.response_bytes = u64::from(bytes);
     }

@@ -297,13 +297,14 @@ fn broken(a: &Attempt, failed: u64) -> Outcome {
 /// The upstream ended its response by closing the connection, as HTTP/1.0
 /// without a length does and a FastCGI server without `fastcgi_keep_conn`: the
 /// proxy read the FIN (no reset) and wrote to the client after it, finishing
-/// the response. (nginx also writes what it holds after a FIN that cut a
-/// reply, then closes the client connection: a close-delimited reply and a
-/// cut one look alike here, and the cut shows only when nothing was left to
-/// write, see verdicts.md.)
+/// the response. nginx also writes what it holds after a FIN that cut a
+/// reply (buffered, the default), then closes the client connection: the two
+/// look alike unless the response had promised keep-alive, which nginx keeps
+/// after a whole close-delimited reply and breaks after a cut one (see
+/// verdicts.md for the responses whose promise the capture misses).
 fn ended_by_close(a: &Attempt, ex: &Exchange) -> bool {
     let reset = a.rst_in.is_some() || a.error.is_some_and(|(e, _)| e == libc::ECONNRESET);
-    !reset && a.eof_read.is_some_and(|eof| ex.last_send > eof)
+    !reset && a.eof_read.is_some_and(|eof| ex.last_send > eof) && ex.broke_keep_alive().is_none()
 }
 
 /// When the proxy abandoned the attempt's reply: it closed the upstream
@@ -374,7 +375,9 @@ fn response_cut(ex: &Exchange, a: &Attempt, failed: u64) -> bool {
         return cut || ex.response_lost.is_some_and(|t| t >= failed);
     }
     cut && ex.reader_stalled().is_none()
-        && !(closes_after_every_response(ex) && may_end_by_close(a))
+        && !(closes_after_every_response(ex)
+            && may_end_by_close(a)
+            && ex.broke_keep_alive().is_none())
 }
 
 /// Whether the attempt's reply may end by the upstream closing: any but an

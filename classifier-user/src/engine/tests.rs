@@ -108,10 +108,23 @@ impl Script {
             prev_msg_bytes,
             prev_msg_last: 0,
             tls,
+            keep_alive: false,
         })
     }
 
     fn send(&mut self, sock: SockId, head: Head, prev_touch: Option<SockId>) -> &mut Self {
+        self.send_promising(sock, head, prev_touch, false)
+    }
+
+    /// A send whose head, if it is a response to a client, promised
+    /// keep-alive or not (`Connection: keep-alive` within the capture).
+    fn send_promising(
+        &mut self,
+        sock: SockId,
+        head: Head,
+        prev_touch: Option<SockId>,
+        keep_alive: bool,
+    ) -> &mut Self {
         let prev_msg_bytes = self.last_bytes.insert(sock, 120).unwrap_or(0);
         self.ev(EventKind::Message {
             sock,
@@ -122,6 +135,7 @@ impl Script {
             prev_msg_bytes,
             prev_msg_last: 0,
             tls: false,
+            keep_alive,
         })
     }
 
@@ -142,6 +156,7 @@ impl Script {
                 prev_msg_bytes,
                 prev_msg_last: 0,
                 tls: false,
+                keep_alive: false,
             },
         };
         self.engine.ingest(ev, &mut self.out);
@@ -1078,6 +1093,42 @@ fn an_upstream_fin_after_the_head_truncates_only_a_response_left_unfinished() {
         (Verdict::UpstreamTruncated, Outcome::Truncated)
     );
     assert_eq!(run(true, false), (Verdict::Ok, Outcome::Response));
+    assert_eq!(run(false, true), (Verdict::Ok, Outcome::Response));
+}
+
+/// nginx buffers a reply (its default) and writes the response only once it
+/// read the upstream's FIN, both when the reply ended by closing and when the
+/// FIN cut it short of its length. It keeps the connection of a client it
+/// promised keep-alive after the first, and closes it after the second,
+/// whatever the head had said: a broken promise is the cut. Without the
+/// promise (`Connection: close`, or a head longer than the capture) the two
+/// still look alike, and the record stays `ok`.
+#[test]
+fn a_buffered_reply_cut_by_a_fin_breaks_the_keep_alive_its_response_promised() {
+    let run = |keep_alive: bool, client_closed: bool| {
+        let mut s = Script::new();
+        s.client(C1, 5000)
+            .forwarded(C1, U1, 40000, "/a")
+            .recv(U1, status(200))
+            .state(U1, TcpState::Established, TcpState::CloseWait, 40000, false)
+            .ev(EventKind::Eof {
+                sock: U1,
+                prev_touch: None,
+            })
+            .state(U1, TcpState::CloseWait, TcpState::LastAck, 40000, true)
+            .send_promising(C1, status(200), Some(U1), keep_alive);
+        if client_closed {
+            s.state(C1, TcpState::Established, TcpState::FinWait1, 8080, true);
+        }
+        s.verdict_and_outcome()
+    };
+    assert_eq!(
+        run(true, true),
+        (Verdict::UpstreamTruncated, Outcome::Truncated)
+    );
+    // A close-delimited reply, whole: the promise is kept.
+    assert_eq!(run(true, false), (Verdict::Ok, Outcome::Response));
+    // No promise seen: a close the client may have asked for.
     assert_eq!(run(false, true), (Verdict::Ok, Outcome::Response));
 }
 
