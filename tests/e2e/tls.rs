@@ -444,6 +444,56 @@ fn a_reply_cut_mid_body_behind_a_tls_client_that_closes_first_is_truncated() {
     }
 }
 
+/// `faults::a_buffered_reply_cut_by_its_upstreams_fin_is_truncated` over
+/// TLS: nginx writes the response after the upstream's FIN, through
+/// `SSL_write`, and its head's keep-alive promise is read from that
+/// plaintext. A cut breaks the promise (nginx's `close_notify`, then its
+/// close); a reply that ends by closing keeps it.
+#[test]
+fn a_buffered_reply_cut_by_its_upstreams_fin_is_truncated_over_tls() {
+    let lab = TlsFront::start(false);
+    let nginx = &lab.nginx;
+    let running = classify::start(&["--pid", &nginx.master_pid().to_string()]);
+    let n = 10;
+    let script = format!(
+        "import socket, ssl\n\
+         ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE\n\
+         seen = 0\n\
+         for i in range({n}):\n\
+         \x20   for path, cut in ((b'/fault/fincut', True), (b'/fault/delim', False)):\n\
+         \x20       s = ctx.wrap_socket(socket.create_connection(('127.0.0.1', {port})))\n\
+         \x20       s.sendall(b'GET ' + path + b' HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n\
+         \x20       buf = b''\n\
+         \x20       while not buf.endswith(b'0\\r\\n\\r\\n'):\n\
+         \x20           try:\n\
+         \x20               chunk = s.recv(4096)\n\
+         \x20           except (ssl.SSLError, OSError):\n\
+         \x20               break\n\
+         \x20           if not chunk: break\n\
+         \x20           buf += chunk\n\
+         \x20       head, _, body = buf.partition(b'\\r\\n\\r\\n')\n\
+         \x20       whole = body.endswith(b'0\\r\\n\\r\\n')\n\
+         \x20       seen += head.startswith(b'HTTP/1.1 200') and b'keep-alive' in head and whole != cut\n\
+         \x20       s.close()\n\
+         print(seen)\n",
+        port = nginx.port
+    );
+    assert_eq!(python(&script), (2 * n).to_string());
+    let (out, access) = stop_after_log(nginx, running, 2 * n);
+    let exchanges = out.exchanges();
+    assert_matches_access_log(&exchanges, &access);
+    assert_eq!(exchanges.len(), 2 * n);
+    for r in &exchanges {
+        let (verdict, outcome) = if r["request"]["target"] == "/fault/fincut" {
+            ("upstream_truncated", "truncated")
+        } else {
+            ("ok", "response")
+        };
+        assert_eq!(r["verdict"], verdict, "{r}");
+        assert_eq!(r["upstreams"][0]["outcome"], outcome, "{r}");
+    }
+}
+
 /// A request after a body nginx read only to discard it, over TLS: nginx
 /// answers `POST /early` at once (`return 403`), reads the 200 KB body to
 /// throw it away, and the client's next requests on the connection come in

@@ -103,7 +103,16 @@ pub fn ssl_read_done_requests(ctx: ProbeContext) -> u32 {
 /// Entry of `SSL_write(ssl, buf, num)`, or its call of its internal write.
 #[uprobe]
 pub fn ssl_write_enter(ctx: ProbeContext) -> u32 {
-    let _ = write_enter(&ctx);
+    let _ = write_enter::<false>(&ctx);
+    0
+}
+
+/// `ssl_write_enter`, and a response's head checked for nginx's keep-alive
+/// promise (`sock_io::socket_call`'s `REQUESTS`): loaded with the socket
+/// tracepoints, as `ssl_read_exit_requests` is.
+#[uprobe]
+pub fn ssl_write_enter_requests(ctx: ProbeContext) -> u32 {
+    let _ = write_enter::<true>(&ctx);
     0
 }
 
@@ -186,7 +195,7 @@ fn read_done_with<const REQUESTS: bool>(ret: i32) -> Option<()> {
 }
 
 #[inline(always)]
-fn write_enter(ctx: &ProbeContext) -> Option<()> {
+fn write_enter<const REQUESTS: bool>(ctx: &ProbeContext) -> Option<()> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let thread = thread_state(pid_tgid as u32)?;
     let ssl: u64 = ctx.arg(0)?;
@@ -197,7 +206,7 @@ fn write_enter(ctx: &ProbeContext) -> Option<()> {
     }
     // SAFETY: a map value valid for this program run, copied out at once.
     let sk = unsafe { *TLS_SOCKS.get(ssl_key(ssl, pid_tgid))? };
-    socket_call::<true, false>(thread, pid_tgid, sk, num, 0, dir::SEND, buf)
+    socket_call::<true, REQUESTS>(thread, pid_tgid, sk, num, 0, dir::SEND, buf)
 }
 
 #[inline(always)]

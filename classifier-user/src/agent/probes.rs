@@ -117,10 +117,12 @@ impl IoHooks {
     /// time at start-up, nothing to poll for skipped runs).
     fn unused(self, prog: &str) -> bool {
         let (other, other_tls) = match self {
-            Self::Socket => (SYSCALL_IO, Self::Syscall.tls_reads()),
-            Self::Syscall => (SOCKET_IO, Self::Socket.tls_reads()),
+            Self::Socket => (SYSCALL_IO, Self::Syscall),
+            Self::Syscall => (SOCKET_IO, Self::Socket),
         };
-        other.iter().any(|(p, _, _)| *p == prog) || other_tls.contains(&prog)
+        other.iter().any(|(p, _, _)| *p == prog)
+            || other_tls.tls_reads().contains(&prog)
+            || other_tls.tls_write() == prog
     }
 
     /// The TLS read programs that go with these hooks: (inside `SSL_read`, at
@@ -132,6 +134,16 @@ impl IoHooks {
         match self {
             Self::Socket => ["ssl_read_done_requests", "ssl_read_exit_requests"],
             Self::Syscall => ["ssl_read_done", "ssl_read_exit"],
+        }
+    }
+
+    /// The TLS write program that goes with these hooks: with the socket
+    /// tracepoints, the variant that checks a response's head for nginx's
+    /// keep-alive promise, for the same reason as `tls_reads`.
+    fn tls_write(self) -> &'static str {
+        match self {
+            Self::Socket => "ssl_write_enter_requests",
+            Self::Syscall => "ssl_write_enter",
         }
     }
 
@@ -156,7 +168,7 @@ fn tls_probes_at_entries(io: IoHooks) -> [(&'static str, &'static str, u64); 6] 
         ("ssl_read_enter", "SSL_read", 0),
         (read_exit, "SSL_do_handshake", 0),
         (read_exit, "SSL_read", 0),
-        ("ssl_write_enter", "SSL_write", 0),
+        (io.tls_write(), "SSL_write", 0),
         ("ssl_shutdown_enter", "SSL_shutdown", 0),
     ]
 }
@@ -172,7 +184,7 @@ fn tls_probes_at(sites: &FastSites, io: IoHooks) -> [(&'static str, &'static str
         ("ssl_handshake_enter", "SSL_do_handshake", 0),
         ("ssl_read_enter", "SSL_read", sites.read_call),
         (read_done, "SSL_read", sites.read_done),
-        ("ssl_write_enter", "SSL_write", sites.write_call),
+        (io.tls_write(), "SSL_write", sites.write_call),
         ("ssl_shutdown_enter", "SSL_shutdown", 0),
         (read_exit, "SSL_do_handshake", 0),
     ]
