@@ -35,6 +35,13 @@ pub enum End {
     Flushed,
 }
 
+/// How soon after a response's last write a close of its client connection
+/// breaks a keep-alive promise (`Exchange::broke_keep_alive`): nginx closes
+/// at once when it gives up on a response (the engine may see that last
+/// write up to 200 ms late, through the probes' throttled progress), and an
+/// idle kept connection only after its `keepalive_timeout` (seconds).
+pub const BROKEN_PROMISE_NS: u64 = 500_000_000;
+
 /// How soon after cutting a response a worker that exits was shutting down
 /// (measured: 0.4–0.6 ms between an old worker's last closes and its exit).
 pub const SHUTDOWN_CUT_NS: u64 = 10_000_000;
@@ -202,14 +209,17 @@ impl Exchange {
             .filter(|&at| at >= started)
     }
 
-    /// When the proxy closed the client connection although the response had
-    /// promised to keep it, the client not having left: the proxy gave up on
-    /// the response (nginx cuts a client off so when the upstream's reply
-    /// broke mid-body, whatever it had announced). A response the proxy
-    /// planned to end with the connection says `Connection: close`.
+    /// When the proxy closed the client connection right after the response,
+    /// although the response had promised to keep it, the client not having
+    /// left: the proxy gave up on the response (nginx cuts a client off so
+    /// when the upstream's reply broke mid-body, whatever it had announced).
+    /// A response the proxy planned to end with the connection says
+    /// `Connection: close`; a kept connection is closed only once idle for
+    /// its keep-alive timeout.
     pub fn broke_keep_alive(&self) -> Option<u64> {
         self.response.as_ref().filter(|r| r.keep_alive)?;
         self.response_cut_by_proxy()
+            .filter(|&cut| cut.saturating_sub(self.last_send) <= BROKEN_PROMISE_NS)
     }
 
     /// The client stopped reading the response and the proxy gave up on it:

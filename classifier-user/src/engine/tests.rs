@@ -1105,7 +1105,9 @@ fn an_upstream_fin_after_the_head_truncates_only_a_response_left_unfinished() {
 /// still look alike, and the record stays `ok`.
 #[test]
 fn a_buffered_reply_cut_by_a_fin_breaks_the_keep_alive_its_response_promised() {
-    let run = |keep_alive: bool, client_closed: bool| {
+    // `closed_after`: when nginx closed the client's connection after the
+    // response's last write (ms), if it did.
+    let run = |keep_alive: bool, closed_after: Option<u64>| {
         let mut s = Script::new();
         s.client(C1, 5000)
             .forwarded(C1, U1, 40000, "/a")
@@ -1117,19 +1119,22 @@ fn a_buffered_reply_cut_by_a_fin_breaks_the_keep_alive_its_response_promised() {
             })
             .state(U1, TcpState::CloseWait, TcpState::LastAck, 40000, true)
             .send_promising(C1, status(200), Some(U1), keep_alive);
-        if client_closed {
-            s.state(C1, TcpState::Established, TcpState::FinWait1, 8080, true);
+        if let Some(ms) = closed_after {
+            s.at(ms)
+                .state(C1, TcpState::Established, TcpState::FinWait1, 8080, true);
         }
         s.verdict_and_outcome()
     };
     assert_eq!(
-        run(true, true),
+        run(true, Some(0)),
         (Verdict::UpstreamTruncated, Outcome::Truncated)
     );
     // A close-delimited reply, whole: the promise is kept.
-    assert_eq!(run(true, false), (Verdict::Ok, Outcome::Response));
+    assert_eq!(run(true, None), (Verdict::Ok, Outcome::Response));
     // No promise seen: a close the client may have asked for.
-    assert_eq!(run(false, true), (Verdict::Ok, Outcome::Response));
+    assert_eq!(run(false, Some(0)), (Verdict::Ok, Outcome::Response));
+    // A close long after: the kept connection's keep-alive timeout.
+    assert_eq!(run(true, Some(900)), (Verdict::Ok, Outcome::Response));
 }
 
 /// A FIN or reset that the upstream sent right behind its head arrives before
