@@ -769,6 +769,12 @@ impl Engine {
         self.exchanges.get_mut(&ex)
     }
 
+    /// [`Self::current_mut`], to read.
+    fn current(&self, sock: SockId) -> Option<&Exchange> {
+        let ex = *self.socks.get(sock)?.exchanges.back()?;
+        self.exchanges.get(&ex)
+    }
+
     // ===== messages =====
 
     #[allow(clippy::too_many_arguments)]
@@ -1638,10 +1644,7 @@ impl Engine {
     fn tls_shutdown(&mut self, ts: u64, tid: u32, sock: SockId) {
         match self.side(sock) {
             Some(Side::Client) => {
-                if self
-                    .current_mut(sock)
-                    .is_some_and(|ex| ex.response.is_some())
-                {
+                if self.current(sock).is_some_and(|ex| ex.response.is_some()) {
                     self.proxy_closed_client(sock, ts, tid, &MsgCursor::default());
                 }
             }
