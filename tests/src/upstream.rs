@@ -426,8 +426,18 @@ fn serve(mut conn: TcpStream, log: &Mutex<Vec<LogEntry>>, sent: &Mutex<Vec<LogEn
             }
             "fincut" => {
                 // A FIN short of the declared length: an upstream that
-                // crashed or was killed mid-body.
-                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1000\r\n\r\n0123456789");
+                // crashed or was killed mid-body. `/fault/fincut/json`: a
+                // longer Content-Type, which moves nginx's Connection line
+                // past the probes' capture.
+                let content_type: &[u8] = if parts.get(2) == Some(&"json") {
+                    b"application/json; charset=utf-8"
+                } else {
+                    b"text/plain"
+                };
+                let mut head = b"HTTP/1.1 200 OK\r\nContent-Type: ".to_vec();
+                head.extend_from_slice(content_type);
+                head.extend_from_slice(b"\r\nContent-Length: 1000\r\n\r\n0123456789");
+                let _ = conn.write_all(&head);
                 let _ = conn.flush();
                 thread::sleep(Duration::from_millis(50));
                 let _ = conn.shutdown(Shutdown::Write);

@@ -12,6 +12,12 @@ use classifier_ebpf::{stat, SockState, ThreadSlot, ThreadState};
 #[map]
 pub static UNIX_CONNECTS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(1024, 0);
 
+/// Scratch space for the second look at a long response head
+/// (`sock_io::promised_further`): its bytes never leave the kernel.
+#[map]
+pub static HEAD_TAIL: PerCpuArray<[u64; classifier_ebpf::head_scan::TAIL_WORDS]> =
+    PerCpuArray::with_max_entries(1, 0);
+
 /// The event stream to the agent. The agent resizes it at load time.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(4 << 20, 0);

@@ -22,7 +22,7 @@ use super::{
     emit::{emit_at, emit_open, Opening},
     globals::*,
     held,
-    maps::{count, thread_state, track, LISTEN_PORTS, SOCKS},
+    maps::{count, thread_state, track, HEAD_TAIL, LISTEN_PORTS, SOCKS},
     sock_state::{end_entry, is_inet_tcp, read_endpoints},
     tls, unix,
 };
@@ -544,11 +544,49 @@ unsafe fn capture_line(
     }
     // SAFETY: `dst` is LINE_CAP bytes, 8-aligned (the field sits at an 8-aligned
     // offset); its first `n` bytes were just read.
-    let keep_alive =
-        response_head && unsafe { head_scan::promises_keep_alive(dst.cast::<u64>(), n) };
+    let keep_alive = response_head
+        && (unsafe { head_scan::promises_keep_alive::<WORDS, 1>(dst.cast::<u64>(), n) }
+            || promised_further(buf, if len < moved { len } else { moved }));
     // SAFETY: as above.
     let (kept, found_lf) = unsafe { keep_first_line(dst.cast::<u64>(), n) };
     (kept, found_lf, keep_alive)
+}
+
+/// Words of the capture.
+const WORDS: usize = LINE_CAP / 8;
+
+/// The second look at a response head that goes on past the capture (see
+/// `head_scan`): `head_scan::TAIL_WORDS` words of the caller's buffer (`avail`
+/// bytes) read from `head_scan::TAIL_FROM` into a per-CPU scratch buffer,
+/// which never leaves the kernel. Only heads whose first look found no
+/// promise pay for it.
+#[inline(always)]
+fn promised_further(buf: u64, avail: u64) -> bool {
+    const TAIL_BYTES: u64 = (head_scan::TAIL_WORDS * 8) as u64;
+    if avail <= LINE_CAP as u64 {
+        return false;
+    }
+    let Some(tail) = HEAD_TAIL.get_ptr_mut(0) else {
+        return false;
+    };
+    let mut want = avail - head_scan::TAIL_FROM;
+    if want > TAIL_BYTES {
+        want = TAIL_BYTES;
+    }
+    // SAFETY: helper reading `want` (at most the scratch buffer's size) bytes of
+    // user memory into the scratch buffer.
+    let rc = unsafe {
+        raw_probe_read_user(
+            tail.cast(),
+            want as u32,
+            (buf + head_scan::TAIL_FROM) as *const _,
+        )
+    };
+    // SAFETY: the scratch buffer is TAIL_WORDS words, 8-aligned.
+    rc == 0
+        && unsafe {
+            head_scan::promises_keep_alive::<{ head_scan::TAIL_WORDS }, 0>(tail.cast::<u64>(), want)
+        }
 }
 
 /// Whether the data of the current send starts with `HTTP/1.` (a status line).
