@@ -91,6 +91,10 @@ pub struct WatchArgs {
     /// Where the probes see socket I/O (see docs/cli/tuning.md).
     #[arg(long, value_enum, value_name = "HOOKS", default_value = "auto")]
     pub io_probes: IoProbes,
+    /// Probe TLS libraries at their functions' entries and returns even where
+    /// the cheaper sites inside them were found. For tests of that path.
+    #[arg(long, hide = true)]
+    pub tls_at_entries: bool,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -28,6 +28,8 @@ pub struct Running {
     /// Closed when the stderr reader has passed on classify's last line (its
     /// final summary comes just before it exits).
     stderr_done: mpsc::Receiver<()>,
+    /// From the process's start to its ready line reaching the test.
+    pub start_up: Duration,
 }
 
 /// What a stopped run produced.
@@ -54,8 +56,20 @@ impl Output {
     }
 }
 
+/// Held while a classify this process started loads its probes: start-up is
+/// the kernel verifier's work, on this machine's two cores, and two agents
+/// verifying at once (tests run in parallel) each take about twice as long.
+/// A test's start then measures classify's own start-up, as a user's would.
+static STARTING: Mutex<()> = Mutex::new(());
+
 /// Starts `classify --format json ARGS...` and waits until it says it is ready.
 pub fn start(args: &[&str]) -> Running {
+    // A test that panicked while starting leaves the lock poisoned: the lock
+    // itself is still good.
+    let _starting = STARTING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let spawned = std::time::Instant::now();
     let mut child = Command::new(binary())
         .args(["--format", "json"])
         .args(args)
@@ -100,6 +114,7 @@ pub fn start(args: &[&str]) -> Running {
         stderr,
         stdout_done: done_rx,
         stderr_done: err_done_rx,
+        start_up: Duration::ZERO,
     };
     if ready_rx.recv_timeout(Duration::from_secs(15)).is_err() {
         let _ = running.child.kill();
@@ -109,6 +124,7 @@ pub fn start(args: &[&str]) -> Running {
             running.stderr.lock().expect("lock").join("\n")
         );
     }
+    running.start_up = spawned.elapsed();
     running
 }
 

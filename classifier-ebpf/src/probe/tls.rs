@@ -68,7 +68,17 @@ pub fn ssl_handshake_enter(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// Return of `SSL_read` and `SSL_do_handshake`.
+/// Return of `SSL_do_handshake`: the thread is out of the TLS library (its
+/// call has no plaintext). A program of its own, light to verify, so that
+/// the read programs' return probe is loaded only for libraries without the
+/// fast sites (start-up waits on the verifier).
+#[uretprobe]
+pub fn ssl_handshake_exit(_ctx: RetProbeContext) -> u32 {
+    let _ = handshake_exit();
+    0
+}
+
+/// Return of `SSL_read`, where the fast sites are missing.
 #[uretprobe]
 pub fn ssl_read_exit(ctx: RetProbeContext) -> u32 {
     let _ = read_exit::<false>(&ctx);
@@ -137,6 +147,19 @@ fn enter(ctx: &ProbeContext, reads: bool) -> Option<()> {
         .ok()?;
     // SAFETY: `thread` points to a map value valid for this program run.
     unsafe { (*thread).in_tls = 1 };
+    Some(())
+}
+
+#[inline(always)]
+fn handshake_exit() -> Option<()> {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    let thread = thread_state(tid)?;
+    // SAFETY: `thread` points to a map value valid for this program run.
+    unsafe { (*thread).in_tls = 0 };
+    let call = TLS_CALLS.get_ptr_mut(&tid)?;
+    // SAFETY: a map value valid for this program run; only this thread writes
+    // it (as in `read_done_with`).
+    unsafe { (*call).buf = 0 };
     Some(())
 }
 

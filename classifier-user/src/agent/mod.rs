@@ -167,6 +167,7 @@ pub fn run(args: &WatchArgs) -> Result<()> {
         .collect();
     let io = IoHooks::choose(args.io_probes, &tracefs)?;
     let mut probes = Probes::load(&offsets, &kernel::Syscalls::native(), limits, &names, io)?;
+    probes.tls_at_entries = args.tls_at_entries;
     let mut watched: BTreeMap<u32, String> = BTreeMap::new();
     probes.attach(&tracefs, io, |p| {
         // Rescan after fork tracking is attached: a process forked in between is

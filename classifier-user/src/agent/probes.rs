@@ -125,6 +125,14 @@ impl IoHooks {
             || other_tls.tls_write() == prog
     }
 
+    /// Programs verified only when a probe needs them: `SSL_read`'s return
+    /// probe serves only libraries without the fast sites (`tls_sites`), and
+    /// start-up would wait on the verifier for it (about as long as for a
+    /// socket I/O program).
+    fn on_demand(prog: &str) -> bool {
+        prog == Self::Socket.tls_reads()[1] || prog == Self::Syscall.tls_reads()[1]
+    }
+
     /// The TLS read programs that go with these hooks: (inside `SSL_read`, at
     /// its return). With the socket tracepoints, the variants that check a
     /// client's plaintext for a request after a discarded body; kernels
@@ -166,7 +174,7 @@ fn tls_probes_at_entries(io: IoHooks) -> [(&'static str, &'static str, u64); 6] 
     [
         ("ssl_handshake_enter", "SSL_do_handshake", 0),
         ("ssl_read_enter", "SSL_read", 0),
-        (read_exit, "SSL_do_handshake", 0),
+        ("ssl_handshake_exit", "SSL_do_handshake", 0),
         (read_exit, "SSL_read", 0),
         (io.tls_write(), "SSL_write", 0),
         ("ssl_shutdown_enter", "SSL_shutdown", 0),
@@ -179,14 +187,14 @@ fn tls_probes_at_entries(io: IoHooks) -> [(&'static str, &'static str, u64); 6] 
 /// handshake, and any other socket it touched before its next `epoll_wait` (an
 /// upstream's, another client's) would be taken for TLS.
 fn tls_probes_at(sites: &FastSites, io: IoHooks) -> [(&'static str, &'static str, u64); 6] {
-    let [read_done, read_exit] = io.tls_reads();
+    let [read_done, _] = io.tls_reads();
     [
         ("ssl_handshake_enter", "SSL_do_handshake", 0),
         ("ssl_read_enter", "SSL_read", sites.read_call),
         (read_done, "SSL_read", sites.read_done),
         (io.tls_write(), "SSL_write", sites.write_call),
         ("ssl_shutdown_enter", "SSL_shutdown", 0),
-        (read_exit, "SSL_do_handshake", 0),
+        ("ssl_handshake_exit", "SSL_do_handshake", 0),
     ]
 }
 
@@ -229,6 +237,9 @@ pub struct Probes {
     tls_libraries: BTreeSet<(u64, u64)>,
     /// The hooks that see socket I/O (the TLS read programs go with them).
     io: IoHooks,
+    /// TLS libraries are probed at their functions' entries whatever their
+    /// code (`--tls-at-entries`, for tests).
+    pub tls_at_entries: bool,
 }
 
 impl Probes {
@@ -335,6 +346,7 @@ impl Probes {
             raw_links: Vec::new(),
             uprobe_links: Vec::new(),
             tls_libraries: BTreeSet::new(),
+            tls_at_entries: false,
             io,
         })
     }
@@ -391,7 +403,7 @@ impl Probes {
         if !self.tls_libraries.insert((meta.dev(), meta.ino())) {
             return Ok(None);
         }
-        let fast = tls_sites::fast_sites(file);
+        let fast = tls_sites::fast_sites(file).filter(|_| !self.tls_at_entries);
         let (set, how) = match &fast {
             Some(sites) => (tls_probes_at(sites, self.io), TlsProbes::Fast),
             None => (tls_probes_at_entries(self.io), TlsProbes::AtEntries),
@@ -400,7 +412,17 @@ impl Probes {
         for (prog, function, offset) in &set {
             let program: &mut UProbe = program_mut(&mut self.ebpf, prog)?;
             let at = UProbeAttachLocation::SymbolOffset(function, *offset);
-            match program.attach(at, file, UProbeScope::AllProcesses) {
+            // A program verified on demand is never first in a set: the file
+            // has shown the library's functions before it is loaded.
+            let loaded = if IoHooks::on_demand(prog) {
+                match program.load() {
+                    Ok(()) | Err(ProgramError::AlreadyLoaded) => Ok(()),
+                    Err(e) => Err(e),
+                }
+            } else {
+                Ok(())
+            };
+            match loaded.and_then(|()| program.attach(at, file, UProbeScope::AllProcesses)) {
                 Ok(link) => links.push(((*prog).to_owned(), link)),
                 Err(_) if links.is_empty() => {
                     // No such function: not a TLS library (the first probe
@@ -572,7 +594,7 @@ where
 fn verify_all(ebpf: &mut Ebpf, io: IoHooks) -> Result<()> {
     let programs: Vec<(&str, &mut Program)> = ebpf
         .programs_mut()
-        .filter(|(name, _)| !io.unused(name))
+        .filter(|(name, _)| !io.unused(name) && !IoHooks::on_demand(name))
         .collect();
     let results: Vec<(String, Result<(), ProgramError>)> = std::thread::scope(|s| {
         let jobs: Vec<_> = programs
