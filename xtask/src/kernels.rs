@@ -12,6 +12,7 @@
 //! slower): a handful of requests, about 80 s in all.
 use std::{
     fs,
+    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -73,6 +74,10 @@ pub fn smoke_test_on_debian_6_1(classify: &Path, work: &Path) -> Result<()> {
         .stdin(Stdio::null())
         .stdout(fs::File::create(run.join("console.log"))?)
         .stderr(Stdio::null())
+        // Its own process group: vng runs QEMU as a grandchild, which a kill
+        // of vng alone leaves running (a timed-out guest went on using both
+        // cores).
+        .process_group(0)
         .spawn()
         .context("starting vng")?;
     // vng exits 255 even when the command succeeded: the command's own status
@@ -82,9 +87,15 @@ pub fn smoke_test_on_debian_6_1(classify: &Path, work: &Path) -> Result<()> {
             break;
         }
         if started.elapsed() > TIMEOUT {
-            let _ = guest.kill();
+            let group = i32::try_from(guest.id()).context("vng's pid")?;
+            // SAFETY: a plain syscall on the process group vng leads.
+            unsafe { libc::kill(-group, libc::SIGKILL) };
             let _ = guest.wait();
-            bail!("the 6.1 guest did not finish within {TIMEOUT:?}");
+            let out = fs::read_to_string(run.join("out")).unwrap_or_default();
+            bail!(
+                "the 6.1 guest did not finish within {TIMEOUT:?}; the smoke test had printed:\n{}",
+                out.trim_end()
+            );
         }
         std::thread::sleep(Duration::from_millis(500));
     }
